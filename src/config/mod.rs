@@ -1,0 +1,88 @@
+//! Config: reading `weir.yaml`, validating it, and reporting every problem with its place.
+//!
+//! Owns: the raw serde schema (`raw`), the YAML reader that keeps line/column positions and
+//! expands `${VAR}` / `${VAR:-default}` (`yaml`), unit parsing (`units`), and the validation
+//! pass that turns a `RawConfig` into a typed [`Config`] (`validate`).
+//! Must not: open sockets, build HTTP clients or touch live state — that is
+//! [`crate::snapshot`]'s job, so `weir check` stays side-effect free.
+
+pub mod raw;
+mod types;
+mod units;
+mod validate;
+mod yaml;
+
+use std::fmt;
+use std::path::Path;
+
+pub use types::*;
+pub use units::{parse_duration, parse_size};
+
+/// Where `weir serve` looks when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/weir.yaml";
+
+/// The config used when neither `--config` nor `config/weir.yaml` exists: local listeners,
+/// no auth, model `mock` on the built-in mock backend.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
+
+/// One problem found in a config file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file's path as given, or `<embedded>` / `<string>`.
+    pub origin: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based.
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.origin, self.line, self.col, self.message)
+    }
+}
+
+/// Every problem found in one config; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates the file at `path`, expanding variables from the process environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        problems: vec![Problem { origin: origin.clone(), line: 1, col: 1, message: format!("cannot read file: {err}") }],
+    })?;
+    load_str(&text, &origin, &|name| std::env::var(name).ok())
+}
+
+/// Validates config text. `env` resolves `${VAR}` references (injected so tests need not
+/// touch the process environment).
+pub fn load_str(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let doc = yaml::parse(text, origin, env)?;
+    validate::validate(&doc, origin)
+}
+
+/// The config `weir serve` uses: `path` if given, else `config/weir.yaml` if it exists,
+/// else the embedded default.
+pub fn load_for_serve(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(path) => load_file(path),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => load_file(Path::new(DEFAULT_CONFIG_PATH)),
+        None => load_str(EMBEDDED_DEFAULT, "<embedded>", &|name| std::env::var(name).ok()),
+    }
+}

@@ -1,0 +1,206 @@
+//! The validated config: typed, defaults filled in, every reference checked.
+//!
+//! This is plain data. Building live objects from it (HTTP clients, semaphores, the key
+//! table) is `Snapshot`'s job, so a `Config` can be checked by `weir check` without starting
+//! anything.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+/// A whole validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// Backends by their name in the file.
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Public models by the name clients send.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Virtual keys in file order.
+    pub keys: Vec<KeyConfig>,
+    pub auth: AuthMode,
+    /// Sections accepted by the schema whose features this build does not act on yet,
+    /// as `(path, line, col)`; `weir check` and `serve` warn about each one.
+    pub inactive: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub max_body: u64,
+    /// `None` when absent or empty: `/admin/*` then answers 401 to everyone.
+    pub admin_token: Option<String>,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    OpenAi,
+    Azure,
+    Anthropic,
+    Mock,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::OpenAi => "openai",
+            BackendKind::Azure => "azure",
+            BackendKind::Anthropic => "anthropic",
+            BackendKind::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+    /// Without a trailing slash. Empty for `mock`.
+    pub base_url: String,
+    /// `None` when absent or empty.
+    pub api_key: Option<String>,
+    pub api_version: Option<String>,
+    pub max_inflight: Option<usize>,
+    pub timeouts: Timeouts,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub mock: MockSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// TCP + TLS connect. Default 2s.
+    pub connect: Duration,
+    /// From sending the request to the upstream's response headers. Default 60s.
+    pub first_byte: Duration,
+    /// Whole exchange, body included. Default 600s.
+    pub total: Duration,
+    /// Longest gap between two body chunks. Default 60s.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            first_byte: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Behaviour of the built-in `mock` backend.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MockSettings {
+    /// Delay before the response (and before a stream's first chunk).
+    pub latency: Duration,
+    /// Streaming pace; `None` sends every token at once.
+    pub tokens_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub targets: Vec<TargetConfig>,
+    pub experiment: Option<String>,
+    pub sticky: Sticky,
+    pub fallbacks: Vec<TargetConfig>,
+    pub retry: RetryConfig,
+    pub cache_ttl: Option<Duration>,
+    pub price: Option<Price>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetConfig {
+    /// Name of an entry of `backends`.
+    pub backend: String,
+    /// Model name sent upstream.
+    pub model: String,
+    pub weight: u32,
+    /// Defaults to the backend's name.
+    pub variant: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    None,
+    Key,
+    User,
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Tries per target, the first included; at least 1.
+    pub attempts: u32,
+    pub on_status: Vec<u16>,
+    pub on_connect: bool,
+    pub on_timeout: bool,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { attempts: 1, on_status: Vec::new(), on_connect: false, on_timeout: false }
+    }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    /// Defaults to `input_per_mtok`.
+    pub cached_input_per_mtok: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub name: String,
+    /// SHA-256 of the key's bytes.
+    pub hash: [u8; 32],
+    /// `None` allows every model.
+    pub models: Option<Vec<String>>,
+    pub rate: RateConfig,
+    pub budget: Option<BudgetConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateConfig {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrent: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetConfig {
+    pub usd: f64,
+    pub per: BudgetPeriod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Clients must present one of `keys`.
+    Keys,
+    /// No client key; the backend's own `api_key` is used.
+    None,
+    /// The client's `Authorization` header is sent upstream unchanged.
+    Passthrough,
+}

@@ -1,0 +1,2 @@
+//! weir: an OpenAI-compatible inference gateway.
+pub mod config;
