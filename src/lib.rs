@@ -1,2 +1,24 @@
 //! weir: an OpenAI-compatible inference gateway.
+//!
+//! The request path, module by module:
+//! `server` (listeners, routes, errors) → `auth` (virtual keys) → `proxy` (parse once,
+//! pick, forward, stream back) → `router` (which target) → `backends` (one upstream call).
+//! `config` reads and validates the file; `snapshot` compiles it into the live state that
+//! `gateway` holds in an `ArcSwap`; `telemetry` owns logs.
+
+pub mod auth;
+pub mod backends;
 pub mod config;
+pub mod gateway;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;
+
+pub use gateway::{Gateway, StartError};
+
+/// Installs rustls's process-wide crypto provider (ring). Idempotent; call before any TLS.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

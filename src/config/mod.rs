@@ -65,7 +65,12 @@ impl fmt::Display for ConfigError {
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-        problems: vec![Problem { origin: origin.clone(), line: 1, col: 1, message: format!("cannot read file: {err}") }],
+        problems: vec![Problem {
+            origin: origin.clone(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read file: {err}"),
+        }],
     })?;
     load_str(&text, &origin, &|name| std::env::var(name).ok())
 }

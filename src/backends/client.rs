@@ -1,0 +1,109 @@
+//! The pooled upstream HTTP client and the body type every backend answers with.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body::Body as _;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// One per backend: keep-alive pool, HTTP/2 where ALPN offers it, rustls.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds a client whose connections use `TCP_NODELAY` (no Nagle delay on small SSE
+/// writes) and give up connecting after `connect`.
+pub fn build_client(connect: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_client_config().as_ref().clone())
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https)
+}
+
+/// The platform's trust roots, read once per process; the bundled Mozilla roots when the
+/// platform has none (minimal containers).
+fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                tracing::warn!("no platform TLS roots found; using the bundled Mozilla roots");
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// A backend's answer body: the upstream's bytes, or chunks a built-in backend makes.
+pub enum UpstreamBody {
+    Http(Incoming),
+    Generated(Pin<Box<dyn Stream<Item = Bytes> + Send>>),
+    Full(Option<Bytes>),
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamBody::Http(_) => "UpstreamBody::Http",
+            UpstreamBody::Generated(_) => "UpstreamBody::Generated",
+            UpstreamBody::Full(_) => "UpstreamBody::Full",
+        })
+    }
+}
+
+impl UpstreamBody {
+    /// Next data chunk; trailers and empty frames are skipped.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+        match self {
+            UpstreamBody::Http(incoming) => loop {
+                match std::task::ready!(Pin::new(&mut *incoming).poll_frame(cx)) {
+                    None => return Poll::Ready(None),
+                    Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(data))),
+                        _ => continue,
+                    },
+                }
+            },
+            UpstreamBody::Generated(stream) => stream.as_mut().poll_next(cx).map(|chunk| chunk.map(Ok)),
+            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
+        }
+    }
+
+    /// Reads at most `limit` bytes (used for error bodies, which are small and needed whole).
+    pub async fn read_bounded(mut self, limit: usize) -> Result<Bytes, hyper::Error> {
+        let mut collected = bytes::BytesMut::new();
+        while let Some(chunk) = std::future::poll_fn(|cx| self.poll_chunk(cx)).await {
+            let chunk = chunk?;
+            let room = limit.saturating_sub(collected.len());
+            collected.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if collected.len() >= limit {
+                break;
+            }
+        }
+        Ok(collected.freeze())
+    }
+}

@@ -1,0 +1,201 @@
+//! Backends: one upstream call, OpenAI-shaped in and out.
+//!
+//! Owns: the per-backend runtime (pooled HTTP client, `max_inflight` permits, upstream URLs)
+//! and one file per kind behind the [`Backend`] enum. A backend turns an OpenAI-shaped request
+//! into an upstream call and hands back the answer's status, content type and body stream.
+//! Must not: choose targets, retry, or look at keys and limits (that is `router`, `auth` and
+//! `limits`), nor buffer a stream: bodies go back as they arrive.
+
+mod client;
+pub mod mock;
+mod openai;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{BackendConfig, BackendKind};
+use crate::proxy::Endpoint;
+
+pub use self::client::UpstreamBody;
+
+/// A backend ready to take calls, built once per config snapshot and shared by its requests.
+#[derive(Debug)]
+pub struct BackendRuntime {
+    pub config: BackendConfig,
+    kind: Backend,
+    inflight: Option<Arc<Semaphore>>,
+}
+
+/// Dispatch by `kind`, as an enum so the hot path has no dynamic dispatch.
+#[derive(Debug)]
+enum Backend {
+    OpenAi(Box<openai::OpenAiBackend>),
+    Mock(mock::MockBackend),
+}
+
+/// What the proxy hands a backend for one attempt.
+#[derive(Debug)]
+pub struct BackendCall<'a> {
+    pub endpoint: Endpoint,
+    /// The request body, already carrying the upstream model name.
+    pub body: Bytes,
+    pub stream: bool,
+    /// The client's `Authorization`, sent on only in `auth: passthrough` mode.
+    pub passthrough_auth: Option<&'a HeaderValue>,
+    pub request_id: &'a str,
+}
+
+/// An upstream answer whose headers have arrived; the body is still streaming.
+pub struct BackendResponse {
+    pub status: StatusCode,
+    /// Headers worth passing on (content type, retry hints).
+    pub headers: HeaderMap,
+    pub body: UpstreamBody,
+    /// Holds one of the backend's `max_inflight` places until the body is done.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Why an attempt produced no usable answer. `Rejected` carries the upstream's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to backend `{backend}`: {detail}")]
+    Connect { backend: String, detail: String },
+    #[error("backend `{backend}` did not answer within {after:?} ({phase})")]
+    Timeout { backend: String, phase: TimeoutPhase, after: Duration },
+    #[error("backend `{backend}` has {limit} requests in flight (max_inflight)")]
+    Saturated { backend: String, limit: usize },
+    #[error("backend `{backend}` answered {status}: {message}")]
+    Rejected { backend: String, status: StatusCode, message: String, body: Bytes, retry_after: Option<HeaderValue> },
+    #[error("backend `{backend}` failed: {detail}")]
+    Protocol { backend: String, detail: String },
+    #[error("backend `{backend}` cannot serve {endpoint}")]
+    Unsupported { backend: String, endpoint: &'static str },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    FirstByte,
+    Idle,
+    Total,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::FirstByte => "first_byte",
+            TimeoutPhase::Idle => "idle",
+            TimeoutPhase::Total => "total",
+        })
+    }
+}
+
+// === impl BackendRuntime ===
+
+impl BackendRuntime {
+    /// Builds the runtime for `config`, reusing `previous`'s connection pool when the
+    /// connection-relevant settings did not change (so a reload keeps warm connections).
+    pub fn build(
+        config: BackendConfig,
+        previous: Option<&BackendRuntime>,
+    ) -> Result<BackendRuntime, BackendBuildError> {
+        let kind = match config.kind {
+            BackendKind::OpenAi => {
+                let reuse = previous.and_then(|p| match &p.kind {
+                    Backend::OpenAi(b) if p.config.timeouts.connect == config.timeouts.connect => Some(b.client()),
+                    _ => None,
+                });
+                Backend::OpenAi(Box::new(openai::OpenAiBackend::new(&config, reuse)?))
+            }
+            BackendKind::Mock => Backend::Mock(mock::MockBackend::new(config.mock)),
+            BackendKind::Azure | BackendKind::Anthropic => {
+                return Err(BackendBuildError::KindNotAvailable {
+                    backend: config.name.clone(),
+                    kind: config.kind.as_str(),
+                });
+            }
+        };
+        let inflight = match (config.max_inflight, previous) {
+            (Some(limit), Some(p)) if p.config.max_inflight == Some(limit) => p.inflight.clone(),
+            (Some(limit), _) => Some(Arc::new(Semaphore::new(limit))),
+            (None, _) => None,
+        };
+        Ok(BackendRuntime { config, kind, inflight })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Requests currently holding a `max_inflight` place (0 when unlimited).
+    pub fn inflight(&self) -> usize {
+        match (&self.inflight, self.config.max_inflight) {
+            (Some(sem), Some(limit)) => limit.saturating_sub(sem.available_permits()),
+            _ => 0,
+        }
+    }
+
+    /// One attempt: waits for an in-flight place, sends, and returns once headers arrive
+    /// (bounded by the `first_byte` timeout).
+    pub async fn send(&self, call: BackendCall<'_>) -> Result<BackendResponse, BackendError> {
+        let permit = self.acquire_permit().await?;
+        let first_byte = self.config.timeouts.first_byte;
+        let attempt = async {
+            match &self.kind {
+                Backend::OpenAi(b) => b.send(&self.config, call).await,
+                Backend::Mock(b) => b.send(&self.config, call).await,
+            }
+        };
+        let mut response = tokio::time::timeout(first_byte, attempt).await.map_err(|_| BackendError::Timeout {
+            backend: self.config.name.clone(),
+            phase: TimeoutPhase::FirstByte,
+            after: first_byte,
+        })??;
+        response.permit = permit;
+        Ok(response)
+    }
+
+    /// Waits up to the connect timeout for a place: a short queue absorbs bursts, a long
+    /// one would only hide an overloaded backend.
+    async fn acquire_permit(&self) -> Result<Option<OwnedSemaphorePermit>, BackendError> {
+        let Some(sem) = &self.inflight else { return Ok(None) };
+        if let Ok(permit) = sem.clone().try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        let wait = self.config.timeouts.connect;
+        match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(BackendError::Saturated {
+                backend: self.config.name.clone(),
+                limit: self.config.max_inflight.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+impl BackendError {
+    pub fn backend(&self) -> &str {
+        match self {
+            BackendError::Connect { backend, .. }
+            | BackendError::Timeout { backend, .. }
+            | BackendError::Saturated { backend, .. }
+            | BackendError::Rejected { backend, .. }
+            | BackendError::Protocol { backend, .. }
+            | BackendError::Unsupported { backend, .. } => backend,
+        }
+    }
+}
+
+/// A backend that cannot be built from a valid config (TLS roots missing, kind not built yet).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendBuildError {
+    #[error("backend `{backend}`: kind `{kind}` is not available in this build")]
+    KindNotAvailable { backend: String, kind: &'static str },
+    #[error("model `{model}` names backend `{backend}`, which does not exist")]
+    UnknownBackend { model: String, backend: String },
+    #[error("backend `{backend}`: invalid base_url: {detail}")]
+    BadUrl { backend: String, detail: String },
+}

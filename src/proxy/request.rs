@@ -1,0 +1,226 @@
+//! Reading and checking a client's request: bounded body read, one parse of only the
+//! fields routing needs, and the model-name splice that lets the original bytes go upstream.
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::Endpoint;
+
+/// A client may take this long to send its body before we give up on it.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request body is larger than the {limit} bytes allowed (server.max_body)")]
+    BodyTooLarge { limit: u64 },
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("the request body took longer than {0:?} to arrive")]
+    BodyTimeout(Duration),
+    #[error("we could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    #[error("{message}")]
+    InvalidField { param: String, message: String },
+}
+
+/// What routing, limits and logging need from a request; everything else stays in the bytes.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub model: String,
+    /// Byte range of the `model` value (quotes included) in the body.
+    model_span: Range<usize>,
+    pub stream: bool,
+    pub user: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireHead<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    messages: Option<Vec<WireMessage<'a>>>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    #[expect(dead_code, reason = "deserialised only to check that every message has a string role")]
+    role: Cow<'a, str>,
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<Bytes, RequestError> {
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(RequestError::BodyTooLarge { limit });
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(RequestError::BodyTimeout(BODY_READ_TIMEOUT)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(RequestError::BodyTooLarge { limit }),
+        Ok(Err(err)) => Err(RequestError::BodyRead(err.to_string())),
+    }
+}
+
+/// Parses `body` once, checking the fields OpenAI would refuse to go without.
+pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, RequestError> {
+    // serde would accept an array for a struct (fields by position); OpenAI wants an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(RequestError::InvalidJson("the request body must be a JSON object".into()));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let wire: WireHead<'_> = serde_path_to_error::deserialize(&mut deserializer).map_err(path_error)?;
+    deserializer.end().map_err(|err| RequestError::InvalidJson(err.to_string()))?;
+
+    let raw_model = wire.model.ok_or_else(|| missing("model", "you must provide a model parameter"))?;
+    let model: String = serde_json::from_str(raw_model.get()).map_err(|_| RequestError::InvalidField {
+        param: "model".into(),
+        message: "'model' must be a string".into(),
+    })?;
+    if model.is_empty() {
+        return Err(missing("model", "you must provide a model parameter"));
+    }
+    match endpoint {
+        Endpoint::ChatCompletions => match &wire.messages {
+            None => return Err(missing("messages", "'messages' is a required property")),
+            Some(messages) if messages.is_empty() => {
+                return Err(RequestError::InvalidField {
+                    param: "messages".into(),
+                    message: "'messages' must contain at least one message".into(),
+                });
+            }
+            Some(_) => {}
+        },
+        Endpoint::Completions if wire.prompt.is_none() => {
+            return Err(missing("prompt", "'prompt' is a required property"));
+        }
+        Endpoint::Embeddings if wire.input.is_none() => return Err(missing("input", "'input' is a required property")),
+        _ => {}
+    }
+    if wire.n == Some(0) {
+        return Err(RequestError::InvalidField { param: "n".into(), message: "'n' must be at least 1".into() });
+    }
+    let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
+    Ok(RequestHead {
+        model,
+        model_span: start..start + raw_model.get().len(),
+        stream: wire.stream.unwrap_or(false) && endpoint != Endpoint::Embeddings,
+        user: wire.user.map(Cow::into_owned),
+    })
+}
+
+impl RequestHead {
+    /// The body to send upstream: the original bytes when the upstream model name is the
+    /// public one, else the same bytes with only the `model` value replaced (no re-serialising).
+    pub fn body_for_upstream(&self, body: &Bytes, upstream_model: &str) -> Bytes {
+        if upstream_model == self.model {
+            return body.clone();
+        }
+        let quoted = serde_json::Value::String(upstream_model.to_owned()).to_string();
+        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
+        out.extend_from_slice(&body[..self.model_span.start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&body[self.model_span.end..]);
+        out.freeze()
+    }
+}
+
+fn missing(param: &str, message: &str) -> RequestError {
+    RequestError::InvalidField { param: param.into(), message: message.into() }
+}
+
+/// A serde failure becomes either bad JSON (syntax) or a named field with a wrong value.
+fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> RequestError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    if inner.is_syntax() || inner.is_eof() || path == "." {
+        return RequestError::InvalidJson(inner.to_string());
+    }
+    let message = inner.to_string();
+    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    RequestError::InvalidField { message: format!("invalid value for '{path}': {message}"), param: path }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(body: &str) -> Result<RequestHead, RequestError> {
+        parse_head(Endpoint::ChatCompletions, body.as_bytes())
+    }
+
+    #[test]
+    fn model_is_replaced_in_place() {
+        let body =
+            Bytes::from_static(br#"{ "messages":[{"role":"user","content":"hi"}], "model" : "chat", "stream":true}"#);
+        let h = head(std::str::from_utf8(&body).unwrap()).unwrap();
+        assert_eq!(h.model, "chat");
+        assert!(h.stream);
+        let out = h.body_for_upstream(&body, "gpt-4o \"mini\"");
+        assert_eq!(
+            &out[..],
+            br#"{ "messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o \"mini\"", "stream":true}"#
+        );
+        assert_eq!(h.body_for_upstream(&body, "chat").as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn escaped_model_names_are_decoded() {
+        let h = head(r#"{"model":"a\u0062c","messages":[{"role":"user"}]}"#).unwrap();
+        assert_eq!(h.model, "abc");
+    }
+
+    fn param(err: RequestError) -> String {
+        match err {
+            RequestError::InvalidField { param, .. } => param,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(param(head(r#"{"messages":[{"role":"user"}]}"#).unwrap_err()), "model");
+        assert_eq!(param(head(r#"{"model":3,"messages":[{"role":"user"}]}"#).unwrap_err()), "model");
+        assert_eq!(param(head(r#"{"model":"m"}"#).unwrap_err()), "messages");
+        assert_eq!(param(head(r#"{"model":"m","messages":[]}"#).unwrap_err()), "messages");
+        assert_eq!(param(head(r#"{"model":"m","messages":[{"content":"x"}]}"#).unwrap_err()), "messages[0]");
+        assert_eq!(param(head(r#"{"model":"m","messages":[{"role":1}]}"#).unwrap_err()), "messages[0].role");
+        assert_eq!(param(head(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).unwrap_err()), "stream");
+        assert_eq!(param(parse_head(Endpoint::Embeddings, br#"{"model":"m"}"#).unwrap_err()), "input");
+    }
+
+    #[test]
+    fn broken_json_is_reported_as_such() {
+        assert!(matches!(head(r#"{"model":"m","#).unwrap_err(), RequestError::InvalidJson(_)));
+        assert!(matches!(head("[1,2]").unwrap_err(), RequestError::InvalidJson(_)));
+        assert!(matches!(
+            head(r#"{"model":"m","messages":[{"role":"u"}]} x"#).unwrap_err(),
+            RequestError::InvalidJson(_)
+        ));
+    }
+
+    #[test]
+    fn duplicate_model_fields_are_refused() {
+        assert!(head(r#"{"model":"a","model":"b","messages":[{"role":"user"}]}"#).is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! The admin port's handlers: `/healthz`, `/readyz`, and the token-guarded `/admin/*`.
+
+use http::header::AUTHORIZATION;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use subtle::ConstantTimeEq;
+
+use super::body::{self, Body};
+use super::error::GatewayError;
+use crate::gateway::AppState;
+
+pub async fn route(state: &AppState, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    match (request.method(), path) {
+        (&Method::GET, "/healthz") => body::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") if state.is_ready() => body::text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/readyz") => body::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        (_, path) if path.starts_with("/admin/") => {
+            if !admin_authorized(state, &request) {
+                return body::json(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":{"message":"admin routes need `Authorization: Bearer <server.admin_token>`","type":"invalid_request_error","code":"invalid_admin_token","param":null}}"#,
+                );
+            }
+            GatewayError::NotFound(path.to_owned()).to_response()
+        }
+        _ => GatewayError::NotFound(path.to_owned()).to_response(),
+    }
+}
+
+/// Constant-time check of the bearer token; no token configured means nobody is admitted.
+fn admin_authorized(state: &AppState, request: &Request<Incoming>) -> bool {
+    let snapshot = state.snapshot();
+    let Some(expected) = snapshot.config.server.admin_token.as_deref() else { return false };
+    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    given.is_some_and(|given| bool::from(given.ct_eq(expected.as_bytes())))
+}

@@ -1,0 +1,163 @@
+//! Every error weir answers with, mapped to HTTP in one place.
+//!
+//! Each module owns its error enum; [`GatewayError`] gathers them and [`GatewayError::to_response`]
+//! turns any of them into OpenAI's error shape
+//! `{"error": {"message", "type", "code", "param"}}`. The `match` in `describe` has no
+//! catch-all arm, so a new error cannot ship without a status.
+
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use http::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::body::{self, Body};
+use crate::auth::AuthError;
+use crate::backends::BackendError;
+use crate::proxy::RequestError;
+use crate::router::RouteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// Boxed: an upstream rejection carries its body, and errors travel by value.
+    #[error(transparent)]
+    Backend(Box<BackendError>),
+    #[error("unknown path `{0}`")]
+    NotFound(String),
+    #[error("method {method} is not allowed on `{path}`")]
+    MethodNotAllowed { method: http::Method, path: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<BackendError> for GatewayError {
+    fn from(err: BackendError) -> Self {
+        GatewayError::Backend(Box::new(err))
+    }
+}
+
+/// The parts of an OpenAI error body.
+struct Described {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<String>,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        self.describe().status
+    }
+
+    fn describe(&self) -> Described {
+        use StatusCode as S;
+        let plain = |status, kind, code| Described { status, kind, code, param: None };
+        match self {
+            GatewayError::Request(err) => match err {
+                RequestError::BodyTooLarge { .. } => {
+                    plain(S::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"))
+                }
+                RequestError::BodyRead(_) => plain(S::BAD_REQUEST, "invalid_request_error", Some("body_read_error")),
+                RequestError::BodyTimeout(_) => {
+                    plain(S::REQUEST_TIMEOUT, "invalid_request_error", Some("request_timeout"))
+                }
+                RequestError::InvalidJson(_) => plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_json")),
+                RequestError::InvalidField { param, .. } => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("invalid_value"),
+                    param: Some(param.clone()),
+                },
+            },
+            GatewayError::Auth(err) => match err {
+                AuthError::MissingKey => plain(S::UNAUTHORIZED, "invalid_request_error", Some("missing_api_key")),
+                AuthError::UnknownKey => plain(S::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
+                AuthError::ModelNotAllowed { .. } => Described {
+                    status: S::FORBIDDEN,
+                    kind: "invalid_request_error",
+                    code: Some("model_not_allowed"),
+                    param: Some("model".into()),
+                },
+            },
+            GatewayError::Route(err) => match err {
+                RouteError::UnknownModel { .. } => Described {
+                    status: S::NOT_FOUND,
+                    kind: "invalid_request_error",
+                    code: Some("model_not_found"),
+                    param: Some("model".into()),
+                },
+            },
+            GatewayError::Backend(err) => match err.as_ref() {
+                BackendError::Connect { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_connect_error")),
+                BackendError::Timeout { .. } => plain(S::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
+                BackendError::Saturated { .. } => {
+                    plain(S::SERVICE_UNAVAILABLE, "api_error", Some("backend_overloaded"))
+                }
+                BackendError::Protocol { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_error")),
+                BackendError::Unsupported { .. } => {
+                    plain(S::BAD_REQUEST, "invalid_request_error", Some("unsupported_endpoint"))
+                }
+                BackendError::Rejected { status, .. } if status.is_client_error() => {
+                    plain(*status, "invalid_request_error", None)
+                }
+                BackendError::Rejected { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_error")),
+            },
+            GatewayError::NotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("unknown_url")),
+            GatewayError::MethodNotAllowed { .. } => {
+                plain(S::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed"))
+            }
+            GatewayError::Internal(_) => plain(S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
+        }
+    }
+
+    /// The OpenAI-shaped response. A backend's own 4xx answer keeps its body when that body
+    /// already is an OpenAI error, so the client sees exactly what the provider said.
+    pub fn to_response(&self) -> Response<Body> {
+        let described = self.describe();
+        if let GatewayError::Backend(backend) = self
+            && let BackendError::Rejected { status, body, retry_after, .. } = backend.as_ref()
+            && status.is_client_error()
+        {
+            let bytes = if is_openai_error(body) { body.clone() } else { error_json(&described, &self.to_string()) };
+            let mut response = body::json(*status, bytes);
+            if let Some(retry_after) = retry_after {
+                response.headers_mut().insert(RETRY_AFTER, retry_after.clone());
+            }
+            return response;
+        }
+        let mut response = body::json(described.status, error_json(&described, &self.to_string()));
+        if let GatewayError::Backend(backend) = self
+            && matches!(backend.as_ref(), BackendError::Saturated { .. })
+        {
+            response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn error_json(described: &Described, message: &str) -> Bytes {
+    let body = json!({"error": {"message": message, "type": described.kind, "code": described.code, "param": described.param}});
+    Bytes::from(body.to_string())
+}
+
+fn is_openai_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("error").is_some_and(Value::is_object))
+}
+
+/// The `message` of an OpenAI-shaped error body, or the body itself as text.
+pub fn upstream_message(body: &[u8]) -> String {
+    let parsed = serde_json::from_slice::<Value>(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("message")).or_else(|| v.get("error")));
+    match message {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::from_utf8_lossy(body).trim().chars().take(1000).collect(),
+    }
+}

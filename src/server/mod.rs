@@ -1,0 +1,173 @@
+//! Server: listeners, connections and the route table.
+//!
+//! Owns: binding sockets (`TCP_NODELAY`, deep accept backlog), HTTP/1.1 and HTTP/2 (h2c and
+//! TLS with ALPN) via hyper-util's auto builder, request ids, catching panics as 500s,
+//! graceful shutdown that lets in-flight requests and streams finish up to a deadline, and
+//! turning every error into OpenAI's error shape (`error`).
+//! Must not: know about models, keys or backends — it hands requests to `proxy` and `admin`.
+
+pub mod admin;
+pub mod body;
+pub mod error;
+mod routes;
+mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+pub use routes::{admin_service, client_service};
+pub use tls::{TlsAcceptorSource, TlsError, load_tls};
+
+use body::Body;
+
+/// Pending connections the kernel may queue; bursts of thousands of clients connect at once.
+const ACCEPT_BACKLOG: u32 = 8192;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Binds `addr` with `SO_REUSEADDR` and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
+/// A request handler: one per listener, cloned into each connection.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Accepts connections until `shutdown` turns true, then waits up to `drain` for the open
+/// ones to finish their in-flight requests.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptorSource>,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = connection_builder();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and similar: back off briefly instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        spawn_connection(&builder, &graceful, stream, tls.clone(), handler.clone());
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "graceful shutdown deadline passed; closing remaining connections");
+    }
+}
+
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+fn spawn_connection<H: Handler>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    tls: Option<TlsAcceptorSource>,
+    handler: H,
+) {
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let service = service_fn(move |request| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(call_catching_panics(&handler, request).await) }
+        });
+        let result = match tls {
+            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => return tracing::debug!(error = %err, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                };
+                watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "connection ended with an error");
+        }
+    });
+}
+
+/// A panic in a handler answers 500 instead of dropping the connection without a word.
+async fn call_catching_panics<H: Handler>(handler: &H, request: Request<Incoming>) -> Response<Body> {
+    match std::panic::AssertUnwindSafe(handler.call(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned());
+            tracing::error!(panic = detail.as_deref().unwrap_or("unknown"), "request handler panicked");
+            error::GatewayError::Internal("the gateway hit an unexpected error".into()).to_response()
+        }
+    }
+}
+
+/// Convenience for handlers built from closures over shared state.
+pub struct FnHandler<S, F> {
+    state: Arc<S>,
+    f: F,
+}
+
+impl<S, F: Clone> Clone for FnHandler<S, F> {
+    fn clone(&self) -> Self {
+        FnHandler { state: Arc::clone(&self.state), f: self.f.clone() }
+    }
+}
+
+impl<S, F> FnHandler<S, F> {
+    pub fn new(state: Arc<S>, f: F) -> Self {
+        FnHandler { state, f }
+    }
+}
+
+impl<S, F, Fut> Handler for FnHandler<S, F>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send,
+{
+    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send {
+        (self.f)(Arc::clone(&self.state), request)
+    }
+}

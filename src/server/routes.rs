@@ -1,0 +1,92 @@
+//! The route tables: which path goes to which handler, and nothing else.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::body::Body;
+use super::error::GatewayError;
+use super::{FnHandler, Handler, admin};
+use crate::gateway::AppState;
+use crate::proxy::{self, Endpoint};
+
+/// Longest client-supplied `x-request-id` we keep; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The OpenAI-compatible client port.
+pub fn client_service(state: Arc<AppState>) -> impl Handler {
+    FnHandler::new(state, |state: Arc<AppState>, request: Request<Incoming>| async move {
+        let started = Instant::now();
+        let request_id = request_id(request.headers());
+        let mut response = route_client(&state, request, &request_id, started).await;
+        finish_headers(response.headers_mut(), &request_id, started);
+        response
+    })
+}
+
+async fn route_client(
+    state: &AppState,
+    request: Request<Incoming>,
+    request_id: &str,
+    started: Instant,
+) -> Response<Body> {
+    // Clients configured with a base URL without `/v1` send the bare paths; accept both.
+    let path = request.uri().path();
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    let endpoint = match path {
+        "/chat/completions" => Some(Endpoint::ChatCompletions),
+        "/completions" => Some(Endpoint::Completions),
+        "/embeddings" => Some(Endpoint::Embeddings),
+        _ => None,
+    };
+    match (request.method(), endpoint, path) {
+        (&Method::POST, Some(endpoint), _) => {
+            proxy::handle(state.snapshot(), request, endpoint, request_id.to_owned(), started).await
+        }
+        (&Method::GET, None, "/models") => {
+            proxy::list_models(&state.snapshot(), request.headers()).unwrap_or_else(|err| err.to_response())
+        }
+        (method, Some(_), _) | (method, None, "/models") => {
+            GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() }
+                .to_response()
+        }
+        _ => GatewayError::NotFound(request.uri().path().to_owned()).to_response(),
+    }
+}
+
+/// The admin port: health, readiness, and (with the admin token) `/admin/*`.
+pub fn admin_service(state: Arc<AppState>) -> impl Handler {
+    FnHandler::new(state, |state: Arc<AppState>, request: Request<Incoming>| async move {
+        let started = Instant::now();
+        let request_id = request_id(request.headers());
+        let mut response = admin::route(&state, request).await;
+        finish_headers(response.headers_mut(), &request_id, started);
+        response
+    })
+}
+
+/// Every response carries its request id and weir's own time, errors included.
+fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    if !headers.contains_key("x-weir-overhead-ms") {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Ok(value) = HeaderValue::try_from(format!("{ms:.3}")) {
+            headers.insert("x-weir-overhead-ms", value);
+        }
+    }
+}
+
+/// The client's `x-request-id` when it is a sane token, else a fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    match given {
+        Some(id) if (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) => {
+            id.to_owned()
+        }
+        _ => format!("req_{:032x}", rand::random::<u128>()),
+    }
+}
