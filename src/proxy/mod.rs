@@ -63,7 +63,7 @@ pub async fn handle(
     let mut exchange = Exchange::new(request_id, started);
     exchange.endpoint = Some(endpoint);
     match forward(&snapshot, request, endpoint, &mut exchange).await {
-        Ok(answer) => answer.into_response(&snapshot, exchange),
+        Ok(answer) => answer.into_response(exchange),
         Err(err) => {
             let mut response = err.to_response();
             exchange.status = response.status().as_u16();
@@ -81,6 +81,8 @@ pub async fn handle(
 /// An upstream answer ready to stream to the client.
 struct Answer {
     upstream: BackendResponse,
+    /// When the upstream request was sent; the `total` timeout counts from here.
+    sent: tokio::time::Instant,
     stream: bool,
     backend: Arc<crate::backends::BackendRuntime>,
 }
@@ -118,14 +120,14 @@ async fn forward(
         passthrough_auth,
         request_id: &exchange.request_id,
     };
-    let sent = Instant::now();
+    let sent = tokio::time::Instant::now();
     let result = target.backend.send(call).await;
     exchange.backend_wait = sent.elapsed();
     let upstream = result?;
     if !upstream.status.is_success() {
         return Err(rejected(target.backend.name(), upstream, target.backend.config.timeouts.idle).await.into());
     }
-    Ok(Answer { upstream, stream: head.stream, backend: Arc::clone(&target.backend) })
+    Ok(Answer { upstream, sent, stream: head.stream, backend: Arc::clone(&target.backend) })
 }
 
 /// Reads a failed upstream answer's (small) body to relay its status and message.
@@ -141,7 +143,7 @@ async fn rejected(backend: &str, upstream: BackendResponse, wait: std::time::Dur
 }
 
 impl Answer {
-    fn into_response(self, snapshot: &Snapshot, mut exchange: Exchange) -> Response<Body> {
+    fn into_response(self, mut exchange: Exchange) -> Response<Body> {
         let upstream = self.upstream;
         let sse = self.stream
             || upstream.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
@@ -160,9 +162,8 @@ impl Answer {
         set_overhead(&mut headers, &exchange);
 
         let timeouts = self.backend.config.timeouts;
-        let _ = snapshot;
-        let body =
-            response::ProxyBody::new(upstream.body, sse, timeouts.idle, timeouts.total, upstream.permit, exchange);
+        let deadline = self.sent + timeouts.total;
+        let body = response::ProxyBody::new(upstream.body, sse, timeouts.idle, deadline, upstream.permit, exchange);
         let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
         *response.status_mut() = upstream.status;
         *response.headers_mut() = headers;

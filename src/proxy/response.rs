@@ -39,12 +39,11 @@ impl ProxyBody {
         upstream: UpstreamBody,
         sse: bool,
         idle: Duration,
-        total: Duration,
+        deadline: Instant,
         permit: Option<OwnedSemaphorePermit>,
         exchange: Exchange,
     ) -> ProxyBody {
         let now = Instant::now();
-        let deadline = now + total;
         let timer = Box::pin(tokio::time::sleep_until(deadline.min(now + idle)));
         ProxyBody { upstream, sse, idle, deadline, timer, _permit: permit, exchange, done: false }
     }
