@@ -146,7 +146,7 @@ impl BackendRuntime {
         let attempt = async {
             match &self.kind {
                 Backend::OpenAi(b) => b.send(&self.config, call).await,
-                Backend::Mock(b) => b.send(&self.config, call).await,
+                Backend::Mock(b) => b.send(call).await,
             }
         };
         let mut response = tokio::time::timeout(first_byte, attempt).await.map_err(|_| BackendError::Timeout {

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::client::UpstreamBody;
 use super::{BackendCall, BackendError, BackendResponse};
-use crate::config::{BackendConfig, MockSettings};
+use crate::config::MockSettings;
 use crate::proxy::Endpoint;
 
 pub use answer::Answer;
@@ -34,7 +34,7 @@ impl MockBackend {
         MockBackend { settings }
     }
 
-    pub async fn send(&self, config: &BackendConfig, call: BackendCall<'_>) -> Result<BackendResponse, BackendError> {
+    pub async fn send(&self, call: BackendCall<'_>) -> Result<BackendResponse, BackendError> {
         let request: Value = match serde_json::from_slice(&call.body) {
             Ok(value) => value,
             Err(err) => return Ok(error_response(StatusCode::BAD_REQUEST, &format!("invalid JSON: {err}"))),
@@ -48,7 +48,6 @@ impl MockBackend {
         }
         // A whole answer arrives after the time a model would take to write it.
         tokio::time::sleep(self.settings.latency + self.generation_time(answer.completion_tokens())).await;
-        let _ = config;
         Ok(json_response(StatusCode::OK, Bytes::from(answer.to_json())))
     }
 
