@@ -120,10 +120,15 @@ pub async fn standard(upstream: &MockUpstream) -> Gateway {
 }
 
 pub async fn standard_with(upstream: &MockUpstream, timeouts: Timeouts) -> Gateway {
+    standard_at(&upstream.url(), timeouts).await
+}
+
+/// The standard fixture with backend `up` at any URL.
+pub async fn standard_at(upstream_url: &str, timeouts: Timeouts) -> Gateway {
     if std::env::var_os("WEIR_IT_HAND").is_some() {
-        return start_config(hand::standard_config(&upstream.url(), timeouts)).await;
+        return start_config(hand::standard_config(upstream_url, timeouts)).await;
     }
-    start(&standard_yaml(&upstream.url(), timeouts)).await
+    start(&standard_yaml(upstream_url, timeouts)).await
 }
 
 /// Polls `check` every 10 ms until it holds or `within` passes.
