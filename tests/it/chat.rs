@@ -45,6 +45,7 @@ async fn plain_chat_maps_the_model_and_sends_the_backend_key() {
     let response = client.chat().create(chat_request("chat", "say hello")).await.expect("chat succeeds");
 
     let seen = upstream.only_request();
+    assert_eq!(seen.method, http::Method::POST);
     assert_eq!(seen.path, "/v1/chat/completions");
     let auth = seen.header("authorization").expect("upstream got an Authorization header");
     assert_eq!(auth, format!("Bearer {UPSTREAM_KEY}"), "the backend's api_key goes upstream");

@@ -82,7 +82,9 @@ async fn bad_fields_are_400_naming_the_param() {
         let error = expect_error(response, 400, Some(param)).await;
         assert_eq!(error["type"], "invalid_request_error", "for {body}");
     }
-    let error = expect_error(post(&gateway, "/v1/embeddings", Some(ALL_KEY), r#"{"model":"embed"}"#).await, 400, Some("input")).await;
+    let error =
+        expect_error(post(&gateway, "/v1/embeddings", Some(ALL_KEY), r#"{"model":"embed"}"#).await, 400, Some("input"))
+            .await;
     assert!(message(&error).contains("input"));
     assert!(upstream.requests().is_empty(), "invalid requests never reach the backend");
     gateway.shutdown().await;
@@ -95,7 +97,8 @@ async fn a_message_without_a_role_names_messages_0_role() {
     let gateway = support::standard(&upstream).await;
     let body = r#"{"model":"chat","messages":[{"content":"hi"}]}"#;
     // OpenAI answers `param: "messages[0].role"` (the missing field), not the message.
-    expect_error(post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), body).await, 400, Some("messages[0].role")).await;
+    expect_error(post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), body).await, 400, Some("messages[0].role"))
+        .await;
     gateway.shutdown().await;
 }
 
@@ -104,7 +107,8 @@ async fn unknown_model_is_404() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = support::standard(&upstream).await;
     let body = r#"{"model":"gpt-nope","messages":[{"role":"user","content":"hi"}]}"#;
-    let error = expect_error(post(&gateway, "/v1/chat/completions", Some(ALL_KEY), body).await, 404, Some("model")).await;
+    let error =
+        expect_error(post(&gateway, "/v1/chat/completions", Some(ALL_KEY), body).await, 404, Some("model")).await;
     assert_eq!(error["code"], "model_not_found");
     assert!(message(&error).contains("gpt-nope"));
     gateway.shutdown().await;
@@ -256,10 +260,7 @@ async fn expect_stream_error(response: reqwest::Response, sent: usize) -> Value 
     for field in ["message", "type", "code", "param"] {
         assert!(error.get(field).is_some(), "error event lacks `{field}`: {last}");
     }
-    assert!(
-        !events[..normal_events].iter().any(|e| e.contains("\"finish_reason\":\"stop\"")),
-        "no made-up finish"
-    );
+    assert!(!events[..normal_events].iter().any(|e| e.contains("\"finish_reason\":\"stop\"")), "no made-up finish");
     error.clone()
 }
 
@@ -319,7 +320,9 @@ async fn request_ids_are_generated_or_echoed() {
 
     let first = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), CHAT).await;
     let second = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), CHAT).await;
-    let id = |r: &reqwest::Response| r.headers().get("x-request-id").expect("x-request-id").to_str().expect("ASCII").to_owned();
+    let id = |r: &reqwest::Response| {
+        r.headers().get("x-request-id").expect("x-request-id").to_str().expect("ASCII").to_owned()
+    };
     let (a, b) = (id(&first), id(&second));
     assert!(!a.is_empty());
     assert_ne!(a, b, "generated ids are unique");
@@ -348,7 +351,9 @@ async fn success_responses_carry_weir_headers() {
     let headers = response.headers().clone();
     assert_eq!(response.status(), 200);
     assert_eq!(headers.get("x-weir-backend").expect("x-weir-backend"), "up");
-    assert!(headers.get("content-type").expect("content-type").to_str().expect("ASCII").starts_with("application/json"));
+    assert!(
+        headers.get("content-type").expect("content-type").to_str().expect("ASCII").starts_with("application/json")
+    );
     assert!(headers.contains_key("x-request-id"));
     assert_overhead(&headers);
 

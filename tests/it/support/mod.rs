@@ -13,7 +13,7 @@ use weir::Gateway;
 use weir::config::Config;
 
 pub use client::{body_json, http, http_h2c, openai, read_sse, sse_events};
-pub use upstream::{Behavior, MockUpstream, Recorded};
+pub use upstream::{Behavior, MockUpstream};
 
 /// The client key with an allow-list of `[chat]`.
 pub const TEAM_KEY: &str = "sk-team-0123456789";
@@ -121,6 +121,15 @@ pub async fn standard(upstream: &MockUpstream) -> Gateway {
 
 pub async fn standard_with(upstream: &MockUpstream, timeouts: Timeouts) -> Gateway {
     standard_at(&upstream.url(), timeouts).await
+}
+
+/// `yaml` loaded as a config; while `WEIR_IT_HAND` is set, `hand()` instead (a stand-in for
+/// when the YAML loader is unavailable).
+pub fn config_or_hand(yaml: &str, hand: impl FnOnce() -> Config) -> Config {
+    if std::env::var_os("WEIR_IT_HAND").is_some() {
+        return hand();
+    }
+    config(yaml)
 }
 
 /// The standard fixture with backend `up` at any URL.

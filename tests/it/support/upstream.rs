@@ -176,8 +176,12 @@ impl MockUpstream {
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<UpBody>, std::io::Error> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
-    let recorded =
-        Recorded { method: parts.method, path: parts.uri.path().to_owned(), headers: parts.headers, body: body.clone() };
+    let recorded = Recorded {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body: body.clone(),
+    };
     shared.requests.lock().expect("requests lock").push(recorded.clone());
     let behavior = shared.behavior.lock().expect("behavior lock").clone();
     match behavior {
@@ -202,13 +206,21 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     }
 }
 
-fn mock_answer(shared: &Arc<Shared>, request: &Recorded, gap: Duration, take: Option<usize>, end: End) -> Response<UpBody> {
+fn mock_answer(
+    shared: &Arc<Shared>,
+    request: &Recorded,
+    gap: Duration,
+    take: Option<usize>,
+    end: End,
+) -> Response<UpBody> {
     let endpoint = match request.path.as_str() {
         "/v1/chat/completions" => Endpoint::ChatCompletions,
         "/v1/completions" => Endpoint::Completions,
         "/v1/embeddings" => Endpoint::Embeddings,
         other => {
-            let body = format!(r#"{{"error":{{"message":"no route {other}","type":"invalid_request_error","param":null,"code":null}}}}"#);
+            let body = format!(
+                r#"{{"error":{{"message":"no route {other}","type":"invalid_request_error","param":null,"code":null}}}}"#
+            );
             return json_response(404, body);
         }
     };
