@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_openai::types::chat::{
     ChatCompletionMessageToolCalls, ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    ChatCompletionTool, ChatCompletionTools, CompletionFinishReason, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs, FinishReason, FunctionObject, Prompt,
+    ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools, CompletionFinishReason,
+    CreateChatCompletionRequest, CreateChatCompletionRequestArgs, FinishReason, FunctionObject, Prompt,
 };
 use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::types::embeddings::{CreateEmbeddingRequestArgs, EmbeddingInput};
@@ -303,5 +303,58 @@ async fn the_builtin_mock_backend_serves_chat_streams_and_embeddings() {
     assert!((norm - 1.0).abs() < 1e-3, "mock embeddings are unit vectors, norm {norm}");
 
     assert!(upstream.requests().is_empty());
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_usage_is_passed_on_when_asked_for() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let gateway = support::standard(&upstream).await;
+    let client = support::openai(&gateway, Some(TEAM_KEY));
+    let mut request = chat_request("chat", "count my tokens");
+    request.stream_options = Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None });
+
+    let mut stream = client.chat().create_stream(request).await.expect("stream starts");
+    let mut usage = None;
+    let mut words = 0u32;
+    while let Some(chunk) = tokio::time::timeout(support::DEADLINE, stream.next()).await.expect("chunk in time") {
+        let chunk = chunk.expect("chunk parses");
+        words +=
+            chunk.choices.iter().filter(|c| c.delta.content.as_deref().is_some_and(|s| !s.is_empty())).count() as u32;
+        if chunk.usage.is_some() {
+            assert!(chunk.choices.is_empty(), "usage rides on a final chunk without choices");
+            usage = chunk.usage;
+        }
+    }
+    let usage = usage.expect("a usage chunk");
+    assert_eq!(usage.completion_tokens, words, "the mock counts one token per word");
+    assert_eq!(upstream.only_request().json()["stream_options"]["include_usage"], true);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn backend_headers_are_sent_upstream() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let yaml = support::standard_yaml(&upstream.url(), support::Timeouts::default()).replace(
+        "    api_key: sk-upstream-secret\n",
+        "    api_key: sk-upstream-secret\n    headers: { OpenAI-Organization: org-weir, X-Team: search }\n",
+    );
+    let config = support::config_or_hand(&yaml, || {
+        let mut config = support::hand::standard_config(&upstream.url(), support::Timeouts::default());
+        let up = config.backends.get_mut("up").expect("backend up");
+        up.headers = vec![
+            (http::HeaderName::from_static("openai-organization"), http::HeaderValue::from_static("org-weir")),
+            (http::HeaderName::from_static("x-team"), http::HeaderValue::from_static("search")),
+        ];
+        config
+    });
+    let gateway = support::start_config(config).await;
+
+    support::openai(&gateway, Some(TEAM_KEY)).chat().create(chat_request("chat", "hi")).await.expect("chat");
+
+    let seen = upstream.only_request();
+    assert_eq!(seen.header("openai-organization"), Some("org-weir"));
+    assert_eq!(seen.header("x-team"), Some("search"));
+    assert_eq!(seen.header("authorization"), Some(format!("Bearer {UPSTREAM_KEY}").as_str()));
     gateway.shutdown().await;
 }

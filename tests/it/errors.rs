@@ -115,6 +115,22 @@ async fn unknown_model_is_404() {
 }
 
 #[tokio::test]
+async fn an_azure_style_api_key_header_is_accepted() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let gateway = support::standard(&upstream).await;
+    let response = support::http()
+        .post(format!("{}/chat/completions", support::base_url(&gateway)))
+        .header("api-key", TEAM_KEY)
+        .body(CHAT)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.only_request().header("api-key"), None, "the client's key is not forwarded");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn missing_and_unknown_keys_are_401() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = support::standard(&upstream).await;
@@ -188,14 +204,17 @@ async fn an_upstream_first_byte_timeout_is_504() {
     let upstream = MockUpstream::start(Behavior::Hang).await;
     let timeouts = Timeouts { first_byte: "300ms", ..Timeouts::default() };
     let gateway = support::standard_with(&upstream, timeouts).await;
-    let started = Instant::now();
-    let response = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), CHAT).await;
-    let elapsed = started.elapsed();
-    assert_eq!(response.headers().get("x-weir-backend").and_then(|v| v.to_str().ok()), Some("up"));
-    let error = expect_error(response, 504, None).await;
-    assert_eq!(error["type"], "api_error");
-    assert!(elapsed >= Duration::from_millis(250), "answered before the timeout: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "the 300ms first_byte timeout took {elapsed:?}");
+    // A stream whose headers never come is a plain 504 too: nothing was streamed yet.
+    for body in [CHAT, CHAT_STREAM] {
+        let started = Instant::now();
+        let response = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), body).await;
+        let elapsed = started.elapsed();
+        assert_eq!(response.headers().get("x-weir-backend").and_then(|v| v.to_str().ok()), Some("up"));
+        let error = expect_error(response, 504, None).await;
+        assert_eq!(error["type"], "api_error");
+        assert!(elapsed >= Duration::from_millis(250), "answered before the timeout: {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "the 300ms first_byte timeout took {elapsed:?}");
+    }
     gateway.shutdown().await;
 }
 
