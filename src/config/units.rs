@@ -12,9 +12,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration `{text}`: {DURATION_HINT}");
     // humantime takes a bare number as an error too, but say so plainly, and it must never
     // see a sign: a negative duration is always a mistake.
-    if trimmed.is_empty()
-        || trimmed.starts_with(['-', '+'])
-        || trimmed.chars().all(|c| c.is_ascii_digit() || c == '.')
+    if trimmed.is_empty() || trimmed.starts_with(['-', '+']) || trimmed.chars().all(|c| c.is_ascii_digit() || c == '.')
     {
         return Err(invalid());
     }
@@ -26,9 +24,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let invalid = || format!("invalid size `{text}`: {SIZE_HINT}");
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
     if digits.is_empty() {
         return Err(invalid());
@@ -45,12 +41,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "tib" | "ti" => 1 << 40,
         _ => return Err(invalid()),
     };
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size `{text}`: too large"))?;
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("invalid size `{text}`: too large"))
+    let number: u64 = digits.parse().map_err(|_| format!("invalid size `{text}`: too large"))?;
+    number.checked_mul(multiplier).ok_or_else(|| format!("invalid size `{text}`: too large"))
 }
 
 #[cfg(test)]
@@ -85,17 +77,7 @@ mod tests {
         assert_eq!(parse_size("10MB"), Ok(10_000_000));
         assert_eq!(parse_size("10 MB"), Ok(10_000_000));
         assert_eq!(parse_size("7B"), Ok(7));
-        for bad in [
-            "",
-            "MiB",
-            "-1",
-            "1.5MiB",
-            "10XB",
-            "ten",
-            "10 MiB extra",
-            "99999999999999999999",
-            "20000000TiB",
-        ] {
+        for bad in ["", "MiB", "-1", "1.5MiB", "10XB", "ten", "10 MiB extra", "99999999999999999999", "20000000TiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -21,26 +21,18 @@ use super::yaml::{Document, Pos, join_index, join_key};
 use super::*;
 
 const KINDS: &str = "openai, azure, anthropic, mock";
-const HASH_HINT: &str =
-    "expected `sha256:` followed by 64 lowercase hex digits (produce it with `weir key hash`)";
+const HASH_HINT: &str = "expected `sha256:` followed by 64 lowercase hex digits (produce it with `weir key hash`)";
 
 /// Checks `doc` against the schema and rules of SPEC §2.
 pub fn validate(doc: &Document, origin: &str) -> Result<Config, ConfigError> {
-    let mut cx = Cx {
-        doc,
-        origin,
-        problems: Vec::new(),
-        dropped: Vec::new(),
-        inactive: Vec::new(),
-    };
+    let mut cx = Cx { doc, origin, problems: Vec::new(), dropped: Vec::new(), inactive: Vec::new() };
     let mut problems = Vec::new();
     let config = cx.deserialize().map(|raw| {
         // Type problems are kept apart: the filter below is only for their echoes.
         problems = std::mem::take(&mut cx.problems);
         let config = cx.config(&raw);
         let dropped = std::mem::take(&mut cx.dropped);
-        cx.problems
-            .retain(|(path, _, _)| !dropped.iter().any(|d| is_within(path, d)));
+        cx.problems.retain(|(path, _, _)| !dropped.iter().any(|d| is_within(path, d)));
         config
     });
     problems.append(&mut cx.problems);
@@ -53,12 +45,7 @@ pub fn validate(doc: &Document, origin: &str) -> Result<Config, ConfigError> {
             problems.sort_by_key(|(_, pos, _)| (pos.line, pos.col));
             let problems = problems
                 .into_iter()
-                .map(|(_, pos, message)| Problem {
-                    origin: origin.to_string(),
-                    line: pos.line,
-                    col: pos.col,
-                    message,
-                })
+                .map(|(_, pos, message)| Problem { origin: origin.to_string(), line: pos.line, col: pos.col, message })
                 .collect();
             Err(ConfigError { problems })
         }
@@ -67,8 +54,7 @@ pub fn validate(doc: &Document, origin: &str) -> Result<Config, ConfigError> {
 
 /// Whether `path` is `ancestor` or lies below it.
 fn is_within(path: &str, ancestor: &str) -> bool {
-    path.strip_prefix(ancestor)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    path.strip_prefix(ancestor).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 struct Cx<'a> {
@@ -148,10 +134,7 @@ impl Cx<'_> {
                     ignored_segs(&path, &mut segs);
                     unknown.push(segs);
                 };
-                serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-                    &tree,
-                    &mut on_ignored,
-                ))
+                serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&tree, &mut on_ignored))
             };
             let err = match result {
                 Ok(raw) => {
@@ -162,8 +145,7 @@ impl Cx<'_> {
                             _ => path.clone(),
                         };
                         let pos = self.doc.key_pos(&path);
-                        self.problems
-                            .push((path, pos, format!("unknown key `{key}`")));
+                        self.problems.push((path, pos, format!("unknown key `{key}`")));
                     }
                     return Some(raw);
                 }
@@ -199,8 +181,7 @@ impl Cx<'_> {
             }
             if !self.dropped.contains(&path) {
                 let pos = self.doc.value_pos(&path);
-                self.problems
-                    .push((path.clone(), pos, type_message(&path, &inner)));
+                self.problems.push((path.clone(), pos, type_message(&path, &inner)));
                 self.dropped.push(path.clone());
             }
             // Placeholders that deserialize into most fields: {} for sections, "" for words.
@@ -215,11 +196,7 @@ impl Cx<'_> {
             }
         }
         if self.problems.is_empty() {
-            self.problems.push((
-                String::new(),
-                Pos { line: 1, col: 1 },
-                "the config could not be read".into(),
-            ));
+            self.problems.push((String::new(), Pos { line: 1, col: 1 }, "the config could not be read".into()));
         }
         None
     }
@@ -230,16 +207,12 @@ impl Cx<'_> {
 fn coerce(node: &Value, inner: &str, plain: Option<&str>) -> Option<Value> {
     let expected = inner.split_once(", expected ")?.1;
     match node {
-        Value::Number(_) | Value::Bool(_) if expected == "a string" => Some(Value::String(
-            plain.map_or_else(|| node.to_string(), str::to_string),
-        )),
+        Value::Number(_) | Value::Bool(_) if expected == "a string" => {
+            Some(Value::String(plain.map_or_else(|| node.to_string(), str::to_string)))
+        }
         Value::String(text) if expected != "a string" => match Yaml::from_str(text.trim()) {
             Yaml::Integer(i) => Some(Value::from(i)),
-            Yaml::Real(r) => r
-                .parse::<f64>()
-                .ok()
-                .and_then(serde_json::Number::from_f64)
-                .map(Value::Number),
+            Yaml::Real(r) => r.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number),
             Yaml::Boolean(b) => Some(Value::Bool(b)),
             _ => None,
         },
@@ -257,10 +230,7 @@ fn type_message(path: &str, inner: &str) -> String {
         _ => expected.to_string(),
     };
     for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some((got, expected)) = inner
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split_once(", expected "))
-        {
+        if let Some((got, expected)) = inner.strip_prefix(prefix).and_then(|rest| rest.split_once(", expected ")) {
             return format!("`{path}`: expected {}, got {got}", friendly(expected));
         }
     }
@@ -286,20 +256,11 @@ impl Cx<'_> {
     /// Records a section this build accepts but does not act on yet.
     fn inactive(&mut self, path: &str, what: &str) {
         let pos = self.doc.key_pos(path);
-        self.inactive.push(format!(
-            "{}:{}:{}: {what} is accepted but not active in this build",
-            self.origin, pos.line, pos.col
-        ));
+        self.inactive
+            .push(format!("{}:{}:{}: {what} is accepted but not active in this build", self.origin, pos.line, pos.col));
     }
 
-    fn duration(
-        &mut self,
-        path: &str,
-        field: &str,
-        text: Option<&str>,
-        default: Duration,
-        positive: bool,
-    ) -> Duration {
+    fn duration(&mut self, path: &str, field: &str, text: Option<&str>, default: Duration, positive: bool) -> Duration {
         let Some(text) = text else { return default };
         match parse_duration(text) {
             Ok(d) if positive && d.is_zero() => {
@@ -333,8 +294,7 @@ impl Cx<'_> {
     fn url(&mut self, path: &str, field: &str, text: &str) -> String {
         let trimmed = text.trim().trim_end_matches('/');
         let ok = trimmed.parse::<http::Uri>().is_ok_and(|uri| {
-            matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.host().is_some_and(|h| !h.is_empty())
+            matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some_and(|h| !h.is_empty())
         });
         if !ok {
             self.err(path, format!("`{field}`: invalid URL `{text}`: expected an http:// or https:// URL such as https://api.openai.com/v1"));
@@ -346,13 +306,7 @@ impl Cx<'_> {
         if allowed.contains(&text) {
             return true;
         }
-        self.err(
-            path,
-            format!(
-                "invalid `{field}` `{text}`: expected one of {}",
-                allowed.join(", ")
-            ),
-        );
+        self.err(path, format!("invalid `{field}` `{text}`: expected one of {}", allowed.join(", ")));
         false
     }
 
@@ -375,93 +329,47 @@ impl Cx<'_> {
 
     fn config(&mut self, raw: &RawConfig) -> Config {
         let server = self.server(&raw.server);
-        let backends = raw
-            .backends
-            .iter()
-            .map(|(name, b)| (name.clone(), self.backend(name, b)))
-            .collect();
-        let models: BTreeMap<String, ModelConfig> = raw
-            .models
-            .iter()
-            .map(|(name, m)| (name.clone(), self.model(name, m, raw)))
-            .collect();
+        let backends = raw.backends.iter().map(|(name, b)| (name.clone(), self.backend(name, b))).collect();
+        let models: BTreeMap<String, ModelConfig> =
+            raw.models.iter().map(|(name, m)| (name.clone(), self.model(name, m, raw))).collect();
         let keys = self.keys(raw);
         let auth = self.auth(raw);
         self.optional_sections(raw);
-        Config {
-            server,
-            backends,
-            models,
-            keys,
-            auth,
-            inactive: Vec::new(),
-        }
+        Config { server, backends, models, keys, auth, inactive: Vec::new() }
     }
 
     fn addr(&mut self, path: &str, field: &str, text: Option<&str>, default: &str) -> SocketAddr {
         let text = text.unwrap_or(default).trim();
-        let local = text
-            .strip_prefix("localhost:")
-            .map(|port| format!("127.0.0.1:{port}"));
+        let local = text.strip_prefix("localhost:").map(|port| format!("127.0.0.1:{port}"));
         match local.as_deref().unwrap_or(text).parse() {
             Ok(addr) => addr,
             Err(_) => {
-                self.err(
-                    path,
-                    format!(
-                        "`{field}`: invalid address `{text}`: expected IP:PORT such as {default}"
-                    ),
-                );
-                default
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+                self.err(path, format!("`{field}`: invalid address `{text}`: expected IP:PORT such as {default}"));
+                default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
             }
         }
     }
 
     fn server(&mut self, raw: &RawServer) -> ServerConfig {
-        let listen = self.addr(
-            "server.listen",
-            "listen",
-            raw.listen.as_deref(),
-            "127.0.0.1:8080",
-        );
-        let admin_listen = self.addr(
-            "server.admin_listen",
-            "admin_listen",
-            raw.admin_listen.as_deref(),
-            "127.0.0.1:9090",
-        );
+        let listen = self.addr("server.listen", "listen", raw.listen.as_deref(), "127.0.0.1:8080");
+        let admin_listen =
+            self.addr("server.admin_listen", "admin_listen", raw.admin_listen.as_deref(), "127.0.0.1:9090");
         if listen == admin_listen && listen.port() != 0 {
-            self.err(
-                "server.admin_listen",
-                format!("`admin_listen` must differ from `listen` ({listen})"),
-            );
+            self.err("server.admin_listen", format!("`admin_listen` must differ from `listen` ({listen})"));
         }
         let tls = raw.tls.as_ref().map(|tls| {
             for (field, value) in [("cert", &tls.cert), ("key", &tls.key)] {
                 if value.trim().is_empty() {
-                    self.err(
-                        &format!("server.tls.{field}"),
-                        format!("`tls.{field}` must be a file path"),
-                    );
+                    self.err(&format!("server.tls.{field}"), format!("`tls.{field}` must be a file path"));
                 }
             }
-            TlsConfig {
-                cert: PathBuf::from(&tls.cert),
-                key: PathBuf::from(&tls.key),
-            }
+            TlsConfig { cert: PathBuf::from(&tls.cert), key: PathBuf::from(&tls.key) }
         });
         ServerConfig {
             listen,
             admin_listen,
             tls,
-            max_body: self.size(
-                "server.max_body",
-                "max_body",
-                raw.max_body.as_deref(),
-                8 << 20,
-            ),
+            max_body: self.size("server.max_body", "max_body", raw.max_body.as_deref(), 8 << 20),
             admin_token: raw.admin_token.clone().filter(|t| !t.is_empty()),
             shutdown_timeout: self.duration(
                 "server.shutdown_timeout",
@@ -478,10 +386,7 @@ impl Cx<'_> {
         let at = |field: &str| join_key(&path, field);
         let kind = match raw.kind.as_deref() {
             None => {
-                self.key_err(
-                    &path,
-                    format!("backend `{name}` needs `kind` (one of {KINDS})"),
-                );
+                self.key_err(&path, format!("backend `{name}` needs `kind` (one of {KINDS})"));
                 None
             }
             Some("openai") => Some(BackendKind::OpenAi),
@@ -489,18 +394,12 @@ impl Cx<'_> {
             Some("anthropic") => Some(BackendKind::Anthropic),
             Some("mock") => Some(BackendKind::Mock),
             Some(other) => {
-                self.err(
-                    &at("kind"),
-                    format!("unknown backend kind `{other}` (expected one of {KINDS})"),
-                );
+                self.err(&at("kind"), format!("unknown backend kind `{other}` (expected one of {KINDS})"));
                 None
             }
         };
         if let Some(k @ (BackendKind::Anthropic | BackendKind::Azure)) = kind {
-            self.inactive(
-                &at("kind"),
-                &format!("backend kind `{}` (backend `{name}`)", k.as_str()),
-            );
+            self.inactive(&at("kind"), &format!("backend kind `{}` (backend `{name}`)", k.as_str()));
         }
         let is_mock = kind == Some(BackendKind::Mock);
         let base_url = match raw.base_url.as_deref() {
@@ -509,20 +408,14 @@ impl Cx<'_> {
                 if is_mock { String::new() } else { url }
             }
             None if kind.is_some() && !is_mock => {
-                self.key_err(
-                    &path,
-                    format!("backend `{name}` needs `base_url` (an http:// or https:// URL)"),
-                );
+                self.key_err(&path, format!("backend `{name}` needs `base_url` (an http:// or https:// URL)"));
                 String::new()
             }
             None => String::new(),
         };
         let api_version = raw.api_version.clone().filter(|v| !v.trim().is_empty());
         if kind == Some(BackendKind::Azure) && api_version.is_none() {
-            self.key_err(
-                &path,
-                format!("azure backend `{name}` needs `api_version` (such as 2024-10-21)"),
-            );
+            self.key_err(&path, format!("azure backend `{name}` needs `api_version` (such as 2024-10-21)"));
         }
         let max_inflight = match raw.max_inflight {
             Some(0) => {
@@ -543,41 +436,25 @@ impl Cx<'_> {
                 self.key_err(&header_path, format!("invalid header name `{key}`"));
             }
             if value.is_err() {
-                self.err(
-                    &header_path,
-                    format!("invalid value for header `{key}`: expected visible ASCII text"),
-                );
+                self.err(&header_path, format!("invalid value for header `{key}`: expected visible ASCII text"));
             }
             if let (Ok(name), Ok(value)) = (name, value) {
                 headers.push((name, value));
             }
         }
         let mut mock = MockSettings::default();
-        for (field, present) in [
-            ("latency", raw.latency.is_some()),
-            ("tokens_per_second", raw.tokens_per_second.is_some()),
-        ] {
+        for (field, present) in
+            [("latency", raw.latency.is_some()), ("tokens_per_second", raw.tokens_per_second.is_some())]
+        {
             if present && kind.is_some() && !is_mock {
-                self.key_err(
-                    &at(field),
-                    format!("`{field}` only applies to `kind: mock` backends"),
-                );
+                self.key_err(&at(field), format!("`{field}` only applies to `kind: mock` backends"));
             }
         }
         if is_mock {
-            mock.latency = self.duration(
-                &at("latency"),
-                "latency",
-                raw.latency.as_deref(),
-                Duration::ZERO,
-                false,
-            );
+            mock.latency = self.duration(&at("latency"), "latency", raw.latency.as_deref(), Duration::ZERO, false);
             mock.tokens_per_second = match raw.tokens_per_second {
                 Some(tps) if !(tps.is_finite() && tps > 0.0) => {
-                    self.err(
-                        &at("tokens_per_second"),
-                        "`tokens_per_second` must be greater than 0",
-                    );
+                    self.err(&at("tokens_per_second"), "`tokens_per_second` must be greater than 0");
                     None
                 }
                 other => other,
@@ -602,13 +479,7 @@ impl Cx<'_> {
             return defaults;
         };
         let mut one = |field: &str, text: &Option<String>, default: Duration| {
-            self.duration(
-                &join_key(path, field),
-                &format!("timeouts.{field}"),
-                text.as_deref(),
-                default,
-                true,
-            )
+            self.duration(&join_key(path, field), &format!("timeouts.{field}"), text.as_deref(), default, true)
         };
         Timeouts {
             connect: one("connect", &t.connect, defaults.connect),
@@ -621,10 +492,7 @@ impl Cx<'_> {
     /// Checks a `{backend, model}` pair at `path`.
     fn target_ref(&mut self, path: &str, backend: &str, model: &str, raw: &RawConfig) {
         if backend.is_empty() {
-            self.err(
-                path,
-                "missing `backend` (the name of an entry of `backends`)",
-            );
+            self.err(path, "missing `backend` (the name of an entry of `backends`)");
         } else if !raw.backends.contains_key(backend) {
             let known: Vec<&str> = raw.backends.keys().map(String::as_str).collect();
             let known = if known.is_empty() {
@@ -632,10 +500,7 @@ impl Cx<'_> {
             } else {
                 format!("known: {}", known.join(", "))
             };
-            self.err(
-                &join_key(path, "backend"),
-                format!("unknown backend `{backend}` ({known})"),
-            );
+            self.err(&join_key(path, "backend"), format!("unknown backend `{backend}` ({known})"));
         }
         if model.trim().is_empty() {
             self.err(path, "missing `model` (the model name sent to the backend)");
@@ -646,10 +511,7 @@ impl Cx<'_> {
         let path = join_key("models", name);
         let targets_path = join_key(&path, "targets");
         if raw.targets.is_empty() {
-            self.key_err(
-                &path,
-                format!("model `{name}` needs at least one entry in `targets`"),
-            );
+            self.key_err(&path, format!("model `{name}` needs at least one entry in `targets`"));
         }
         let mut targets = Vec::new();
         let mut variants: HashSet<String> = HashSet::new();
@@ -659,10 +521,7 @@ impl Cx<'_> {
             self.target_ref(&tp, &t.backend, &t.model, config);
             let weight = t.weight.unwrap_or(1);
             let weight = u32::try_from(weight).unwrap_or_else(|_| {
-                self.err(
-                    &join_key(&tp, "weight"),
-                    format!("`weight` must be at most {}", u32::MAX),
-                );
+                self.err(&join_key(&tp, "weight"), format!("`weight` must be at most {}", u32::MAX));
                 1
             });
             total_weight += u64::from(weight);
@@ -675,22 +534,19 @@ impl Cx<'_> {
                 None => t.backend.clone(),
             };
             if !variants.insert(variant.clone()) {
-                let at = if t.variant.is_some() {
-                    join_key(&tp, "variant")
-                } else {
-                    tp.clone()
-                };
-                self.err(&at, format!("variant `{variant}` appears twice in model `{name}`: give each target its own `variant`"));
+                let at = if t.variant.is_some() { join_key(&tp, "variant") } else { tp.clone() };
+                self.err(
+                    &at,
+                    format!("variant `{variant}` appears twice in model `{name}`: give each target its own `variant`"),
+                );
             }
-            targets.push(TargetConfig {
-                backend: t.backend.clone(),
-                model: t.model.clone(),
-                weight,
-                variant,
-            });
+            targets.push(TargetConfig { backend: t.backend.clone(), model: t.model.clone(), weight, variant });
         }
         if !raw.targets.is_empty() && total_weight == 0 {
-            self.err(&targets_path, format!("the weights of model `{name}` add up to 0: give at least one target a weight above 0"));
+            self.err(
+                &targets_path,
+                format!("the weights of model `{name}` add up to 0: give at least one target a weight above 0"),
+            );
         }
         let sticky = self.sticky(&join_key(&path, "sticky"), raw.sticky.as_deref());
         let fallbacks_path = join_key(&path, "fallbacks");
@@ -699,12 +555,7 @@ impl Cx<'_> {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                self.target_ref(
-                    &join_index(&fallbacks_path, i),
-                    &f.backend,
-                    &f.model,
-                    config,
-                );
+                self.target_ref(&join_index(&fallbacks_path, i), &f.backend, &f.model, config);
                 TargetConfig {
                     backend: f.backend.clone(),
                     model: f.model.clone(),
@@ -720,27 +571,13 @@ impl Cx<'_> {
             if cache.ttl.is_none() {
                 self.key_err(&cache_path, "`cache` needs a `ttl` such as 10m");
             }
-            self.duration(
-                &join_key(&cache_path, "ttl"),
-                "ttl",
-                cache.ttl.as_deref(),
-                Duration::from_secs(600),
-                true,
-            )
+            self.duration(&join_key(&cache_path, "ttl"), "ttl", cache.ttl.as_deref(), Duration::from_secs(600), true)
         });
         let price = raw.price.as_ref().map(|p| {
             let pp = join_key(&path, "price");
             self.inactive(&pp, &format!("`price` of model `{name}`"));
-            let input = self.non_negative(
-                &join_key(&pp, "input_per_mtok"),
-                "input_per_mtok",
-                p.input_per_mtok,
-            );
-            let output = self.non_negative(
-                &join_key(&pp, "output_per_mtok"),
-                "output_per_mtok",
-                p.output_per_mtok,
-            );
+            let input = self.non_negative(&join_key(&pp, "input_per_mtok"), "input_per_mtok", p.input_per_mtok);
+            let output = self.non_negative(&join_key(&pp, "output_per_mtok"), "output_per_mtok", p.output_per_mtok);
             let cached = match p.cached_input_per_mtok {
                 Some(_) => self.non_negative(
                     &join_key(&pp, "cached_input_per_mtok"),
@@ -749,11 +586,7 @@ impl Cx<'_> {
                 ),
                 None => input,
             };
-            Price {
-                input_per_mtok: input,
-                output_per_mtok: output,
-                cached_input_per_mtok: cached,
-            }
+            Price { input_per_mtok: input, output_per_mtok: output, cached_input_per_mtok: cached }
         });
         ModelConfig {
             name: name.to_string(),
@@ -773,16 +606,11 @@ impl Cx<'_> {
             Some("key") => Sticky::Key,
             Some("user") => Sticky::User,
             Some(other) => {
-                let header = other
-                    .strip_prefix("header:")
-                    .map(|h| HeaderName::from_bytes(h.trim().as_bytes()));
+                let header = other.strip_prefix("header:").map(|h| HeaderName::from_bytes(h.trim().as_bytes()));
                 if let Some(Ok(name)) = header {
                     return Sticky::Header(name);
                 }
-                self.err(
-                    path,
-                    format!("invalid `sticky` `{other}`: expected none, key, user or header:NAME"),
-                );
+                self.err(path, format!("invalid `sticky` `{other}`: expected none, key, user or header:NAME"));
                 Sticky::None
             }
         }
@@ -793,10 +621,9 @@ impl Cx<'_> {
         let Some(r) = &raw.retry else { return retry };
         match r.attempts.map(u32::try_from) {
             None => {}
-            Some(Ok(0)) | Some(Err(_)) => self.err(
-                &join_key(path, "attempts"),
-                "`attempts` must be a whole number ≥ 1",
-            ),
+            Some(Ok(0)) | Some(Err(_)) => {
+                self.err(&join_key(path, "attempts"), "`attempts` must be a whole number ≥ 1")
+            }
             Some(Ok(n)) => retry.attempts = n,
         }
         let on_path = join_key(path, "on");
@@ -811,9 +638,7 @@ impl Cx<'_> {
                 (_, Some("connect")) => retry.on_connect = true,
                 (_, Some("timeout")) => retry.on_timeout = true,
                 _ => {
-                    let shown = item
-                        .as_str()
-                        .map_or_else(|| item.to_string(), str::to_string);
+                    let shown = item.as_str().map_or_else(|| item.to_string(), str::to_string);
                     self.err(
                         &join_index(&on_path, i),
                         format!("invalid retry condition `{shown}`: expected an HTTP status (100-599), `connect` or `timeout`"),
@@ -833,12 +658,8 @@ impl Cx<'_> {
             let at = |field: &str| join_key(&kp, field);
             if k.name.trim().is_empty() {
                 self.err(&kp, "key needs a `name`");
-            } else if let Some(first) = names.insert(&k.name, self.doc.value_pos(&at("name")).line)
-            {
-                self.err(
-                    &at("name"),
-                    format!("duplicate key name `{}` (first on line {first})", k.name),
-                );
+            } else if let Some(first) = names.insert(&k.name, self.doc.value_pos(&at("name")).line) {
+                self.err(&at("name"), format!("duplicate key name `{}` (first on line {first})", k.name));
             }
             let hash = if k.key.is_empty() {
                 self.err(&kp, format!("key needs `key`: {HASH_HINT}"));
@@ -847,10 +668,7 @@ impl Cx<'_> {
                 match parse_key_hash(&k.key) {
                     Ok(hash) => {
                         if let Some(other) = hashes.insert(hash, &k.name) {
-                            self.err(
-                                &at("key"),
-                                format!("key `{}` has the same hash as key `{other}`", k.name),
-                            );
+                            self.err(&at("key"), format!("key `{}` has the same hash as key `{other}`", k.name));
                         }
                         hash
                     }
@@ -873,13 +691,7 @@ impl Cx<'_> {
             }
             let rate = self.rate(&at("rate"), k);
             let budget = self.budget(&at("budget"), k);
-            keys.push(KeyConfig {
-                name: k.name.clone(),
-                hash,
-                models: k.models.clone(),
-                rate,
-                budget,
-            });
+            keys.push(KeyConfig { name: k.name.clone(), hash, models: k.models.clone(), rate, budget });
         }
         keys
     }
@@ -891,17 +703,10 @@ impl Cx<'_> {
         self.inactive(path, &format!("`rate` of key `{}`", k.name));
         for (field, value) in [("rpm", r.rpm), ("tpm", r.tpm), ("concurrent", r.concurrent)] {
             if value == Some(0) {
-                self.err(
-                    &join_key(path, field),
-                    format!("`{field}` must be at least 1"),
-                );
+                self.err(&join_key(path, field), format!("`{field}` must be at least 1"));
             }
         }
-        RateConfig {
-            rpm: r.rpm,
-            tpm: r.tpm,
-            concurrent: r.concurrent,
-        }
+        RateConfig { rpm: r.rpm, tpm: r.tpm, concurrent: r.concurrent }
     }
 
     fn budget(&mut self, path: &str, k: &RawKey) -> Option<BudgetConfig> {
@@ -915,10 +720,7 @@ impl Cx<'_> {
             Some("day") => BudgetPeriod::Day,
             Some("month") => BudgetPeriod::Month,
             Some(other) => {
-                self.err(
-                    &join_key(path, "per"),
-                    format!("invalid `per` `{other}`: expected day or month"),
-                );
+                self.err(&join_key(path, "per"), format!("invalid `per` `{other}`: expected day or month"));
                 BudgetPeriod::Month
             }
             None => {
@@ -935,19 +737,12 @@ impl Cx<'_> {
             Some("none") => AuthMode::None,
             Some("passthrough") => AuthMode::Passthrough,
             Some(other) => {
-                self.err(
-                    "auth.mode",
-                    format!("invalid `auth.mode` `{other}`: expected keys, none or passthrough"),
-                );
+                self.err("auth.mode", format!("invalid `auth.mode` `{other}`: expected keys, none or passthrough"));
                 return AuthMode::None;
             }
         };
         if mode == AuthMode::Keys && raw.keys.is_empty() {
-            let how = if raw.auth.mode.is_some() {
-                "is"
-            } else {
-                "defaults to"
-            };
+            let how = if raw.auth.mode.is_some() { "is" } else { "defaults to" };
             self.err(
                 "auth.mode",
                 format!("`auth.mode` {how} `keys` but no `keys` are defined, so no client could call: add a key or set `auth: {{ mode: none }}`"),
@@ -975,20 +770,12 @@ impl Cx<'_> {
             self.inactive("telemetry", "`telemetry`");
             if let Some(otlp) = &t.otlp {
                 if otlp.endpoint.trim().is_empty() {
-                    self.key_err(
-                        "telemetry.otlp",
-                        "`otlp` needs `endpoint` (such as http://127.0.0.1:4317)",
-                    );
+                    self.key_err("telemetry.otlp", "`otlp` needs `endpoint` (such as http://127.0.0.1:4317)");
                 } else {
                     self.url("telemetry.otlp.endpoint", "endpoint", &otlp.endpoint);
                 }
                 if let Some(protocol) = otlp.protocol.as_deref() {
-                    self.one_of(
-                        "telemetry.otlp.protocol",
-                        "protocol",
-                        protocol,
-                        &["grpc", "http"],
-                    );
+                    self.one_of("telemetry.otlp.protocol", "protocol", protocol, &["grpc", "http"]);
                 }
             }
             self.ratio("telemetry.sample_ratio", "sample_ratio", t.sample_ratio);
@@ -1000,10 +787,7 @@ impl Cx<'_> {
             if d.name.trim().is_empty() {
                 self.err(&dp, "dataset needs a `name`");
             } else if !names.insert(d.name.as_str()) {
-                self.err(
-                    &join_key(&dp, "name"),
-                    format!("duplicate dataset name `{}`", d.name),
-                );
+                self.err(&join_key(&dp, "name"), format!("duplicate dataset name `{}`", d.name));
             }
             self.dataset(&dp, d, raw);
         }
@@ -1012,10 +796,7 @@ impl Cx<'_> {
     fn store(&mut self, path: &str, store: Option<&str>) {
         let Some(store) = store else { return };
         if store != "memory" && !store.starts_with("redis://") && !store.starts_with("rediss://") {
-            self.err(
-                path,
-                format!("invalid `store` `{store}`: expected memory or a redis:// URL"),
-            );
+            self.err(path, format!("invalid `store` `{store}`: expected memory or a redis:// URL"));
         }
     }
 
@@ -1025,36 +806,20 @@ impl Cx<'_> {
             self.err(dp, "dataset needs a `dir`");
         }
         self.ratio(&at("sample"), "sample", d.sample);
-        self.size(
-            &at("max_file_size"),
-            "max_file_size",
-            d.max_file_size.as_deref(),
-            1,
-        );
+        self.size(&at("max_file_size"), "max_file_size", d.max_file_size.as_deref(), 1);
         for (j, item) in d.redact.iter().enumerate() {
             // Anything but the three words is a regex; the `regex` crate is not a dependency
             // yet, so only emptiness is checked here.
             if item.trim().is_empty() {
-                self.err(
-                    &join_index(&at("redact"), j),
-                    "`redact` items must be email, phone, key or a regex",
-                );
+                self.err(&join_index(&at("redact"), j), "`redact` items must be email, phone, key or a regex");
             }
         }
         let Some(filter) = &d.filter else { return };
         let fp = at("filter");
-        if let Some(model) = filter
-            .model
-            .as_ref()
-            .filter(|m| !raw.models.contains_key(*m))
-        {
+        if let Some(model) = filter.model.as_ref().filter(|m| !raw.models.contains_key(*m)) {
             self.err(&join_key(&fp, "model"), format!("unknown model `{model}`"));
         }
-        if let Some(key) = filter
-            .key
-            .as_ref()
-            .filter(|key| !raw.keys.iter().any(|k| &k.name == *key))
-        {
+        if let Some(key) = filter.key.as_ref().filter(|key| !raw.keys.iter().any(|k| &k.name == *key)) {
             self.err(&join_key(&fp, "key"), format!("unknown key name `{key}`"));
         }
         if let Some(status) = &filter.status {
@@ -1065,17 +830,12 @@ impl Cx<'_> {
             let valid = |v: &Value| match v {
                 Value::Number(n) => n.as_u64().is_some_and(|c| (100..=599).contains(&c)),
                 Value::String(s) => {
-                    s.len() == 3
-                        && s.starts_with(['1', '2', '3', '4', '5'])
-                        && s[1..].eq_ignore_ascii_case("xx")
+                    s.len() == 3 && s.starts_with(['1', '2', '3', '4', '5']) && s[1..].eq_ignore_ascii_case("xx")
                 }
                 _ => false,
             };
             if !items.into_iter().all(valid) {
-                self.err(
-                    &join_key(&fp, "status"),
-                    "`status` must be HTTP statuses (100-599) or classes such as 5xx",
-                );
+                self.err(&join_key(&fp, "status"), "`status` must be HTTP statuses (100-599) or classes such as 5xx");
             }
         }
     }
@@ -1084,14 +844,9 @@ impl Cx<'_> {
 /// Decodes `sha256:` + 64 lowercase hex digits.
 fn parse_key_hash(text: &str) -> Result<[u8; 32], String> {
     let Some(hex_part) = text.strip_prefix("sha256:") else {
-        return Err(format!(
-            "`key` must be the key's hash, never the key itself: {HASH_HINT}"
-        ));
+        return Err(format!("`key` must be the key's hash, never the key itself: {HASH_HINT}"));
     };
-    let lower_hex = hex_part.len() == 64
-        && hex_part
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let lower_hex = hex_part.len() == 64 && hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let mut hash = [0u8; 32];
     if !lower_hex || hex::decode_to_slice(hex_part, &mut hash).is_err() {
         return Err(format!("invalid key hash: {HASH_HINT}"));

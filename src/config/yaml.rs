@@ -29,10 +29,7 @@ impl Pos {
 
     fn from_marker(mark: Marker) -> Pos {
         // yaml-rust2 counts lines from 1 but columns from 0.
-        Pos {
-            line: mark.line().max(1),
-            col: mark.col() + 1,
-        }
+        Pos { line: mark.line().max(1), col: mark.col() + 1 }
     }
 }
 
@@ -80,37 +77,19 @@ impl Document {
 }
 
 /// Parses `text`, expanding `${VAR}` with `env`. Reports every problem it can find.
-pub fn parse(
-    text: &str,
-    origin: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Document, ConfigError> {
+pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Document, ConfigError> {
     let (protected, refs) = protect_refs(text);
     let mut builder = Builder::new(env, &refs);
     let result = Parser::new_from_str(&protected).load(&mut builder, true);
-    let problem = |pos: Pos, message: String| Problem {
-        origin: origin.to_string(),
-        line: pos.line,
-        col: pos.col,
-        message,
-    };
-    let mut problems: Vec<Problem> = builder
-        .problems
-        .drain(..)
-        .map(|(pos, msg)| problem(pos, msg))
-        .collect();
+    let problem =
+        |pos: Pos, message: String| Problem { origin: origin.to_string(), line: pos.line, col: pos.col, message };
+    let mut problems: Vec<Problem> = builder.problems.drain(..).map(|(pos, msg)| problem(pos, msg)).collect();
     if let Err(err) = result {
-        problems.push(problem(
-            Pos::from_marker(*err.marker()),
-            format!("invalid YAML: {}", err.info()),
-        ));
+        problems.push(problem(Pos::from_marker(*err.marker()), format!("invalid YAML: {}", err.info())));
         // Problems found after a syntax error are likely its echoes.
         return Err(ConfigError { problems });
     }
-    let root = builder
-        .root
-        .take()
-        .unwrap_or_else(|| Value::Object(Map::new()));
+    let root = builder.root.take().unwrap_or_else(|| Value::Object(Map::new()));
     if !root.is_object() {
         problems.push(problem(
             builder.doc.value_pos(""),
@@ -129,16 +108,8 @@ pub fn parse(
 /// Appends a mapping key to a path, quoting keys that would make the path ambiguous.
 pub fn join_key(path: &str, key: &str) -> String {
     let needs_quotes = key.is_empty() || key.contains(['.', '[', ']', '"']);
-    let key = if needs_quotes {
-        format!("\"{}\"", key.replace('"', "\\\""))
-    } else {
-        key.to_string()
-    };
-    if path.is_empty() {
-        key
-    } else {
-        format!("{path}.{key}")
-    }
+    let key = if needs_quotes { format!("\"{}\"", key.replace('"', "\\\"")) } else { key.to_string() };
+    if path.is_empty() { key } else { format!("{path}.{key}") }
 }
 
 /// Appends a sequence index to a path.
@@ -169,17 +140,8 @@ fn parent(path: &str) -> Option<&str> {
 // === impl Builder ===
 
 enum Frame {
-    Seq {
-        path: String,
-        items: Vec<Value>,
-        anchor: usize,
-    },
-    Map {
-        path: String,
-        map: Map<String, Value>,
-        key: Option<PendingKey>,
-        anchor: usize,
-    },
+    Seq { path: String, items: Vec<Value>, anchor: usize },
+    Map { path: String, map: Map<String, Value>, key: Option<PendingKey>, anchor: usize },
 }
 
 struct PendingKey {
@@ -232,11 +194,7 @@ impl<'e> Builder<'e> {
         match self.stack.last() {
             None => String::new(),
             Some(Frame::Seq { path, items, .. }) => join_index(path, items.len()),
-            Some(Frame::Map {
-                path,
-                key: Some(key),
-                ..
-            }) => join_key(path, &key.name),
+            Some(Frame::Map { path, key: Some(key), .. }) => join_key(path, &key.name),
             Some(Frame::Map { path, .. }) => path.clone(),
         }
     }
@@ -270,10 +228,7 @@ impl<'e> Builder<'e> {
         let mut keep = true;
         if map.contains_key(&name) {
             let first = self.doc.keys.get(&child).map(|p| p.line).unwrap_or(0);
-            self.problems.push((
-                pos,
-                format!("duplicate key `{name}` (first on line {first})"),
-            ));
+            self.problems.push((pos, format!("duplicate key `{name}` (first on line {first})")));
             keep = false;
         } else {
             self.doc.keys.insert(child, pos);
@@ -281,14 +236,7 @@ impl<'e> Builder<'e> {
         *key = Some(PendingKey { name, keep });
     }
 
-    fn on_scalar(
-        &mut self,
-        text: String,
-        style: TScalarStyle,
-        anchor: usize,
-        tag: Option<Tag>,
-        pos: Pos,
-    ) {
+    fn on_scalar(&mut self, text: String, style: TScalarStyle, anchor: usize, tag: Option<Tag>, pos: Pos) {
         let text = restore_refs(text, self.refs);
         if self.expecting_key() {
             self.on_key(text, pos);
@@ -296,14 +244,11 @@ impl<'e> Builder<'e> {
         }
         let path = self.next_path();
         self.doc.values.entry(path.clone()).or_insert(pos);
-        let forced_string = tag
-            .as_ref()
-            .is_some_and(|t| t.handle == "!!" && t.suffix == "str");
+        let forced_string = tag.as_ref().is_some_and(|t| t.handle == "!!" && t.suffix == "str");
         let value = if style == TScalarStyle::Plain && !forced_string {
             match Yaml::from_str(&text) {
                 Yaml::Integer(i) => Value::from(i),
-                Yaml::Real(r) => match r.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
-                {
+                Yaml::Real(r) => match r.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
                     Some(n) => Value::Number(n),
                     None => Value::String(text.clone()),
                 },
@@ -333,15 +278,9 @@ impl<'e> Builder<'e> {
     fn on_start(&mut self, is_map: bool, anchor: usize, pos: Pos) {
         if self.skip_depth > 0 || self.expecting_key() {
             if self.skip_depth == 0 {
-                self.problems.push((
-                    pos,
-                    "mapping keys must be plain words, not lists or mappings".into(),
-                ));
+                self.problems.push((pos, "mapping keys must be plain words, not lists or mappings".into()));
                 if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
-                    *key = Some(PendingKey {
-                        name: String::new(),
-                        keep: false,
-                    });
+                    *key = Some(PendingKey { name: String::new(), keep: false });
                 }
             }
             self.skip_depth += 1;
@@ -350,18 +289,9 @@ impl<'e> Builder<'e> {
         let path = self.next_path();
         self.doc.values.entry(path.clone()).or_insert(pos);
         self.stack.push(if is_map {
-            Frame::Map {
-                path,
-                map: Map::new(),
-                key: None,
-                anchor,
-            }
+            Frame::Map { path, map: Map::new(), key: None, anchor }
         } else {
-            Frame::Seq {
-                path,
-                items: Vec::new(),
-                anchor,
-            }
+            Frame::Seq { path, items: Vec::new(), anchor }
         });
     }
 
@@ -386,34 +316,24 @@ impl MarkedEventReceiver for Builder<'_> {
             Event::DocumentStart => {
                 self.documents += 1;
                 if self.documents == 2 {
-                    self.problems.push((
-                        pos,
-                        "only one YAML document is allowed per config file".into(),
-                    ));
+                    self.problems.push((pos, "only one YAML document is allowed per config file".into()));
                 }
             }
             _ if self.documents > 1 => {}
             Event::Scalar(..) | Event::Alias(_) if self.skip_depth > 0 => {}
-            Event::Scalar(text, style, anchor, tag) => {
-                self.on_scalar(text, style, anchor, tag, pos)
-            }
+            Event::Scalar(text, style, anchor, tag) => self.on_scalar(text, style, anchor, tag, pos),
             Event::Alias(id) => {
                 if self.expecting_key() {
-                    self.problems
-                        .push((pos, "an alias cannot be used as a mapping key".into()));
+                    self.problems.push((pos, "an alias cannot be used as a mapping key".into()));
                     if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
-                        *key = Some(PendingKey {
-                            name: String::new(),
-                            keep: false,
-                        });
+                        *key = Some(PendingKey { name: String::new(), keep: false });
                     }
                     return;
                 }
                 let value = match self.anchors.get(&id) {
                     Some(value) => value.clone(),
                     None => {
-                        self.problems
-                            .push((pos, "alias to an unknown anchor".into()));
+                        self.problems.push((pos, "alias to an unknown anchor".into()));
                         Value::Null
                     }
                 };
@@ -457,9 +377,7 @@ fn protect_refs(text: &str) -> (String, Vec<String>) {
                 let index = refs.len() as u32;
                 out.push(REF_START);
                 for shift in [16, 8, 0] {
-                    out.push(
-                        char::from_u32(REF_DIGIT + ((index >> shift) & 0xFF)).unwrap_or(REF_FILL),
-                    );
+                    out.push(char::from_u32(REF_DIGIT + ((index >> shift) & 0xFF)).unwrap_or(REF_FILL));
                 }
                 out.extend(std::iter::repeat_n(REF_FILL, len - 4));
                 refs.push(reference.to_string());
@@ -489,9 +407,7 @@ fn restore_refs(text: String, refs: &[String]) -> String {
         }
         let mut index = 0usize;
         for _ in 0..3 {
-            let digit = chars
-                .next()
-                .map_or(0, |d| (d as u32).wrapping_sub(REF_DIGIT));
+            let digit = chars.next().map_or(0, |d| (d as u32).wrapping_sub(REF_DIGIT));
             index = (index << 8) | (digit & 0xFF) as usize;
         }
         while chars.peek() == Some(&REF_FILL) {
@@ -524,19 +440,14 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
             continue;
         }
         let Some(end) = rest.find('}') else {
-            return Err(format!(
-                "unterminated `${{` in `{text}`: expected `${{VAR}}` or `${{VAR:-default}}`"
-            ));
+            return Err(format!("unterminated `${{` in `{text}`: expected `${{VAR}}` or `${{VAR:-default}}`"));
         };
         let inner = &rest[2..end];
         let (name, default) = match inner.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
-        let valid_name = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid_name = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
             return Err(format!(
@@ -589,10 +500,7 @@ mod tests {
     #[test]
     fn types_scalars_and_records_positions() {
         let doc = parse_ok("a:\n  b: [1, 2.5, true, ~, x, '7']\n  \"c.d\": { e: 0x10 }\n");
-        assert_eq!(
-            doc.root,
-            serde_json::json!({"a": {"b": [1, 2.5, true, null, "x", "7"], "c.d": {"e": 16}}})
-        );
+        assert_eq!(doc.root, serde_json::json!({"a": {"b": [1, 2.5, true, null, "x", "7"], "c.d": {"e": 16}}}));
         assert_eq!(doc.value_pos("a.b[4]"), Pos { line: 2, col: 24 });
         assert_eq!(doc.key_pos("a.b"), Pos { line: 2, col: 3 });
         assert_eq!(doc.key_pos("a.\"c.d\".e"), Pos { line: 3, col: 12 });
@@ -609,20 +517,13 @@ mod tests {
 
     #[test]
     fn expands_env_after_parsing() {
-        let doc = parse_ok(
-            "a: ${TRICKY}\nb: \"${MISSING:-dflt}\"\nc: ${EMPTY:-x}\nd: $${HOST} ${HOST}$\n",
-        );
-        assert_eq!(
-            doc.root,
-            serde_json::json!({"a": "a # b: c", "b": "dflt", "c": "x", "d": "${HOST} example.com$"})
-        );
+        let doc = parse_ok("a: ${TRICKY}\nb: \"${MISSING:-dflt}\"\nc: ${EMPTY:-x}\nd: $${HOST} ${HOST}$\n");
+        assert_eq!(doc.root, serde_json::json!({"a": "a # b: c", "b": "dflt", "c": "x", "d": "${HOST} example.com$"}));
     }
 
     #[test]
     fn references_work_inside_flow_mappings() {
-        let doc = parse_ok(
-            "a: { k: ${NOPE:-}, h: \"${HOST}\", n: [${MISSING:-x}, 2] }\n# ${IN_COMMENT}\nb: ${HOST}\n",
-        );
+        let doc = parse_ok("a: { k: ${NOPE:-}, h: \"${HOST}\", n: [${MISSING:-x}, 2] }\n# ${IN_COMMENT}\nb: ${HOST}\n");
         assert_eq!(
             doc.root,
             serde_json::json!({"a": {"k": "", "h": "example.com", "n": ["x", 2]}, "b": "example.com"})
@@ -635,13 +536,9 @@ mod tests {
     fn missing_env_var_is_positioned() {
         assert_eq!(
             parse_err("a: 1\nb:\n  c: ${NOPE}\n"),
-            [
-                "t.yaml:3:6: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)"
-            ]
+            ["t.yaml:3:6: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)"]
         );
-        assert!(
-            parse_err("a: ${bad name}\n")[0].starts_with("t.yaml:1:4: invalid variable reference")
-        );
+        assert!(parse_err("a: ${bad name}\n")[0].starts_with("t.yaml:1:4: invalid variable reference"));
         assert!(parse_err("a: ${OPEN\n")[0].starts_with("t.yaml:1:4: unterminated"));
     }
 
@@ -659,10 +556,7 @@ mod tests {
     fn duplicate_keys_are_errors() {
         assert_eq!(
             parse_err("a: 1\nb:\n  x: 1\n  x: 2\na: 3\n"),
-            [
-                "t.yaml:4:3: duplicate key `x` (first on line 3)",
-                "t.yaml:5:1: duplicate key `a` (first on line 1)",
-            ]
+            ["t.yaml:4:3: duplicate key `x` (first on line 3)", "t.yaml:5:1: duplicate key `a` (first on line 1)",]
         );
     }
 
@@ -680,8 +574,6 @@ mod tests {
             ["t.yaml:1:1: the config must be a mapping of sections (`server:`, `backends:`, ...)"]
         );
         assert!(parse_err("? [a, b]\n: 1\n")[0].contains("mapping keys must be plain words"));
-        assert!(
-            parse_err("a: 1\n---\nb: 2\n")[0].starts_with("t.yaml:2:1: only one YAML document")
-        );
+        assert!(parse_err("a: 1\n---\nb: 2\n")[0].starts_with("t.yaml:2:1: only one YAML document"));
     }
 }

@@ -9,8 +9,7 @@ fn no_env(_: &str) -> Option<String> {
 }
 
 fn load(text: &str) -> Result<Config, Vec<String>> {
-    load_str(text, "w.yaml", &no_env)
-        .map_err(|e| e.problems.iter().map(ToString::to_string).collect())
+    load_str(text, "w.yaml", &no_env).map_err(|e| e.problems.iter().map(ToString::to_string).collect())
 }
 
 fn problems(text: &str) -> Vec<String> {
@@ -87,15 +86,9 @@ fn spec_example_validates_without_env() {
     assert_eq!(config.server.admin_token, None);
     assert_eq!(config.server.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(config.backends["openai"].api_key, None);
-    assert_eq!(
-        config.backends["openai"].base_url,
-        "https://api.openai.com/v1"
-    );
+    assert_eq!(config.backends["openai"].base_url, "https://api.openai.com/v1");
     assert_eq!(config.backends["vllm"].max_inflight, Some(256));
-    assert_eq!(
-        config.backends["azure"].api_version.as_deref(),
-        Some("2024-10-21")
-    );
+    assert_eq!(config.backends["azure"].api_version.as_deref(), Some("2024-10-21"));
     let chat = &config.models["chat-default"];
     assert_eq!(chat.sticky, Sticky::User);
     assert_eq!(chat.targets[1].weight, 10);
@@ -120,10 +113,7 @@ fn spec_example_validates_without_env() {
         "w.yaml:39:5: dataset `all`",
         "w.yaml:40:5: dataset `candidate`",
     ] {
-        assert!(
-            inactive.contains(expected),
-            "missing {expected:?} in:\n{inactive}"
-        );
+        assert!(inactive.contains(expected), "missing {expected:?} in:\n{inactive}");
     }
     assert_eq!(config.inactive.len(), 11, "{inactive}");
 }
@@ -185,19 +175,11 @@ fn env_expansion_with_default_and_missing_var() {
     let env = |name: &str| (name == "TOKEN").then(|| "s3cret # not a comment".to_string());
     let text = "server: { admin_token: ${TOKEN}, max_body: \"${BODY:-1MiB}\" }\nauth: { mode: ${MODE:-none} }\n";
     let config = load_str(text, "w.yaml", &env).expect("valid");
-    assert_eq!(
-        config.server.admin_token.as_deref(),
-        Some("s3cret # not a comment")
-    );
+    assert_eq!(config.server.admin_token.as_deref(), Some("s3cret # not a comment"));
     assert_eq!(config.server.max_body, 1 << 20);
     assert_eq!(config.auth, AuthMode::None);
 
-    let err = load_str(
-        "auth: { mode: none }\nserver:\n  admin_token: ${NOPE}\n",
-        "w.yaml",
-        &env,
-    )
-    .unwrap_err();
+    let err = load_str("auth: { mode: none }\nserver:\n  admin_token: ${NOPE}\n", "w.yaml", &env).unwrap_err();
     assert_eq!(
         err.to_string(),
         "w.yaml:3:16: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)"
@@ -205,20 +187,14 @@ fn env_expansion_with_default_and_missing_var() {
     // A number from the environment where a number is expected.
     let env = |name: &str| (name == "N").then(|| "8".to_string());
     let text = "auth: { mode: none }\nbackends: { b: { kind: openai, base_url: 'http://h', max_inflight: '${N}' } }\n";
-    assert_eq!(
-        load_str(text, "w.yaml", &env).expect("valid").backends["b"].max_inflight,
-        Some(8)
-    );
+    assert_eq!(load_str(text, "w.yaml", &env).expect("valid").backends["b"].max_inflight, Some(8));
 }
 
 #[test]
 fn yaml_syntax_error_and_duplicate_key() {
     let syntax = problems("auth: { mode: none }\nserver:\n  listen: [oops\n");
     assert_eq!(syntax.len(), 1);
-    assert!(
-        syntax[0].starts_with("w.yaml:4:1: invalid YAML"),
-        "{syntax:?}"
-    );
+    assert!(syntax[0].starts_with("w.yaml:4:1: invalid YAML"), "{syntax:?}");
     assert_eq!(
         problems("auth: { mode: none }\nserver:\n  listen: 127.0.0.1:1\n  listen: 127.0.0.1:2\n"),
         ["w.yaml:4:3: duplicate key `listen` (first on line 3)"]
@@ -292,8 +268,7 @@ fn keys_mode_without_keys_is_a_problem() {
 
 #[test]
 fn empty_sections_are_allowed() {
-    let config =
-        load("server:\nbackends:\nmodels:\nkeys:\nauth: { mode: passthrough }\n").expect("valid");
+    let config = load("server:\nbackends:\nmodels:\nkeys:\nauth: { mode: passthrough }\n").expect("valid");
     assert!(config.backends.is_empty() && config.keys.is_empty());
     assert_eq!(config.auth, AuthMode::Passthrough);
 }
