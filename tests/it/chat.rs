@@ -339,15 +339,8 @@ async fn backend_headers_are_sent_upstream() {
         "    api_key: sk-upstream-secret\n",
         "    api_key: sk-upstream-secret\n    headers: { OpenAI-Organization: org-weir, X-Team: search }\n",
     );
-    let config = support::config_or_hand(&yaml, || {
-        let mut config = support::hand::standard_config(&upstream.url(), support::Timeouts::default());
-        let up = config.backends.get_mut("up").expect("backend up");
-        up.headers = vec![
-            (http::HeaderName::from_static("openai-organization"), http::HeaderValue::from_static("org-weir")),
-            (http::HeaderName::from_static("x-team"), http::HeaderValue::from_static("search")),
-        ];
-        config
-    });
+    let config = support::config(&yaml);
+    assert_eq!(config.backends["up"].headers.len(), 2, "headers were read");
     let gateway = support::start_config(config).await;
 
     support::openai(&gateway, Some(TEAM_KEY)).chat().create(chat_request("chat", "hi")).await.expect("chat");

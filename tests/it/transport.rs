@@ -6,7 +6,7 @@ use http::Version;
 use weir::Gateway;
 use weir::config::{AuthMode, TlsConfig};
 
-use crate::support::{self, Behavior, MockUpstream, TEAM_KEY, Timeouts, UPSTREAM_KEY, hand};
+use crate::support::{self, Behavior, MockUpstream, TEAM_KEY, Timeouts, UPSTREAM_KEY};
 
 const CHAT: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#;
 const CHAT_STREAM: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
@@ -62,12 +62,8 @@ async fn tls_gateway(upstream: &MockUpstream) -> TlsGateway {
         &format!("server:\n  tls: {{ cert: \"{}\", key: \"{}\" }}\n", cert_path.display(), key_path.display()),
         1,
     );
-    let config = support::config_or_hand(&yaml, || {
-        let mut config = hand::standard_config(&upstream.url(), Timeouts::default());
-        config.server.tls = Some(TlsConfig { cert: cert_path.clone(), key: key_path.clone() });
-        config
-    });
-    assert!(config.server.tls.is_some(), "server.tls was read");
+    let config = support::config(&yaml);
+    assert_eq!(config.server.tls, Some(TlsConfig { cert: cert_path, key: key_path }), "server.tls was read");
     let gateway = support::start_config(config).await;
     let cert = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).expect("cert parses");
     TlsGateway { gateway, cert, _dir: dir }
@@ -141,11 +137,7 @@ fn with_auth(mode: &str) -> String {
 
 async fn gateway_with_auth(upstream: &MockUpstream, mode: &str, auth: AuthMode) -> Gateway {
     let yaml = with_auth(mode).replace("URL", &upstream.url());
-    let config = support::config_or_hand(&yaml, || {
-        let mut config = hand::standard_config(&upstream.url(), Timeouts::default());
-        config.auth = auth;
-        config
-    });
+    let config = support::config(&yaml);
     assert_eq!(config.auth, auth);
     support::start_config(config).await
 }

@@ -123,20 +123,8 @@ pub async fn standard_with(upstream: &MockUpstream, timeouts: Timeouts) -> Gatew
     standard_at(&upstream.url(), timeouts).await
 }
 
-/// `yaml` loaded as a config; while `WEIR_IT_HAND` is set, `hand()` instead (a stand-in for
-/// when the YAML loader is unavailable).
-pub fn config_or_hand(yaml: &str, hand: impl FnOnce() -> Config) -> Config {
-    if std::env::var_os("WEIR_IT_HAND").is_some() {
-        return hand();
-    }
-    config(yaml)
-}
-
 /// The standard fixture with backend `up` at any URL.
 pub async fn standard_at(upstream_url: &str, timeouts: Timeouts) -> Gateway {
-    if std::env::var_os("WEIR_IT_HAND").is_some() {
-        return start_config(hand::standard_config(upstream_url, timeouts)).await;
-    }
     start(&standard_yaml(upstream_url, timeouts)).await
 }
 
