@@ -351,3 +351,42 @@ async fn backend_headers_are_sent_upstream() {
     assert_eq!(seen.header("authorization"), Some(format!("Bearer {UPSTREAM_KEY}").as_str()));
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_answer() {
+    let upstream = MockUpstream::start(Behavior::paced(Duration::from_millis(5))).await;
+    let gateway = support::standard(&upstream).await;
+    let client = support::openai(&gateway, Some(TEAM_KEY));
+
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let prompt = format!("question number {i}");
+                let request = chat_request("chat", &prompt);
+                let content = if i % 2 == 0 {
+                    let response = client.chat().create(request).await.expect("chat");
+                    response.choices[0].message.content.clone().expect("content")
+                } else {
+                    let mut stream = client.chat().create_stream(request).await.expect("stream");
+                    let mut content = String::new();
+                    while let Some(chunk) = stream.next().await {
+                        for choice in chunk.expect("chunk").choices {
+                            content.push_str(choice.delta.content.as_deref().unwrap_or_default());
+                        }
+                    }
+                    content
+                };
+                (prompt, content)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (prompt, content) = tokio::time::timeout(support::DEADLINE, task).await.expect("in time").expect("task");
+        let request = json!({"model": "upstream-chat", "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": prompt}]});
+        let expected = upstream_answer(Endpoint::ChatCompletions, &request);
+        assert_eq!(Some(content.as_str()), expected["choices"][0]["message"]["content"].as_str(), "for {prompt}");
+    }
+    assert_eq!(upstream.requests().len(), 32);
+    gateway.shutdown().await;
+}

@@ -131,6 +131,27 @@ async fn an_azure_style_api_key_header_is_accepted() {
 }
 
 #[tokio::test]
+async fn the_sdk_parses_weir_errors() {
+    use async_openai::error::OpenAIError;
+    use async_openai::types::chat::{ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs};
+
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let gateway = support::standard(&upstream).await;
+    let request = CreateChatCompletionRequestArgs::default()
+        .model("gpt-nope")
+        .messages(vec![ChatCompletionRequestUserMessage::from("hi").into()])
+        .build()
+        .expect("request builds");
+    let err = support::openai(&gateway, Some(ALL_KEY)).chat().create(request).await.expect_err("unknown model");
+    let OpenAIError::ApiError(response) = err else { panic!("expected an API error, got {err:?}") };
+    assert_eq!(response.status_code.as_u16(), 404);
+    assert_eq!(response.api_error.code.as_deref(), Some("model_not_found"));
+    assert_eq!(response.api_error.param.as_deref(), Some("model"));
+    assert_eq!(response.api_error.r#type.as_deref(), Some("invalid_request_error"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn missing_and_unknown_keys_are_401() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = support::standard(&upstream).await;
