@@ -2,7 +2,7 @@
 //!
 //! Every struct here mirrors a section of SPEC §2 one to one. Fields stay as the user wrote
 //! them (durations and sizes as strings, references as names) so that the validation pass in
-//! `validate.rs` can report *every* problem with its place in the file, instead of serde
+//! `validate/` can report *every* problem with its place in the file, instead of serde
 //! stopping at the first one. Unknown keys are collected by the loader (`serde_ignored`) and
 //! reported as errors, so these structs do not use `deny_unknown_fields`.
 

@@ -142,7 +142,7 @@ keys:
         problems(text),
         [
             "w.yaml:3:21: `shutdown_timeout`: invalid duration `10x`: expected a number and unit such as 250ms, 30s, 10m",
-            "w.yaml:9:7: unknown key `colour`",
+            "w.yaml:9:7: unknown key `colour` (expected one of: connect, first_byte, total, idle)",
             "w.yaml:13:20: unknown backend `vlm` (known: mock)",
             "w.yaml:16:10: invalid key hash: expected `sha256:` followed by 64 lowercase hex digits (produce it with `weir key hash`)",
         ]
@@ -163,7 +163,7 @@ server: { max_body: 1024, listen: nowhere }
         problems(text),
         [
             "w.yaml:2:56: `backends.b.max_inflight`: expected a whole number, got string \"lots\"",
-            "w.yaml:2:62: unknown key `bogus`",
+            "w.yaml:2:62: unknown key `bogus` (expected one of: kind, base_url, api_key, api_version, max_inflight, timeouts, headers, latency, tokens_per_second)",
             "w.yaml:4:51: `models.m.targets[0].weight`: expected a whole number, got integer `-1`",
             "w.yaml:6:35: `listen`: invalid address `nowhere`: expected IP:PORT such as 127.0.0.1:8080",
         ]
@@ -264,6 +264,46 @@ fn keys_mode_without_keys_is_a_problem() {
         ]
     );
     assert!(problems("server: {}\n")[0].contains("defaults to `keys`"));
+}
+
+#[test]
+fn defaulted_keys_mode_is_positioned_at_auth_or_the_top() {
+    // Not at the first node of the file (here `server:` on line 2).
+    let got = problems("# weir\nserver: { listen: 127.0.0.1:1 }\n");
+    assert!(got[0].starts_with("w.yaml:1:1: `auth.mode` defaults to `keys`"), "{got:?}");
+    let got = problems("server: {}\nauth: {}\n");
+    assert!(got[0].starts_with("w.yaml:2:1: `auth.mode` defaults to `keys`"), "{got:?}");
+    let got = problems("server: {}\nauth:\n");
+    assert!(got[0].starts_with("w.yaml:2:1: `auth.mode` defaults to `keys`"), "{got:?}");
+}
+
+#[test]
+fn unknown_key_lists_the_keys_expected_there() {
+    let text = "\
+auth: { mode: none }
+server:
+  lisen: 127.0.0.1:8080
+modles: {}
+backends:
+  b: { kind: mock, headers: { x-any: fine } }
+models:
+  m: { targets: [ { backend: b, model: x, wieght: 2 } ] }
+";
+    assert_eq!(
+        problems(text),
+        [
+            "w.yaml:3:3: unknown key `lisen` (expected one of: listen, admin_listen, tls, max_body, admin_token, shutdown_timeout)",
+            "w.yaml:4:1: unknown key `modles` (expected one of: server, backends, models, keys, auth, cache, state, telemetry, datasets)",
+            "w.yaml:8:43: unknown key `wieght` (expected one of: backend, model, weight, variant)",
+        ]
+    );
+}
+
+/// The schema walk reaches the last section of `RawConfig`, so it did not stop part-way.
+#[test]
+fn schema_covers_the_last_section() {
+    let got = problems("auth: { mode: none }\ndatasets:\n  - { name: d, dir: x, filter: { modle: m } }\n");
+    assert_eq!(got, ["w.yaml:3:34: unknown key `modle` (expected one of: model, variant, key, status)"]);
 }
 
 #[test]
