@@ -58,8 +58,12 @@ pub struct Gateway {
     state: Arc<AppState>,
     addr: SocketAddr,
     admin_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Stops the client port; the admin port stops only after the client drain, so
+    /// `/readyz` keeps answering 503 to load balancers while requests finish.
+    stop_client: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    client_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
     drain: Duration,
 }
 
@@ -84,18 +88,14 @@ impl Gateway {
         let addr = client.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: admin_listen, source })?;
 
-        let (stop, stopped) = watch::channel(false);
-        let client_task = tokio::spawn(server::serve(
-            client,
-            tls,
-            server::client_service(Arc::clone(&state)),
-            stopped.clone(),
-            drain,
-        ));
-        let admin_task =
-            tokio::spawn(server::serve(admin, None, server::admin_service(Arc::clone(&state)), stopped, drain));
+        let (stop_client, client_stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let client_service = server::client_service(Arc::clone(&state));
+        let client_task = tokio::spawn(server::serve(client, tls, client_service, client_stopped, drain));
+        let admin_service = server::admin_service(Arc::clone(&state));
+        let admin_task = tokio::spawn(server::serve(admin, None, admin_service, admin_stopped, drain));
         tracing::info!(%addr, %admin_addr, "weir is serving");
-        Ok(Gateway { state, addr, admin_addr, stop, tasks: vec![client_task, admin_task], drain })
+        Ok(Gateway { state, addr, admin_addr, stop_client, stop_admin, client_task, admin_task, drain })
     }
 
     /// The client port's bound address.
@@ -115,10 +115,12 @@ impl Gateway {
     /// included) to finish, at most `server.shutdown_timeout`.
     pub async fn shutdown(self) {
         self.state.ready.store(false, Ordering::Relaxed);
-        let _ = self.stop.send(true);
-        let all = futures_util::future::join_all(self.tasks);
+        let _ = self.stop_client.send(true);
         // Each loop bounds its own drain; the margin only guards against a stuck task.
-        let _ = tokio::time::timeout(self.drain + Duration::from_secs(1), all).await;
+        let margin = self.drain + Duration::from_secs(1);
+        let _ = tokio::time::timeout(margin, self.client_task).await;
+        let _ = self.stop_admin.send(true);
+        let _ = tokio::time::timeout(margin, self.admin_task).await;
         tracing::info!("weir stopped");
     }
 

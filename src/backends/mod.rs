@@ -44,9 +44,18 @@ pub struct BackendCall<'a> {
     /// The request body, already carrying the upstream model name.
     pub body: Bytes,
     pub stream: bool,
-    /// The client's `Authorization`, sent on only in `auth: passthrough` mode.
-    pub passthrough_auth: Option<&'a HeaderValue>,
+    pub auth: UpstreamAuth<'a>,
     pub request_id: &'a str,
+}
+
+/// Which credential goes upstream.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamAuth<'a> {
+    /// The backend's own `api_key` (modes `keys` and `none`).
+    Backend,
+    /// `auth: passthrough`: the client's `Authorization` as sent, or none at all — never
+    /// the backend's key, which would let keyless clients spend it.
+    Client(Option<&'a HeaderValue>),
 }
 
 /// An upstream answer whose headers have arrived; the body is still streaming.

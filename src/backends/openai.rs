@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 
 use super::client::{HttpClient, UpstreamBody, build_client};
-use super::{BackendBuildError, BackendCall, BackendError, BackendResponse};
+use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth};
 use crate::config::BackendConfig;
 use crate::proxy::Endpoint;
 
@@ -75,14 +75,12 @@ impl OpenAiBackend {
         if let Ok(id) = HeaderValue::from_str(call.request_id) {
             headers.insert("x-request-id", id);
         }
-        match (call.passthrough_auth, &self.authorization) {
-            (Some(client_auth), _) => {
-                headers.insert(AUTHORIZATION, client_auth.clone());
-            }
-            (None, Some(ours)) => {
-                headers.insert(AUTHORIZATION, ours.clone());
-            }
-            (None, None) => {}
+        let authorization = match call.auth {
+            UpstreamAuth::Backend => self.authorization.as_ref(),
+            UpstreamAuth::Client(client) => client,
+        };
+        if let Some(authorization) = authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
         }
         for (name, value) in &config.headers {
             headers.insert(name.clone(), value.clone());

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::auth::Identity;
-use crate::backends::{BackendCall, BackendError, BackendResponse};
+use crate::backends::{BackendCall, BackendError, BackendResponse, UpstreamAuth};
 use crate::config::AuthMode;
 use crate::server::body::{self, Body};
 use crate::server::error::{GatewayError, upstream_message};
@@ -109,15 +109,15 @@ async fn forward(
     exchange.backend.clone_from(&target.backend.config.name);
     exchange.variant.clone_from(&target.variant);
 
-    let passthrough_auth = match snapshot.keys.mode() {
-        AuthMode::Passthrough => parts.headers.get(AUTHORIZATION),
-        AuthMode::Keys | AuthMode::None => None,
+    let auth = match snapshot.keys.mode() {
+        AuthMode::Passthrough => UpstreamAuth::Client(parts.headers.get(AUTHORIZATION)),
+        AuthMode::Keys | AuthMode::None => UpstreamAuth::Backend,
     };
     let call = BackendCall {
         endpoint,
         body: head.body_for_upstream(&body, &target.model),
         stream: head.stream,
-        passthrough_auth,
+        auth,
         request_id: &exchange.request_id,
     };
     let sent = tokio::time::Instant::now();

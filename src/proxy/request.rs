@@ -158,6 +158,11 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> RequestErro
     }
     let message = inner.to_string();
     let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    // serde names a missing field only in its message; the field itself is the `param`.
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+        let param = if path == "." { field.to_owned() } else { format!("{path}.{field}") };
+        return RequestError::InvalidField { message: format!("'{param}' is a required property"), param };
+    }
     RequestError::InvalidField { message: format!("invalid value for '{path}': {message}"), param: path }
 }
 
@@ -203,7 +208,7 @@ mod tests {
         assert_eq!(param(head(r#"{"model":3,"messages":[{"role":"user"}]}"#).unwrap_err()), "model");
         assert_eq!(param(head(r#"{"model":"m"}"#).unwrap_err()), "messages");
         assert_eq!(param(head(r#"{"model":"m","messages":[]}"#).unwrap_err()), "messages");
-        assert_eq!(param(head(r#"{"model":"m","messages":[{"content":"x"}]}"#).unwrap_err()), "messages[0]");
+        assert_eq!(param(head(r#"{"model":"m","messages":[{"content":"x"}]}"#).unwrap_err()), "messages[0].role");
         assert_eq!(param(head(r#"{"model":"m","messages":[{"role":1}]}"#).unwrap_err()), "messages[0].role");
         assert_eq!(param(head(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).unwrap_err()), "stream");
         assert_eq!(param(parse_head(Endpoint::Embeddings, br#"{"model":"m"}"#).unwrap_err()), "input");

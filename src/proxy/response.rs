@@ -50,14 +50,15 @@ impl ProxyBody {
 
     /// Ends the body after an upstream failure: an SSE error event for streams, a cut
     /// connection for anything else (a truncated JSON body must not look complete).
-    fn fail(&mut self, kind: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+    fn fail(&mut self, code: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
         self.done = true;
         self.exchange.error = Some(message.clone());
         self.exchange.finish(Outcome::Failed);
         if !self.sse {
             return Poll::Ready(Some(Err(BodyCut(message))));
         }
-        let event = serde_json::json!({"error": {"message": message, "type": kind, "code": kind, "param": null}});
+        let event =
+            serde_json::json!({"error": {"message": message, "type": "api_error", "code": code, "param": null}});
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))))
     }
 

@@ -91,7 +91,6 @@ async fn bad_fields_are_400_naming_the_param() {
 }
 
 #[tokio::test]
-#[ignore = "bug: src/proxy/request.rs path_error reports param `messages[0]` for a missing role"]
 async fn a_message_without_a_role_names_messages_0_role() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = support::standard(&upstream).await;

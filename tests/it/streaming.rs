@@ -109,7 +109,6 @@ async fn graceful_shutdown_finishes_streams_in_flight_and_refuses_new_work() {
 }
 
 #[tokio::test]
-#[ignore = "bug: src/gateway.rs shutdown() stops the admin listener at once, so /readyz is unreachable during the drain"]
 async fn readyz_answers_503_during_the_drain() {
     let upstream = MockUpstream::start(Behavior::paced(Duration::from_millis(100))).await;
     let gateway = support::standard(&upstream).await;
