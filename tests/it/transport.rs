@@ -159,6 +159,18 @@ async fn passthrough_forwards_the_clients_authorization() {
 }
 
 #[tokio::test]
+async fn passthrough_never_lends_the_backend_key_to_a_keyless_client() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let gateway = gateway_with_auth(&upstream, "passthrough", AuthMode::Passthrough).await;
+
+    let response = chat(&support::http(), &support::base_url(&gateway), None, CHAT).await;
+    let (status, _, body) = support::body_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.only_request().header("authorization"), None, "no credential goes upstream");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn auth_none_needs_no_key() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = gateway_with_auth(&upstream, "none", AuthMode::None).await;
