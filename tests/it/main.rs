@@ -1,4 +1,5 @@
 //! weir's integration tests: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
 
 mod support;
 
