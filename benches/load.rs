@@ -1,0 +1,566 @@
+//! Load benchmark: requests/s and latency of chat completions sent straight to an upstream
+//! versus through weir (and nginx, when installed, as a reference), on the same machine in
+//! the same run.
+//!
+//! One process hosts the mock OpenAI upstream and a closed-loop load generator; weir and
+//! nginx run as child processes. Rounds alternate between targets so every target sees the
+//! same machine conditions. See `benches/README.md` for the knobs and what each number means.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark stops at the first broken setup step; it serves no requests"
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+use common::{ClientConn, ms, percentile};
+
+#[derive(Debug, Clone)]
+struct Params {
+    duration: Duration,
+    warmup: Duration,
+    rounds: usize,
+    connections: usize,
+    latency_duration: Duration,
+    latency_connections: usize,
+    chunks: usize,
+    first_gap: Duration,
+    gap: Duration,
+    nginx: bool,
+    nginx_workers: String,
+    modes: Vec<Mode>,
+}
+
+impl Params {
+    fn from_env() -> Params {
+        let modes = match std::env::var("WEIR_BENCH_MODES").as_deref() {
+            Ok("json") => vec![Mode::Json],
+            Ok("stream") => vec![Mode::Stream],
+            _ => vec![Mode::Json, Mode::Stream],
+        };
+        Params {
+            duration: common::env_secs("WEIR_BENCH_DURATION", 3.0),
+            warmup: common::env_secs("WEIR_BENCH_WARMUP", 1.0),
+            rounds: common::env_or("WEIR_BENCH_ROUNDS", 3usize).max(1),
+            connections: common::env_or("WEIR_BENCH_CONNECTIONS", 64usize).max(1),
+            latency_duration: common::env_secs("WEIR_BENCH_LATENCY_DURATION", 1.0),
+            latency_connections: common::env_or("WEIR_BENCH_LATENCY_CONNECTIONS", 1usize),
+            chunks: common::env_or("WEIR_BENCH_CHUNKS", 20usize).max(2),
+            first_gap: Duration::from_micros(common::env_or("WEIR_BENCH_FIRST_CHUNK_DELAY_US", 0u64)),
+            gap: Duration::from_micros(common::env_or("WEIR_BENCH_CHUNK_GAP_US", 0u64)),
+            nginx: common::env_or("WEIR_BENCH_NGINX", 1u8) != 0,
+            nginx_workers: std::env::var("WEIR_BENCH_NGINX_WORKERS").unwrap_or_else(|_| "auto".into()),
+            modes,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "duration_s": self.duration.as_secs_f64(),
+            "warmup_s": self.warmup.as_secs_f64(),
+            "rounds": self.rounds,
+            "connections": self.connections,
+            "latency_duration_s": self.latency_duration.as_secs_f64(),
+            "latency_connections": self.latency_connections,
+            "chunks_target": self.chunks,
+            "first_chunk_delay_us": self.first_gap.as_micros() as u64,
+            "chunk_gap_us": self.gap.as_micros() as u64,
+            "nginx_workers": self.nginx_workers,
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Json,
+    Stream,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Json => "chat",
+            Mode::Stream => "chat-stream",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Direct,
+    Weir,
+    Nginx,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Weir => "weir",
+            Target::Nginx => "nginx",
+        }
+    }
+}
+
+/// Samples of one or more rounds against one target.
+#[derive(Debug, Default)]
+struct Samples {
+    requests: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    totals: Vec<Duration>,
+    firsts: Vec<Duration>,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.elapsed += other.elapsed;
+        self.totals.extend(other.totals);
+        self.firsts.extend(other.firsts);
+    }
+
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn summary(&mut self) -> Summary {
+        self.totals.sort_unstable();
+        self.firsts.sort_unstable();
+        Summary {
+            requests: self.requests,
+            errors: self.errors,
+            rps: self.rps(),
+            p50: percentile(&self.totals, 0.50),
+            p99: percentile(&self.totals, 0.99),
+            ttfb_p50: percentile(&self.firsts, 0.50),
+            ttfb_p99: percentile(&self.firsts, 0.99),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    ttfb_p50: Duration,
+    ttfb_p99: Duration,
+}
+
+impl Summary {
+    fn to_json(self) -> Value {
+        json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "rps": round(self.rps, 1),
+            "p50_ms": round(ms(self.p50), 3),
+            "p99_ms": round(ms(self.p99), 3),
+            "ttfb_p50_ms": round(ms(self.ttfb_p50), 3),
+            "ttfb_p99_ms": round(ms(self.ttfb_p99), 3),
+        })
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// One closed-loop round: `connections` keep-alive connections each send `body`
+/// back-to-back for `duration`. Only requests that finished within `duration` count.
+async fn run_round(addr: SocketAddr, body: Bytes, expected: usize, connections: usize, duration: Duration) -> Samples {
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(connect_retrying(addr).await);
+    }
+    let barrier = Arc::new(Barrier::new(connections + 1));
+    let mut tasks = Vec::with_capacity(connections);
+    for conn in conns {
+        let barrier = Arc::clone(&barrier);
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            drive(conn, addr, body, expected, Instant::now() + duration).await
+        }));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut samples = Samples::default();
+    for task in tasks {
+        samples.merge(task.await.expect("load task panicked"));
+    }
+    samples.elapsed = duration.min(started.elapsed());
+    samples
+}
+
+async fn connect_retrying(addr: SocketAddr) -> ClientConn {
+    let mut last = None;
+    for _ in 0..50 {
+        match ClientConn::connect(addr).await {
+            Ok(conn) => return conn,
+            Err(err) => last = Some(err),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {addr}: {}", last.map(|e| e.to_string()).unwrap_or_default());
+}
+
+async fn drive(mut conn: ClientConn, addr: SocketAddr, body: Bytes, expected: usize, deadline: Instant) -> Samples {
+    let mut samples =
+        Samples { totals: Vec::with_capacity(4096), firsts: Vec::with_capacity(4096), ..Samples::default() };
+    while Instant::now() < deadline {
+        match conn.post(common::CHAT_PATH, body.clone()).await {
+            Ok(exchange) if exchange.bytes == expected => {
+                if Instant::now() <= deadline {
+                    samples.requests += 1;
+                    samples.totals.push(exchange.total);
+                    samples.firsts.push(exchange.first_byte);
+                }
+            }
+            Ok(exchange) => {
+                samples.errors += 1;
+                samples
+                    .first_error
+                    .get_or_insert_with(|| format!("body of {} bytes, expected {expected}", exchange.bytes));
+            }
+            Err(err) => {
+                samples.errors += 1;
+                samples.first_error.get_or_insert_with(|| err.to_string());
+                // The connection may be gone; start a fresh one.
+                match ClientConn::connect(addr).await {
+                    Ok(fresh) => conn = fresh,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+    }
+    samples
+}
+
+/// CPU time (user + system) of `pid` so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after_name` starts at field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / 100.0))
+}
+
+struct Targets {
+    addrs: Vec<(Target, SocketAddr)>,
+}
+
+struct Phase {
+    name: &'static str,
+    connections: usize,
+    duration: Duration,
+}
+
+/// Runs `rounds` rounds of every mode over every target, rotating which target goes first.
+async fn run_phase(
+    phase: &Phase,
+    params: &Params,
+    targets: &Targets,
+    bodies: &common::Bodies,
+    weir_pid: u32,
+) -> BTreeMap<(Mode, Target), (Samples, Vec<f64>)> {
+    let mut results: BTreeMap<(Mode, Target), (Samples, Vec<f64>)> = BTreeMap::new();
+    let mut weir_cpu: BTreeMap<Mode, Duration> = BTreeMap::new();
+    for &mode in &params.modes {
+        let (body, expected) = match mode {
+            Mode::Json => (bodies.request_json.clone(), bodies.response_json.len()),
+            Mode::Stream => (bodies.request_stream.clone(), bodies.sse_len()),
+        };
+        for r in 0..params.rounds {
+            let n = targets.addrs.len();
+            for i in 0..n {
+                let (target, addr) = targets.addrs[(i + r) % n];
+                let cpu_before = cpu_time(weir_pid);
+                let samples = run_round(addr, body.clone(), expected, phase.connections, phase.duration).await;
+                if target == Target::Weir
+                    && let (Some(before), Some(after)) = (cpu_before, cpu_time(weir_pid))
+                {
+                    *weir_cpu.entry(mode).or_default() += after.saturating_sub(before);
+                }
+                eprintln!(
+                    "  {:<8} {:<12} round {} {:<7} {:>9.0} req/s  errors {}",
+                    phase.name,
+                    mode.name(),
+                    r + 1,
+                    target.name(),
+                    samples.rps(),
+                    samples.errors
+                );
+                let entry = results.entry((mode, target)).or_default();
+                entry.1.push(samples.rps());
+                entry.0.merge(samples);
+            }
+        }
+    }
+    for (mode, cpu) in weir_cpu {
+        if let Some((samples, _)) = results.get(&(mode, Target::Weir))
+            && samples.requests > 0
+        {
+            eprintln!(
+                "  {:<8} {:<12} weir CPU {:.1} µs/request",
+                phase.name,
+                mode.name(),
+                cpu.as_secs_f64() * 1e6 / samples.requests as f64
+            );
+        }
+    }
+    results
+}
+
+fn main() {
+    let params = Params::from_env();
+    common::raise_fd_limit();
+    weir::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let report = runtime.block_on(run(params));
+    common::write_results("load.json", &report);
+}
+
+async fn run(params: Params) -> Value {
+    common::install_cleanup();
+    let bodies = common::plan_bodies(params.chunks);
+    let upstream = common::start_upstream(common::UpstreamConfig {
+        response_json: bodies.response_json.clone(),
+        sse_chunks: Arc::clone(&bodies.sse_chunks),
+        first_gap: params.first_gap,
+        gap: params.gap,
+    })
+    .await;
+    let weir = common::start_weir(upstream).await;
+    let weir_pid = weir.process.pid();
+    let nginx = if params.nginx { common::start_nginx(upstream, &params.nginx_workers).await } else { None };
+    if params.nginx && nginx.is_none() {
+        eprintln!("nginx not found; running without the nginx reference (apt-get install -y nginx to add it)");
+    }
+    let mut addrs = vec![(Target::Direct, upstream), (Target::Weir, weir.addr)];
+    if let Some(nginx) = &nginx {
+        addrs.push((Target::Nginx, nginx.addr));
+    }
+    let targets = Targets { addrs };
+
+    println!(
+        "weir load bench: {} connections, {} rounds x {:.1} s, request {} B, JSON answer {} B, \
+         stream {} chunks / {} B (gap {} µs), {} cpus",
+        params.connections,
+        params.rounds,
+        params.duration.as_secs_f64(),
+        bodies.request_json.len(),
+        bodies.response_json.len(),
+        bodies.sse_chunks.len(),
+        bodies.sse_len(),
+        params.gap.as_micros(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+
+    // Warm-up: connection pools, allocator arenas, page cache.
+    if !params.warmup.is_zero() {
+        let warm = Params { rounds: 1, ..params.clone() };
+        let phase = Phase { name: "warm-up", connections: params.connections, duration: params.warmup };
+        run_phase(&phase, &warm, &targets, &bodies, weir_pid).await;
+    }
+
+    let rss_reset = common::reset_peak_rss(weir_pid);
+    let phase = Phase { name: "load", connections: params.connections, duration: params.duration };
+    let mut load = run_phase(&phase, &params, &targets, &bodies, weir_pid).await;
+    let peak_rss = common::proc_status_bytes(weir_pid, "VmHWM");
+    let rss_now = common::proc_status_bytes(weir_pid, "VmRSS");
+
+    let mut latency = BTreeMap::new();
+    if params.latency_connections > 0 && !params.latency_duration.is_zero() {
+        let phase =
+            Phase { name: "latency", connections: params.latency_connections, duration: params.latency_duration };
+        latency = run_phase(&phase, &params, &targets, &bodies, weir_pid).await;
+    }
+
+    let mut report = json!({
+        "params": params.to_json(),
+        "bodies": {
+            "request_bytes": bodies.request_json.len(),
+            "response_json_bytes": bodies.response_json.len(),
+            "stream_chunks": bodies.sse_chunks.len(),
+            "stream_bytes": bodies.sse_len(),
+        },
+    });
+    let load_json = print_phase(
+        &format!("{} concurrent connections (throughput)", params.connections),
+        &mut load,
+        &params,
+        &targets,
+    );
+    report["load"] = load_json;
+    if !latency.is_empty() {
+        report["latency"] = print_phase(
+            &format!("{} connection(s) (latency without queueing)", params.latency_connections),
+            &mut latency,
+            &params,
+            &targets,
+        );
+    }
+    let peak_mib = peak_rss.map(common::mib);
+    println!(
+        "\nweir RSS under the {}-connection load: peak (VmHWM) {} MiB{}, now {} MiB",
+        params.connections,
+        peak_mib.map_or("?".into(), |m| format!("{m:.1}")),
+        if rss_reset { "" } else { " (peak since start: clear_refs unavailable)" },
+        rss_now.map_or("?".into(), |b| format!("{:.1}", common::mib(b))),
+    );
+    report["weir_rss"] = json!({
+        "peak_under_load_mib": peak_mib.map(|m| round(m, 2)),
+        "peak_reset_before_load": rss_reset,
+        "after_load_mib": rss_now.map(|b| round(common::mib(b), 2)),
+    });
+    report["targets"] = check_targets(&report, &params);
+    drop(nginx);
+    drop(weir);
+    report
+}
+
+/// Prints one phase's table and returns it as JSON with the weir/direct and nginx/direct
+/// ratios and the latency weir (and nginx) add over direct.
+fn print_phase(
+    title: &str,
+    results: &mut BTreeMap<(Mode, Target), (Samples, Vec<f64>)>,
+    params: &Params,
+    targets: &Targets,
+) -> Value {
+    println!("\n== {title} ==");
+    println!(
+        "{:<12} {:<7} {:>10} {:>8} {:>9} {:>9} {:>10} {:>10} {:>7} {:>11}",
+        "mode", "target", "req/s", "x direct", "p50 ms", "p99 ms", "ttfb p50", "ttfb p99", "errors", "rounds x"
+    );
+    let mut out = json!({});
+    for &mode in &params.modes {
+        let Some(direct) = results.get_mut(&(mode, Target::Direct)).map(|(s, r)| (s.summary(), r.clone())) else {
+            continue;
+        };
+        let mut mode_json = json!({});
+        for &(target, _) in &targets.addrs {
+            let Some((samples, per_round)) = results.get_mut(&(mode, target)) else { continue };
+            let s = samples.summary();
+            let ratio = s.rps / direct.0.rps.max(1e-9);
+            let round_ratios: Vec<f64> =
+                per_round.iter().zip(&direct.1).map(|(t, d)| round(t / d.max(1e-9), 3)).collect();
+            println!(
+                "{:<12} {:<7} {:>10.0} {:>8.3} {:>9.3} {:>9.3} {:>10.3} {:>10.3} {:>7} {:>11}",
+                mode.name(),
+                target.name(),
+                s.rps,
+                ratio,
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.ttfb_p50),
+                ms(s.ttfb_p99),
+                s.errors,
+                round_ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join("/"),
+            );
+            if let Some(err) = &samples.first_error {
+                println!("    first error: {err}");
+            }
+            let mut t = s.to_json();
+            if target != Target::Direct {
+                t["ratio_vs_direct"] = json!(round(ratio, 4));
+                t["round_ratios"] = json!(round_ratios);
+                t["added_p50_ms"] = json!(round(ms(s.p50) - ms(direct.0.p50), 3));
+                t["added_p99_ms"] = json!(round(ms(s.p99) - ms(direct.0.p99), 3));
+                t["added_ttfb_p50_ms"] = json!(round(ms(s.ttfb_p50) - ms(direct.0.ttfb_p50), 3));
+                t["added_ttfb_p99_ms"] = json!(round(ms(s.ttfb_p99) - ms(direct.0.ttfb_p99), 3));
+            }
+            mode_json[target.name()] = t;
+        }
+        for &(target, _) in &targets.addrs {
+            if target == Target::Direct {
+                continue;
+            }
+            if let Some(t) = mode_json.get(target.name()) {
+                println!(
+                    "  {} {} adds: p50 {:+.3} ms, p99 {:+.3} ms{}",
+                    mode.name(),
+                    target.name(),
+                    t["added_p50_ms"].as_f64().unwrap_or(f64::NAN),
+                    t["added_p99_ms"].as_f64().unwrap_or(f64::NAN),
+                    if mode == Mode::Stream {
+                        format!(
+                            "; first byte p50 {:+.3} ms, p99 {:+.3} ms",
+                            t["added_ttfb_p50_ms"].as_f64().unwrap_or(f64::NAN),
+                            t["added_ttfb_p99_ms"].as_f64().unwrap_or(f64::NAN)
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        out[mode.name()] = mode_json;
+    }
+    out
+}
+
+/// The issue's targets, checked against this run.
+fn check_targets(report: &Value, params: &Params) -> Value {
+    let get = |path: &str| report.pointer(path).and_then(Value::as_f64);
+    let mut checks = serde_json::Map::new();
+    let mut check = |name: &str, value: Option<f64>, ok: fn(f64) -> bool, want: &str| {
+        let pass = value.map(ok);
+        checks.insert(name.into(), json!({"value": value, "target": want, "pass": pass}));
+        println!(
+            "  {:<44} {:>10} {:<10} {}",
+            name,
+            value.map_or("-".into(), |v| format!("{v:.3}")),
+            want,
+            match pass {
+                Some(true) => "ok",
+                Some(false) => "MISSED",
+                None => "not measured",
+            }
+        );
+    };
+    println!("\n== targets ==");
+    check("chat throughput ratio (weir/direct)", get("/load/chat/weir/ratio_vs_direct"), |v| v >= 0.60, ">= 0.60");
+    check(
+        "stream throughput ratio (weir/direct)",
+        get("/load/chat-stream/weir/ratio_vs_direct"),
+        |v| v >= 0.50,
+        ">= 0.50",
+    );
+    check("chat added p99, unloaded (ms)", get("/latency/chat/weir/added_p99_ms"), |v| v < 1.0, "< 1 ms");
+    check("stream added p99, unloaded (ms)", get("/latency/chat-stream/weir/added_p99_ms"), |v| v < 1.0, "< 1 ms");
+    check(
+        "stream added first byte p50, unloaded (ms)",
+        get("/latency/chat-stream/weir/added_ttfb_p50_ms"),
+        |v| v <= 0.2,
+        "<= 0.2 ms",
+    );
+    check(
+        &format!("weir peak RSS under {} connections (MiB)", params.connections),
+        get("/weir_rss/peak_under_load_mib"),
+        |v| v < 50.0,
+        "< 50 MiB",
+    );
+    Value::Object(checks)
+}

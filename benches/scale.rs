@@ -1,0 +1,260 @@
+//! Scale benchmark: thousands of concurrent SSE streams held open through weir at once.
+//!
+//! The bench process hosts the mock upstream (which paces each stream's chunks over a few
+//! seconds) and the clients; weir runs as its own process, so its file descriptors and
+//! memory are its own. Every stream must arrive whole: any error fails the bench (exit 1).
+//! See `benches/README.md`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark stops at the first broken setup step; it serves no requests"
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use common::{ClientConn, ms, percentile};
+
+struct Params {
+    streams: usize,
+    stream_duration: Duration,
+    chunks: usize,
+    open_per_sec: f64,
+    max_connecting: usize,
+    timeout_margin: Duration,
+}
+
+impl Params {
+    fn from_env() -> Params {
+        Params {
+            streams: common::env_or("WEIR_SCALE_STREAMS", 8000usize).max(1),
+            stream_duration: common::env_secs("WEIR_SCALE_STREAM_SECONDS", 5.0),
+            chunks: common::env_or("WEIR_SCALE_CHUNKS", 20usize).max(2),
+            open_per_sec: common::env_or("WEIR_SCALE_OPEN_PER_SEC", 4000.0f64).max(1.0),
+            max_connecting: common::env_or("WEIR_SCALE_MAX_CONNECTING", 256usize).max(1),
+            timeout_margin: common::env_secs("WEIR_SCALE_TIMEOUT_MARGIN", 60.0),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outcomes {
+    ok: usize,
+    errors: BTreeMap<String, usize>,
+    totals: Vec<Duration>,
+    firsts: Vec<Duration>,
+}
+
+fn main() {
+    let params = Params::from_env();
+    let fd_limit = common::raise_fd_limit();
+    // Each stream holds a client socket and an upstream socket in this process.
+    let needed = 2 * params.streams as u64 + 256;
+    if fd_limit < needed {
+        eprintln!("warning: NOFILE limit {fd_limit} is below the {needed} descriptors {} streams need", params.streams);
+    }
+    weir::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let passed = runtime.block_on(run(params, fd_limit));
+    drop(runtime);
+    if !passed {
+        std::process::exit(1);
+    }
+}
+
+async fn run(params: Params, fd_limit: u64) -> bool {
+    common::install_cleanup();
+    let bodies = common::plan_bodies(params.chunks);
+    let chunk_count = bodies.sse_chunks.len();
+    let gap = params.stream_duration.div_f64((chunk_count.max(2) - 1) as f64);
+    let upstream = common::start_upstream(common::UpstreamConfig {
+        response_json: bodies.response_json.clone(),
+        sse_chunks: Arc::clone(&bodies.sse_chunks),
+        first_gap: Duration::ZERO,
+        gap,
+    })
+    .await;
+    let weir = common::start_weir(upstream).await;
+    let pid = weir.process.pid();
+    let weir_addr = weir.addr;
+    println!(
+        "weir scale bench: {} streams of {} chunks over {:.1} s each, opened at {:.0}/s \
+         (at most {} connecting), bench NOFILE {fd_limit}",
+        params.streams,
+        chunk_count,
+        params.stream_duration.as_secs_f64(),
+        params.open_per_sec,
+        params.max_connecting,
+    );
+    let rss_reset = common::reset_peak_rss(pid);
+
+    // Sample weir's RSS and descriptors while the streams run.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = Arc::clone(&sampling);
+        tokio::spawn(async move {
+            let (mut max_rss, mut max_fds) = (0u64, 0usize);
+            while sampling.load(Ordering::Relaxed) {
+                max_rss = max_rss.max(common::proc_status_bytes(pid, "VmRSS").unwrap_or(0));
+                max_fds = max_fds.max(common::fd_count(pid).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (max_rss, max_fds)
+        })
+    };
+
+    let active = Arc::new(AtomicUsize::new(0));
+    let peak_active = Arc::new(AtomicUsize::new(0));
+    let opened = Arc::new(AtomicU64::new(0));
+    let connecting = Arc::new(Semaphore::new(params.max_connecting));
+    let expected = bodies.sse_len();
+    let timeout = params.stream_duration + params.timeout_margin;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(params.streams);
+    for i in 0..params.streams {
+        let at = started + Duration::from_secs_f64(i as f64 / params.open_per_sec);
+        tokio::time::sleep_until(at.into()).await;
+        let permit = Arc::clone(&connecting).acquire_owned().await.expect("semaphore open");
+        let (active, peak_active, opened) = (Arc::clone(&active), Arc::clone(&peak_active), Arc::clone(&opened));
+        let body = bodies.request_stream.clone();
+        tasks.push(tokio::spawn(async move {
+            let attempt = async {
+                let conn = ClientConn::connect(weir_addr).await;
+                drop(permit);
+                let mut conn = conn.map_err(|e| format!("connect: {e}"))?;
+                opened.fetch_add(1, Ordering::Relaxed);
+                let mut counted = false;
+                let result = conn
+                    .post_observed(common::CHAT_PATH, body, || {
+                        let now = active.fetch_add(1, Ordering::Relaxed) + 1;
+                        peak_active.fetch_max(now, Ordering::Relaxed);
+                        counted = true;
+                    })
+                    .await;
+                if counted {
+                    active.fetch_sub(1, Ordering::Relaxed);
+                }
+                result.map_err(|e| format!("request: {e}"))
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Err(_) => Err(format!("timed out after {timeout:?}")),
+                Ok(Err(err)) => Err(err),
+                Ok(Ok(exchange)) if exchange.bytes != expected => {
+                    Err(format!("incomplete stream ({} of {expected} bytes)", exchange.bytes))
+                }
+                Ok(Ok(exchange)) => Ok(exchange),
+            }
+        }));
+    }
+    let ramp = started.elapsed();
+    eprintln!("  all {} streams started in {:.2} s; waiting for them to end", params.streams, ramp.as_secs_f64());
+
+    let mut outcomes = Outcomes::default();
+    for task in tasks {
+        match task.await {
+            Ok(Ok(exchange)) => {
+                outcomes.ok += 1;
+                outcomes.totals.push(exchange.total);
+                outcomes.firsts.push(exchange.first_byte);
+            }
+            Ok(Err(err)) => *outcomes.errors.entry(err).or_default() += 1,
+            Err(join) => *outcomes.errors.entry(format!("task failed: {join}")).or_default() += 1,
+        }
+    }
+    let wall = started.elapsed();
+    sampling.store(false, Ordering::Relaxed);
+    let (max_rss_sampled, max_fds) = sampler.await.unwrap_or((0, 0));
+    let peak_rss = common::proc_status_bytes(pid, "VmHWM");
+    let weir_alive = common::proc_status_bytes(pid, "VmRSS").is_some();
+    drop(weir);
+
+    outcomes.totals.sort_unstable();
+    outcomes.firsts.sort_unstable();
+    let error_count: usize = outcomes.errors.values().sum();
+    let peak = peak_active.load(Ordering::Relaxed);
+    let peak_mib = peak_rss.map(common::mib);
+
+    println!("\n== {} concurrent streams through weir ==", params.streams);
+    println!("  completed whole      {:>8} / {}", outcomes.ok, params.streams);
+    println!("  errors               {error_count:>8}");
+    for (kind, n) in &outcomes.errors {
+        println!("    {n:>6} x {kind}");
+    }
+    println!("  peak open at once    {peak:>8}   (streams between first and last byte)");
+    println!("  connections opened   {:>8}   in {:.2} s", opened.load(Ordering::Relaxed), ramp.as_secs_f64());
+    println!(
+        "  stream duration      p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(percentile(&outcomes.totals, 0.5)),
+        ms(percentile(&outcomes.totals, 0.99)),
+        ms(outcomes.totals.last().copied().unwrap_or_default())
+    );
+    println!(
+        "  first byte           p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile(&outcomes.firsts, 0.5)),
+        ms(percentile(&outcomes.firsts, 0.99)),
+        ms(outcomes.firsts.last().copied().unwrap_or_default())
+    );
+    println!(
+        "  weir peak RSS        {} MiB (VmHWM{}), sampled max {:.1} MiB, max fds {max_fds}",
+        peak_mib.map_or("?".into(), |m| format!("{m:.1}")),
+        if rss_reset { ", reset after startup" } else { " since start" },
+        common::mib(max_rss_sampled)
+    );
+    println!("  wall time            {:.1} s", wall.as_secs_f64());
+    if !weir_alive {
+        println!("  weir was no longer running at the end");
+    }
+
+    let all_ok = error_count == 0 && outcomes.ok == params.streams && weir_alive;
+    let rss_ok = peak_mib.is_some_and(|m| m < 300.0);
+    println!("\n== targets ==");
+    println!("  {:<40} {}", format!("{} streams, zero errors", params.streams), if all_ok { "ok" } else { "MISSED" });
+    println!(
+        "  {:<40} {}",
+        format!("peak RSS < 300 MiB ({})", peak_mib.map_or("?".into(), |m| format!("{m:.1}"))),
+        if rss_ok { "ok" } else { "MISSED" }
+    );
+
+    common::write_results(
+        "scale.json",
+        &json!({
+            "params": {
+                "streams": params.streams,
+                "stream_seconds": params.stream_duration.as_secs_f64(),
+                "chunks": chunk_count,
+                "open_per_sec": params.open_per_sec,
+                "max_connecting": params.max_connecting,
+                "bench_nofile": fd_limit,
+            },
+            "completed": outcomes.ok,
+            "errors": error_count,
+            "error_kinds": outcomes.errors,
+            "peak_concurrent_streams": peak,
+            "ramp_s": ramp.as_secs_f64(),
+            "wall_s": wall.as_secs_f64(),
+            "stream_ms": {
+                "p50": ms(percentile(&outcomes.totals, 0.5)),
+                "p99": ms(percentile(&outcomes.totals, 0.99)),
+            },
+            "first_byte_ms": {
+                "p50": ms(percentile(&outcomes.firsts, 0.5)),
+                "p99": ms(percentile(&outcomes.firsts, 0.99)),
+            },
+            "weir_peak_rss_mib": peak_mib,
+            "weir_peak_rss_reset_after_startup": rss_reset,
+            "weir_sampled_max_rss_mib": common::mib(max_rss_sampled),
+            "weir_max_fds": max_fds,
+            "targets": { "zero_errors": all_ok, "rss_under_300_mib": rss_ok },
+        }),
+    );
+    all_ok
+}
