@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -74,11 +75,18 @@ pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Resul
         return Err(RequestError::BodyTooLarge { limit });
     }
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(RequestError::BodyTimeout(BODY_READ_TIMEOUT)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(RequestError::BodyTooLarge { limit }),
-        Ok(Err(err)) => Err(RequestError::BodyRead(err.to_string())),
+    let mut collect = std::pin::pin!(limited.collect());
+    // Small bodies usually arrive with the headers: only a body still in flight needs a timer.
+    let collected = match std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
+        Poll::Ready(collected) => collected,
+        Poll::Pending => tokio::time::timeout(BODY_READ_TIMEOUT, collect)
+            .await
+            .map_err(|_| RequestError::BodyTimeout(BODY_READ_TIMEOUT))?,
+    };
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(RequestError::BodyTooLarge { limit }),
+        Err(err) => Err(RequestError::BodyRead(err.to_string())),
     }
 }
 
@@ -88,9 +96,12 @@ pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, Reques
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(RequestError::InvalidJson("the request body must be a JSON object".into()));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let wire: WireHead<'_> = serde_path_to_error::deserialize(&mut deserializer).map_err(path_error)?;
-    deserializer.end().map_err(|err| RequestError::InvalidJson(err.to_string()))?;
+    // The fast path parses without tracking paths; only a failure pays for a second,
+    // path-tracking parse that names the field at fault.
+    let wire: WireHead<'_> = match serde_json::from_slice(body) {
+        Ok(wire) => wire,
+        Err(_) => return Err(explain_parse_failure(body)),
+    };
 
     let raw_model = wire.model.ok_or_else(|| missing("model", "you must provide a model parameter"))?;
     let model: String = serde_json::from_str(raw_model.get()).map_err(|_| RequestError::InvalidField {
@@ -142,6 +153,19 @@ impl RequestHead {
         out.extend_from_slice(quoted.as_bytes());
         out.extend_from_slice(&body[self.model_span.end..]);
         out.freeze()
+    }
+}
+
+/// Re-parses a body that failed, tracking the path, to say which field is at fault.
+fn explain_parse_failure(body: &[u8]) -> RequestError {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<WireHead<'_>, _> = serde_path_to_error::deserialize(&mut deserializer);
+    match parsed {
+        Err(err) => path_error(err),
+        Ok(_) => match deserializer.end() {
+            Err(err) => RequestError::InvalidJson(err.to_string()),
+            Ok(()) => RequestError::InvalidJson("the request body could not be parsed".into()),
+        },
     }
 }
 

@@ -27,7 +27,13 @@ pub struct ProxyBody {
     sse: bool,
     idle: Duration,
     deadline: Instant,
-    timer: Pin<Box<Sleep>>,
+    /// When the last chunk arrived; the idle limit counts from here.
+    last_chunk: Instant,
+    /// Armed for the earliest limit that may have passed; re-armed lazily when it fires,
+    /// so a busy stream costs no timer-wheel update per chunk.
+    /// Created only when the upstream first makes us wait: a body that is already there
+    /// (most JSON answers) never touches the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Kept only to be released when the body is done.
     _permit: Option<OwnedSemaphorePermit>,
     exchange: Exchange,
@@ -44,8 +50,8 @@ impl ProxyBody {
         exchange: Exchange,
     ) -> ProxyBody {
         let now = Instant::now();
-        let timer = Box::pin(tokio::time::sleep_until(deadline.min(now + idle)));
-        ProxyBody { upstream, sse, idle, deadline, timer, _permit: permit, exchange, done: false }
+        let timer = None;
+        ProxyBody { upstream, sse, idle, deadline, last_chunk: now, timer, _permit: permit, exchange, done: false }
     }
 
     /// Ends the body after an upstream failure: an SSE error event for streams, a cut
@@ -61,16 +67,6 @@ impl ProxyBody {
             serde_json::json!({"error": {"message": message, "type": "api_error", "code": code, "param": null}});
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))))
     }
-
-    fn timed_out(&self, now: Instant) -> Option<TimeoutPhase> {
-        if now >= self.deadline {
-            Some(TimeoutPhase::Total)
-        } else if now >= self.timer.deadline() {
-            Some(TimeoutPhase::Idle)
-        } else {
-            None
-        }
-    }
 }
 
 impl Body for ProxyBody {
@@ -85,8 +81,7 @@ impl Body for ProxyBody {
         match this.upstream.poll_chunk(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.exchange.bytes_out += chunk.len() as u64;
-                let next = (Instant::now() + this.idle).min(this.deadline);
-                this.timer.as_mut().reset(next);
+                this.last_chunk = Instant::now();
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(Some(Err(err))) => {
@@ -99,13 +94,20 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                let next_limit = (this.last_chunk + this.idle).min(this.deadline);
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next_limit)));
+                // The timer fires for a limit computed earlier; chunks may have come since.
+                while timer.as_mut().poll(cx).is_ready() {
+                    let Some(phase) = timed_out(Instant::now(), this.deadline, this.last_chunk + this.idle) else {
+                        timer.as_mut().reset((this.last_chunk + this.idle).min(this.deadline));
+                        continue;
+                    };
+                    let limit = if phase == TimeoutPhase::Total { "total" } else { "idle" };
+                    let message =
+                        format!("backend `{}` timed out mid-response ({limit} timeout)", this.exchange.backend);
+                    return this.fail("upstream_timeout", message);
                 }
-                let phase = this.timed_out(Instant::now()).unwrap_or(TimeoutPhase::Idle);
-                let limit = if phase == TimeoutPhase::Total { "total" } else { "idle" };
-                let message = format!("backend `{}` timed out mid-response ({limit} timeout)", this.exchange.backend);
-                this.fail("upstream_timeout", message)
+                Poll::Pending
             }
         }
     }
@@ -120,5 +122,16 @@ impl Body for ProxyBody {
             UpstreamBody::Http(incoming) if !self.sse => incoming.size_hint(),
             _ => SizeHint::default(),
         }
+    }
+}
+
+/// Which limit has passed, if any, at `now`.
+fn timed_out(now: Instant, deadline: Instant, idle_limit: Instant) -> Option<TimeoutPhase> {
+    if now >= deadline {
+        Some(TimeoutPhase::Total)
+    } else if now >= idle_limit {
+        Some(TimeoutPhase::Idle)
+    } else {
+        None
     }
 }

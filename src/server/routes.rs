@@ -73,10 +73,7 @@ fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant) {
         headers.insert("x-request-id", value);
     }
     if !headers.contains_key("x-weir-overhead-ms") {
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        if let Ok(value) = HeaderValue::try_from(format!("{ms:.3}")) {
-            headers.insert("x-weir-overhead-ms", value);
-        }
+        headers.insert("x-weir-overhead-ms", proxy::millis_header(started.elapsed()));
     }
 }
 
@@ -87,6 +84,17 @@ fn request_id(headers: &HeaderMap) -> String {
         Some(id) if (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) => {
             id.to_owned()
         }
-        _ => format!("req_{:032x}", rand::random::<u128>()),
+        _ => new_request_id(),
     }
+}
+
+/// `req_` and 32 random hex digits.
+fn new_request_id() -> String {
+    let mut id = [0u8; 4 + 32];
+    id[..4].copy_from_slice(b"req_");
+    // Both sizes are fixed, so encoding cannot fail; the fallback only satisfies the types.
+    if hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut id[4..]).is_err() {
+        return "req_0".to_owned();
+    }
+    String::from_utf8_lossy(&id).into_owned()
 }
