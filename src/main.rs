@@ -7,10 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use weir::telemetry::{self, LogFormat};
 
-/// mimalloc: the request path allocates many small, short-lived buffers across two worker
-/// threads, where glibc malloc spends a tenth of the gateway's CPU.
+/// jemalloc: the request path allocates many small, short-lived buffers across the worker
+/// threads, where glibc malloc spent a tenth of the gateway's CPU; jemalloc is as fast as
+/// mimalloc here while keeping RSS low with thousands of open streams.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "An OpenAI-compatible inference gateway")]

@@ -414,7 +414,9 @@ pub async fn start_weir(upstream: SocketAddr) -> Weir {
     );
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, config).expect("write weir config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    // WEIR_BENCH_BIN runs another build of weir (e.g. a feature off) against the same load.
+    let binary = std::env::var("WEIR_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_owned());
+    let mut command = Command::new(binary);
     command.arg("serve").arg("--config").arg(&path);
     command
         .env("RUST_LOG", std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
