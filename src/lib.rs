@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod gateway;
+pub mod headers;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -60,6 +60,8 @@ fn tls_client_config() -> Arc<rustls::ClientConfig> {
 /// A backend's answer body: the upstream's bytes, or chunks a built-in backend makes.
 pub enum UpstreamBody {
     Http(Incoming),
+    /// A body whose connection this body drives itself (see `pool`).
+    Pooled(Incoming, super::pool::PooledConn),
     Generated(Pin<Box<dyn Stream<Item = Bytes> + Send>>),
     Full(Option<Bytes>),
 }
@@ -68,6 +70,7 @@ impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             UpstreamBody::Http(_) => "UpstreamBody::Http",
+            UpstreamBody::Pooled(..) => "UpstreamBody::Pooled",
             UpstreamBody::Generated(_) => "UpstreamBody::Generated",
             UpstreamBody::Full(_) => "UpstreamBody::Full",
         })
@@ -88,6 +91,7 @@ impl UpstreamBody {
                     },
                 }
             },
+            UpstreamBody::Pooled(body, conn) => super::pool::poll_body_chunk(body, conn, cx),
             UpstreamBody::Generated(stream) => stream.as_mut().poll_next(cx).map(|chunk| chunk.map(Ok)),
             UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
         }

@@ -9,6 +9,7 @@
 mod client;
 pub mod mock;
 mod openai;
+mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,7 +115,12 @@ impl BackendRuntime {
         let kind = match config.kind {
             BackendKind::OpenAi => {
                 let reuse = previous.and_then(|p| match &p.kind {
-                    Backend::OpenAi(b) if p.config.timeouts.connect == config.timeouts.connect => Some(b.client()),
+                    Backend::OpenAi(b)
+                        if p.config.timeouts.connect == config.timeouts.connect
+                            && p.config.base_url == config.base_url =>
+                    {
+                        Some(b.transport())
+                    }
                     _ => None,
                 });
                 Backend::OpenAi(Box::new(openai::OpenAiBackend::new(&config, reuse)?))

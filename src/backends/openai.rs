@@ -5,16 +5,30 @@
 
 use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http_body_util::Full;
 
 use super::client::{HttpClient, UpstreamBody, build_client};
+use super::pool::H1Pool;
 use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth};
 use crate::config::BackendConfig;
+use crate::headers::X_REQUEST_ID;
 use crate::proxy::Endpoint;
+
+/// How requests reach the upstream.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// `http://`: weir's own HTTP/1.1 pool, driven by the request's task.
+    Plain(Arc<H1Pool>),
+    /// `https://`: hyper_util's client, for TLS and HTTP/2 by ALPN.
+    Tls(Arc<HttpClient>),
+}
 
 #[derive(Debug)]
 pub struct OpenAiBackend {
-    client: HttpClient,
+    transport: Transport,
     /// Upstream URLs, parsed once per snapshot rather than per request.
     chat_url: Uri,
     completions_url: Uri,
@@ -24,7 +38,7 @@ pub struct OpenAiBackend {
 }
 
 impl OpenAiBackend {
-    pub fn new(config: &BackendConfig, client: Option<HttpClient>) -> Result<Self, BackendBuildError> {
+    pub fn new(config: &BackendConfig, transport: Option<Transport>) -> Result<Self, BackendBuildError> {
         let url = |path: &str| -> Result<Uri, BackendBuildError> {
             format!("{}{}", config.base_url, path).parse().map_err(|err: http::uri::InvalidUri| {
                 BackendBuildError::BadUrl { backend: config.name.clone(), detail: err.to_string() }
@@ -42,18 +56,32 @@ impl OpenAiBackend {
             }
             None => None,
         };
+        let chat_url = url("/chat/completions")?;
+        let transport = match transport {
+            Some(Transport::Plain(pool)) if chat_url.scheme() != Some(&http::uri::Scheme::HTTP) => {
+                drop(pool);
+                Transport::Tls(Arc::new(build_client(config.timeouts.connect)))
+            }
+            Some(transport) => transport,
+            None if chat_url.scheme() == Some(&http::uri::Scheme::HTTP) => {
+                let host = chat_url.host().unwrap_or("localhost");
+                let authority = format!("{host}:{}", chat_url.port_u16().unwrap_or(80));
+                Transport::Plain(Arc::new(H1Pool::new(authority, config.timeouts.connect)))
+            }
+            None => Transport::Tls(Arc::new(build_client(config.timeouts.connect))),
+        };
         Ok(OpenAiBackend {
-            client: client.unwrap_or_else(|| build_client(config.timeouts.connect)),
-            chat_url: url("/chat/completions")?,
+            transport,
+            chat_url,
             completions_url: url("/completions")?,
             embeddings_url: url("/embeddings")?,
             authorization,
         })
     }
 
-    /// The pool, for a reload to carry over.
-    pub fn client(&self) -> HttpClient {
-        self.client.clone()
+    /// The connection pool, for a reload to carry over.
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
     }
 
     pub async fn send(&self, config: &BackendConfig, call: BackendCall<'_>) -> Result<BackendResponse, BackendError> {
@@ -62,18 +90,55 @@ impl OpenAiBackend {
             Endpoint::Completions => &self.completions_url,
             Endpoint::Embeddings => &self.embeddings_url,
         };
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(uri.clone())
-            .body(Full::new(call.body))
-            .map_err(|err| BackendError::Protocol { backend: config.name.clone(), detail: err.to_string() })?;
+        let build = || self.request(config, uri, &call);
+        match &self.transport {
+            Transport::Plain(pool) => {
+                let (response, conn) = pool.send(build).await.map_err(|err| match err.connect {
+                    true => BackendError::Connect { backend: config.name.clone(), detail: err.detail },
+                    false => BackendError::Protocol { backend: config.name.clone(), detail: err.detail },
+                })?;
+                let (parts, body) = response.into_parts();
+                Ok(BackendResponse {
+                    status: parts.status,
+                    headers: passed_on_headers(&parts.headers),
+                    body: UpstreamBody::Pooled(body, conn),
+                    permit: None,
+                })
+            }
+            Transport::Tls(client) => {
+                let response =
+                    client.request(build()).await.map_err(|err| classify_client_error(&config.name, &err))?;
+                let (parts, body) = response.into_parts();
+                Ok(BackendResponse {
+                    status: parts.status,
+                    headers: passed_on_headers(&parts.headers),
+                    body: UpstreamBody::Http(body),
+                    permit: None,
+                })
+            }
+        }
+    }
+
+    /// The upstream request: the prepared body, our credentials and the backend's headers.
+    fn request(&self, config: &BackendConfig, uri: &Uri, call: &BackendCall<'_>) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(call.body.clone()));
+        *request.method_mut() = Method::POST;
+        // Our own HTTP/1.1 connections send the origin form (`/v1/chat/completions`);
+        // hyper_util's client derives it from the absolute URI itself.
+        *request.uri_mut() = match (&self.transport, uri.path_and_query()) {
+            (Transport::Plain(_), Some(path)) => Uri::from(path.clone()),
+            _ => uri.clone(),
+        };
         let headers = request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(host) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(http::header::HOST, host);
+        }
         if call.stream {
             headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
         }
         if let Ok(id) = HeaderValue::from_str(call.request_id) {
-            headers.insert("x-request-id", id);
+            headers.insert(X_REQUEST_ID, id);
         }
         let authorization = match call.auth {
             UpstreamAuth::Backend => self.authorization.as_ref(),
@@ -85,15 +150,7 @@ impl OpenAiBackend {
         for (name, value) in &config.headers {
             headers.insert(name.clone(), value.clone());
         }
-
-        let response = self.client.request(request).await.map_err(|err| classify_client_error(&config.name, &err))?;
-        let (parts, body) = response.into_parts();
-        Ok(BackendResponse {
-            status: parts.status,
-            headers: passed_on_headers(&parts.headers),
-            body: UpstreamBody::Http(body),
-            permit: None,
-        })
+        request
     }
 }
 

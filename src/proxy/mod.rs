@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::auth::Identity;
 use crate::backends::{BackendCall, BackendError, BackendResponse, UpstreamAuth};
 use crate::config::AuthMode;
+use crate::headers::{X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT};
 use crate::server::body::{self, Body};
 use crate::server::error::{GatewayError, upstream_message};
 use crate::snapshot::Snapshot;
@@ -70,7 +71,7 @@ pub async fn handle(
             exchange.error = Some(err.to_string());
             set_overhead(response.headers_mut(), &exchange);
             if !exchange.backend.is_empty() {
-                set_header(response.headers_mut(), "x-weir-backend", &exchange.backend);
+                set_header(response.headers_mut(), X_WEIR_BACKEND, &exchange.backend);
             }
             exchange.finish(Outcome::Completed);
             response
@@ -152,13 +153,13 @@ impl Answer {
         if sse {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         } else if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        set_header(&mut headers, "x-weir-backend", &exchange.backend);
-        set_header(&mut headers, "x-weir-variant", &exchange.variant);
-        headers.insert("x-weir-cache", HeaderValue::from_static("bypass"));
+        set_header(&mut headers, X_WEIR_BACKEND, &exchange.backend);
+        set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
+        headers.insert(X_WEIR_CACHE, HeaderValue::from_static("bypass"));
         set_overhead(&mut headers, &exchange);
 
         let timeouts = self.backend.config.timeouts;
@@ -185,7 +186,7 @@ pub fn list_models(snapshot: &Snapshot, headers: &HeaderMap) -> Result<Response<
 }
 
 fn set_overhead(headers: &mut HeaderMap, exchange: &Exchange) {
-    headers.insert("x-weir-overhead-ms", millis_header(exchange.overhead()));
+    headers.insert(X_WEIR_OVERHEAD_MS, millis_header(exchange.overhead()));
 }
 
 /// `1.234` (milliseconds, microsecond precision), formatted with integers: float
@@ -196,7 +197,7 @@ pub fn millis_header(duration: std::time::Duration) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0.000"))
 }
 
-fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set_header(headers: &mut HeaderMap, name: http::HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }

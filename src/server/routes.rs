@@ -10,6 +10,7 @@ use super::body::Body;
 use super::error::GatewayError;
 use super::{FnHandler, Handler, admin};
 use crate::gateway::AppState;
+use crate::headers::{X_REQUEST_ID, X_WEIR_OVERHEAD_MS};
 use crate::proxy::{self, Endpoint};
 
 /// Longest client-supplied `x-request-id` we keep; longer ones are replaced.
@@ -70,16 +71,16 @@ pub fn admin_service(state: Arc<AppState>) -> impl Handler {
 /// Every response carries its request id and weir's own time, errors included.
 fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant) {
     if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", value);
+        headers.insert(X_REQUEST_ID, value);
     }
-    if !headers.contains_key("x-weir-overhead-ms") {
-        headers.insert("x-weir-overhead-ms", proxy::millis_header(started.elapsed()));
+    if !headers.contains_key(&X_WEIR_OVERHEAD_MS) {
+        headers.insert(X_WEIR_OVERHEAD_MS, proxy::millis_header(started.elapsed()));
     }
 }
 
 /// The client's `x-request-id` when it is a sane token, else a fresh random one.
 fn request_id(headers: &HeaderMap) -> String {
-    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let given = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok());
     match given {
         Some(id) if (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) => {
             id.to_owned()

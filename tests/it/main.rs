@@ -7,5 +7,6 @@ mod chat;
 mod cli;
 mod config;
 mod errors;
+mod pool;
 mod streaming;
 mod transport;

@@ -109,6 +109,8 @@ struct Shared {
     cancelled: AtomicUsize,
     /// Streams sent to the end.
     completed: AtomicUsize,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
 }
 
 /// The running upstream; its accept loop lives as long as the test's runtime.
@@ -127,11 +129,13 @@ impl MockUpstream {
             requests: Mutex::new(Vec::new()),
             cancelled: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                accept_shared.connections.fetch_add(1, Ordering::SeqCst);
                 let shared = Arc::clone(&accept_shared);
                 tokio::spawn(async move {
                     let service = service_fn(move |request| handle(Arc::clone(&shared), request));
@@ -166,6 +170,11 @@ impl MockUpstream {
 
     pub fn cancelled(&self) -> usize {
         self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections the upstream accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     pub fn completed(&self) -> usize {

@@ -1,0 +1,236 @@
+//! Plain-HTTP/1.1 upstream connections driven by the request's own task.
+//!
+//! hyper_util's pooled client runs each upstream connection as a task of its own and hands
+//! every response head and body chunk across a channel, a task wake-up each. Here the
+//! connection is polled by whoever holds it — the request while it waits for headers, then
+//! the response body as it streams — so a chunk goes from the upstream socket to the
+//! client socket in one task. Used for `http://` backends (vLLM, Ollama, local servers, where
+//! weir's overhead matters most); `https://` backends keep hyper_util's client for TLS and
+//! HTTP/2.
+//!
+//! An idle connection is not polled; before reuse it gets one poll with a no-op waker so
+//! that a close the upstream sent meanwhile is noticed, and a request that fails on a reused
+//! connection before any answer is sent again once on a fresh one.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::Body as _;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// Idle connections kept per backend; more are closed when they finish.
+const MAX_IDLE: usize = 1024;
+
+#[derive(Debug)]
+pub struct H1Pool {
+    /// `host:port`, resolved on each connect (DNS changes are followed).
+    authority: String,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// One upstream connection: the request sender and the connection future that does its I/O.
+pub struct Conn {
+    send: http1::SendRequest<Full<Bytes>>,
+    io: Pin<Box<Connection>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Conn")
+    }
+}
+
+/// Why a pooled exchange failed; `connect` tells a refused or timed-out connect apart.
+#[derive(Debug)]
+pub struct PoolError {
+    pub connect: bool,
+    pub detail: String,
+}
+
+impl H1Pool {
+    pub fn new(authority: String, connect_timeout: Duration) -> H1Pool {
+        H1Pool { authority, connect_timeout, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// Sends one request and returns the response head with the connection that carries its
+    /// body. `request` is called again if a reused connection turns out to be dead.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: impl Fn() -> Request<Full<Bytes>>,
+    ) -> Result<(http::Response<Incoming>, PooledConn), PoolError> {
+        if let Some(conn) = self.take_idle() {
+            match exchange(conn, request()).await {
+                Ok((response, conn)) => return Ok((response, self.wrap(conn))),
+                // The upstream closed the reused connection before answering: it did not
+                // process the request, so sending it again on a fresh connection is safe.
+                Err(err) if closed_before_answer(&err) => {}
+                Err(err) => return Err(PoolError { connect: false, detail: super::openai::error_chain(&err) }),
+            }
+        }
+        let conn = self.connect().await?;
+        match exchange(conn, request()).await {
+            Ok((response, conn)) => Ok((response, self.wrap(conn))),
+            Err(err) => Err(PoolError { connect: false, detail: super::openai::error_chain(&err) }),
+        }
+    }
+
+    fn wrap(self: &Arc<Self>, conn: Conn) -> PooledConn {
+        PooledConn { conn: Some(conn), pool: Arc::clone(self) }
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let mut conn = self.idle.lock().ok()?.pop()?;
+            let mut cx = Context::from_waker(Waker::noop());
+            // Ready means the upstream closed it (or it failed) while idle.
+            if conn.io.as_mut().poll(&mut cx).is_pending() && conn.send.is_ready() {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, PoolError> {
+        let connect_error = |detail: String| PoolError { connect: true, detail };
+        let stream = tokio::time::timeout(self.connect_timeout, connect_any(&self.authority))
+            .await
+            .map_err(|_| connect_error(format!("connect to {} timed out", self.authority)))?
+            .map_err(|err| connect_error(format!("connect to {}: {err}", self.authority)))?;
+        let _ = stream.set_nodelay(true);
+        let (send, io) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| connect_error(super::openai::error_chain(&err)))?;
+        Ok(Conn { send, io: Box::pin(io) })
+    }
+
+    fn put_back(&self, conn: Conn) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(conn);
+        }
+    }
+}
+
+/// A reused keep-alive connection that the upstream had already closed (or closed as the
+/// request arrived): hyper saw no response at all.
+fn closed_before_answer(err: &hyper::Error) -> bool {
+    if err.is_canceled() || err.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof);
+        }
+        source = inner.source();
+    }
+    false
+}
+
+async fn connect_any(authority: &str) -> std::io::Result<TcpStream> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(authority).await? {
+        match connect_addr(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other(format!("{authority} resolves to no address"))))
+}
+
+async fn connect_addr(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    TcpStream::connect(addr).await
+}
+
+/// Sends `request` on `conn`, driving the connection until the response head arrives.
+async fn exchange(
+    mut conn: Conn,
+    request: Request<Full<Bytes>>,
+) -> Result<(http::Response<Incoming>, Conn), hyper::Error> {
+    let mut response = std::pin::pin!(conn.send.send_request(request));
+    let io = &mut conn.io;
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = response.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        match io.as_mut().poll(cx) {
+            // The connection ended; the response future now holds the reason.
+            Poll::Ready(_) => response.as_mut().poll(cx),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    result.map(|response| (response, conn))
+}
+
+/// A connection lent to one response body; it returns to the pool when the body has been
+/// read to the end, and is closed if the body is dropped early.
+#[derive(Debug)]
+pub struct PooledConn {
+    conn: Option<Conn>,
+    pool: Arc<H1Pool>,
+}
+
+impl PooledConn {
+    /// Drives the connection's I/O; call before polling the body it feeds.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(conn) = &mut self.conn
+            && conn.io.as_mut().poll(cx).is_ready()
+        {
+            // Closed or failed: the body sees the end or the error itself.
+            self.conn = None;
+        }
+    }
+
+    /// The body was read to its end: the connection may serve the next request.
+    pub fn release(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        // One more poll lets the dispatcher settle into its idle, ready state.
+        let mut cx = Context::from_waker(Waker::noop());
+        if conn.io.as_mut().poll(&mut cx).is_pending() && conn.send.is_ready() {
+            self.pool.put_back(conn);
+        }
+    }
+}
+
+/// Polls `body` for its next data chunk while driving `conn`.
+pub fn poll_body_chunk(
+    body: &mut Incoming,
+    conn: &mut PooledConn,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+    loop {
+        conn.drive(cx);
+        match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            None => {
+                conn.release();
+                return Poll::Ready(None);
+            }
+            Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => {
+                    if body.is_end_stream() {
+                        conn.release();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                _ => continue,
+            },
+        }
+    }
+}
