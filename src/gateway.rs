@@ -34,11 +34,6 @@ impl AppState {
         self.live.load_full()
     }
 
-    /// Replaces the live snapshot; requests already running keep the one they took.
-    pub fn swap(&self, snapshot: Snapshot) {
-        self.live.store(Arc::new(snapshot));
-    }
-
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

@@ -63,10 +63,6 @@ impl KeyTable {
         self.mode.unwrap_or(AuthMode::Keys)
     }
 
-    pub fn get(&self, name: &str) -> Option<&KeyConfig> {
-        self.keys.iter().find(|k| k.name == name)
-    }
-
     /// Identifies the caller from the request headers.
     ///
     /// The lookup is by SHA-256 digest, so its timing depends on the digest, not on the

@@ -82,8 +82,6 @@ pub enum BackendError {
     Rejected { backend: String, status: StatusCode, message: String, body: Bytes, retry_after: Option<HeaderValue> },
     #[error("backend `{backend}` failed: {detail}")]
     Protocol { backend: String, detail: String },
-    #[error("backend `{backend}` cannot serve {endpoint}")]
-    Unsupported { backend: String, endpoint: &'static str },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,14 +143,6 @@ impl BackendRuntime {
         &self.config.name
     }
 
-    /// Requests currently holding a `max_inflight` place (0 when unlimited).
-    pub fn inflight(&self) -> usize {
-        match (&self.inflight, self.config.max_inflight) {
-            (Some(sem), Some(limit)) => limit.saturating_sub(sem.available_permits()),
-            _ => 0,
-        }
-    }
-
     /// One attempt: waits for an in-flight place, sends, and returns once headers arrive
     /// (bounded by the `first_byte` timeout).
     pub async fn send(&self, call: BackendCall<'_>) -> Result<BackendResponse, BackendError> {
@@ -187,19 +177,6 @@ impl BackendRuntime {
                 backend: self.config.name.clone(),
                 limit: self.config.max_inflight.unwrap_or_default(),
             }),
-        }
-    }
-}
-
-impl BackendError {
-    pub fn backend(&self) -> &str {
-        match self {
-            BackendError::Connect { backend, .. }
-            | BackendError::Timeout { backend, .. }
-            | BackendError::Saturated { backend, .. }
-            | BackendError::Rejected { backend, .. }
-            | BackendError::Protocol { backend, .. }
-            | BackendError::Unsupported { backend, .. } => backend,
         }
     }
 }

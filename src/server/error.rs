@@ -50,10 +50,6 @@ struct Described {
 }
 
 impl GatewayError {
-    pub fn status(&self) -> StatusCode {
-        self.describe().status
-    }
-
     fn describe(&self) -> Described {
         use StatusCode as S;
         let plain = |status, kind, code| Described { status, kind, code, param: None };
@@ -99,9 +95,6 @@ impl GatewayError {
                     plain(S::SERVICE_UNAVAILABLE, "api_error", Some("backend_overloaded"))
                 }
                 BackendError::Protocol { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_error")),
-                BackendError::Unsupported { .. } => {
-                    plain(S::BAD_REQUEST, "invalid_request_error", Some("unsupported_endpoint"))
-                }
                 BackendError::Rejected { status, .. } if status.is_client_error() => {
                     plain(*status, "invalid_request_error", None)
                 }
