@@ -314,6 +314,20 @@ async fn a_stream_cut_after_the_first_byte_ends_with_one_error_event() {
 }
 
 #[tokio::test]
+async fn a_total_timeout_mid_stream_ends_with_one_error_event() {
+    // Chunks keep coming (so `idle` never fires) but the whole answer takes longer than `total`.
+    let upstream = MockUpstream::start(Behavior::paced(Duration::from_millis(100))).await;
+    let timeouts = Timeouts { total: "450ms", idle: "2s", ..Timeouts::default() };
+    let gateway = support::standard_with(&upstream, timeouts).await;
+    let body = r#"{"model":"chat","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"long"}]}"#;
+    let response = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), body).await;
+    let error = expect_stream_error(response, 20).await;
+    assert!(message(&error).contains("total"), "{error}");
+    assert_eq!(error["type"], "api_error");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_idle_timeout_mid_stream_ends_with_one_error_event() {
     let upstream = MockUpstream::start(Behavior::stream_then(2, End::Hang)).await;
     let timeouts = Timeouts { idle: "300ms", ..Timeouts::default() };
