@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -31,6 +31,9 @@ type Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
 /// Idle connections kept per backend; more are closed when they finish.
 const MAX_IDLE: usize = 1024;
+/// An idle connection older than this is closed rather than reused (upstreams commonly
+/// drop idle keep-alive connections after a minute or two anyway).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug)]
 pub struct H1Pool {
@@ -44,6 +47,8 @@ pub struct H1Pool {
 pub struct Conn {
     send: http1::SendRequest<Full<Bytes>>,
     io: Pin<Box<Connection>>,
+    /// When the connection last went idle.
+    idle_since: Instant,
 }
 
 impl std::fmt::Debug for Conn {
@@ -94,6 +99,9 @@ impl H1Pool {
     fn take_idle(&self) -> Option<Conn> {
         loop {
             let mut conn = self.idle.lock().ok()?.pop()?;
+            if conn.idle_since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
             let mut cx = Context::from_waker(Waker::noop());
             // Ready means the upstream closed it (or it failed) while idle.
             if conn.io.as_mut().poll(&mut cx).is_pending() && conn.send.is_ready() {
@@ -113,14 +121,20 @@ impl H1Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| connect_error(super::openai::error_chain(&err)))?;
-        Ok(Conn { send, io: Box::pin(io) })
+        Ok(Conn { send, io: Box::pin(io), idle_since: Instant::now() })
     }
 
-    fn put_back(&self, conn: Conn) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
-            idle.push(conn);
+    /// Returns a connection to the idle list, newest last, and closes the ones idle too
+    /// long (they sit at the front), so sockets the upstream closed do not pile up.
+    fn put_back(&self, mut conn: Conn) {
+        let now = Instant::now();
+        conn.idle_since = now;
+        if let Ok(mut idle) = self.idle.lock() {
+            let expired = idle.iter().take_while(|c| now.duration_since(c.idle_since) > IDLE_TIMEOUT).count();
+            idle.drain(..expired);
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
         }
     }
 }

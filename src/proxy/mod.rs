@@ -70,8 +70,10 @@ pub async fn handle(
             exchange.status = response.status().as_u16();
             exchange.error = Some(err.to_string());
             set_overhead(response.headers_mut(), &exchange);
+            // Known once a target was picked; errors before that have no backend to name.
             if !exchange.backend.is_empty() {
                 set_header(response.headers_mut(), X_WEIR_BACKEND, &exchange.backend);
+                set_header(response.headers_mut(), X_WEIR_VARIANT, &exchange.variant);
             }
             exchange.finish(Outcome::Completed);
             response
