@@ -35,6 +35,8 @@ pub struct OpenAiBackend {
     embeddings_url: Uri,
     /// `Bearer <api_key>`, ready to send; marked sensitive so it never shows in debug output.
     authorization: Option<HeaderValue>,
+    /// `Host`, from the base URL.
+    host: Option<HeaderValue>,
 }
 
 impl OpenAiBackend {
@@ -70,12 +72,14 @@ impl OpenAiBackend {
             }
             None => Transport::Tls(Arc::new(build_client(config.timeouts.connect))),
         };
+        let host = chat_url.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         Ok(OpenAiBackend {
             transport,
             chat_url,
             completions_url: url("/completions")?,
             embeddings_url: url("/embeddings")?,
             authorization,
+            host,
         })
     }
 
@@ -131,8 +135,8 @@ impl OpenAiBackend {
         };
         let headers = request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(host) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            headers.insert(http::header::HOST, host);
+        if let Some(host) = &self.host {
+            headers.insert(http::header::HOST, host.clone());
         }
         if call.stream {
             headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
@@ -157,7 +161,8 @@ impl OpenAiBackend {
 /// Only headers that mean something to the client survive; hop-by-hop headers and the
 /// upstream's own rate-limit headers (weir sends the key's) do not.
 fn passed_on_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::with_capacity(2);
+    // Room for the headers the proxy adds, so they go in without a reallocation.
+    let mut kept = HeaderMap::with_capacity(8);
     for name in [CONTENT_TYPE, RETRY_AFTER] {
         if let Some(value) = upstream.get(&name) {
             kept.insert(name, value.clone());
