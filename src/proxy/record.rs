@@ -77,17 +77,18 @@ impl Exchange {
             return;
         }
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let endpoint = self.endpoint.map_or("", Endpoint::as_str);
         if self.status >= 500 || outcome == Outcome::Failed {
             tracing::warn!(
                 target: "weir::access",
-                request_id = %self.request_id, key = %self.key, model = %self.model, backend = %self.backend,
+                request_id = %self.request_id, endpoint, key = %self.key, model = %self.model, backend = %self.backend,
                 status = self.status, outcome = outcome.as_str(), duration_ms, error = self.error.as_deref().unwrap_or(""),
                 "request failed"
             );
         } else {
             tracing::debug!(
                 target: "weir::access",
-                request_id = %self.request_id, key = %self.key, model = %self.model, backend = %self.backend,
+                request_id = %self.request_id, endpoint, key = %self.key, model = %self.model, backend = %self.backend,
                 variant = %self.variant, stream = self.stream, status = self.status, outcome = outcome.as_str(),
                 duration_ms, bytes_out = self.bytes_out,
                 "request"
