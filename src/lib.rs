@@ -16,6 +16,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod wire;
 
 pub use gateway::{Gateway, StartError};
 

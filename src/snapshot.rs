@@ -13,6 +13,7 @@ use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::config::Config;
 use crate::router::{ModelRoute, RouteError, Target};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub backends: HashMap<String, Arc<BackendRuntime>>,
     pub models: HashMap<String, ModelRoute>,
     pub keys: KeyTable,
+    /// Process-wide: carried from snapshot to snapshot so counters survive reloads.
+    pub metrics: Arc<Metrics>,
     pub loaded_at: SystemTime,
 }
 
@@ -55,7 +58,8 @@ impl Snapshot {
             models.insert(name.clone(), ModelRoute::new(model.clone(), targets));
         }
         let keys = KeyTable::new(config.auth, config.keys.clone());
-        Ok(Snapshot { config, backends, models, keys, loaded_at: SystemTime::now() })
+        let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
+        Ok(Snapshot { config, backends, models, keys, metrics, loaded_at: SystemTime::now() })
     }
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {

@@ -165,6 +165,18 @@ pub struct Price {
     pub cached_input_per_mtok: f64,
 }
 
+impl Price {
+    /// USD for `usage`: cached prompt tokens at the cached rate, the rest at the input rate.
+    pub fn cost(&self, usage: &crate::wire::Usage) -> f64 {
+        let cached = usage.cached_tokens.min(usage.prompt_tokens);
+        let fresh = usage.prompt_tokens - cached;
+        (fresh as f64 * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok
+            + usage.completion_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct KeyConfig {
     pub name: String,

@@ -28,7 +28,7 @@ use crate::server::body::{self, Body};
 use crate::server::error::{GatewayError, upstream_message};
 use crate::snapshot::Snapshot;
 
-pub use record::{Exchange, Outcome};
+pub use record::{CAPTURE_LIMIT, CacheStatus, Exchange, Outcome};
 pub use request::{RequestError, RequestHead, parse_head};
 
 /// Upstream error bodies are read whole up to this size to relay their message.
@@ -61,7 +61,7 @@ pub async fn handle(
     request_id: String,
     started: Instant,
 ) -> Response<Body> {
-    let mut exchange = Exchange::new(request_id, started);
+    let mut exchange = Exchange::new(Arc::clone(&snapshot), request_id, started);
     exchange.endpoint = Some(endpoint);
     match forward(&snapshot, request, endpoint, &mut exchange).await {
         Ok(answer) => answer.into_response(exchange),
@@ -103,11 +103,13 @@ async fn forward(
     let head = parse_head(endpoint, &body)?;
     exchange.model.clone_from(&head.model);
     exchange.stream = head.stream;
+    exchange.request_body = body.clone();
 
     let route = snapshot.route(&head.model)?;
     if !identity.may_use(&head.model) {
         return Err(crate::auth::AuthError::ModelNotAllowed { model: head.model }.into());
     }
+    exchange.experiment.clone_from(&route.config.experiment);
     let target = route.pick();
     exchange.backend.clone_from(&target.backend.config.name);
     exchange.variant.clone_from(&target.variant);
@@ -151,6 +153,8 @@ impl Answer {
         let sse = self.stream
             || upstream.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         exchange.status = upstream.status.as_u16();
+        exchange.sse = sse;
+        exchange.capture = Some(crate::wire::Capture::new(record::CAPTURE_LIMIT));
         let mut headers = upstream.headers;
         if sse {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -161,7 +165,7 @@ impl Answer {
         }
         set_header(&mut headers, X_WEIR_BACKEND, &exchange.backend);
         set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
-        headers.insert(X_WEIR_CACHE, HeaderValue::from_static("bypass"));
+        headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
         set_overhead(&mut headers, &exchange);
 
         let timeouts = self.backend.config.timeouts;

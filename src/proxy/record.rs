@@ -2,12 +2,25 @@
 //!
 //! An [`Exchange`] is created when a request arrives and finished exactly once: when the
 //! response body ends, when it fails, or — through `Drop` — when the client goes away. That
-//! single completion point is where per-request taps (metrics, datasets, traces) attach, so
-//! no request escapes them however it ends.
+//! single completion point is where per-request taps (metrics, datasets, traces, limit
+//! reconciliation) attach, so no request escapes them however it ends.
+//!
+//! Order in [`Exchange::finish`]: read the captured answer back (usage, assembly), price
+//! it, then hand the finished exchange to each tap. Taps must not block: anything slow is
+//! queued to a task of its own.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::Endpoint;
+use crate::snapshot::Snapshot;
+use crate::wire::{Assembled, Capture, Usage};
+
+/// Largest answer kept for reading back (usage, cache fill, datasets). Past this the
+/// capture lets go and the request is recorded without usage or body.
+pub const CAPTURE_LIMIT: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -29,8 +42,29 @@ impl Outcome {
     }
 }
 
+/// `x-weir-cache` and the `cache` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    #[default]
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Exchange {
+    /// The config this request runs on, from arrival to the last tap.
+    pub snapshot: Arc<Snapshot>,
     pub request_id: String,
     pub started: Instant,
     pub endpoint: Option<Endpoint>,
@@ -38,19 +72,40 @@ pub struct Exchange {
     pub model: String,
     pub backend: String,
     pub variant: String,
+    /// The model's `experiment`, when it has one.
+    pub experiment: Option<String>,
     pub stream: bool,
+    /// The client's request body as received (a reference-counted handle, not a copy).
+    pub request_body: Bytes,
+    pub cache: CacheStatus,
     /// HTTP status sent to the client.
     pub status: u16,
     /// Time spent waiting on the backend for response headers.
     pub backend_wait: Duration,
+    /// From arrival to the first body chunk handed to the client (TTFT for streams).
+    pub first_byte: Option<Duration>,
     pub bytes_out: u64,
     pub error: Option<String>,
+    /// Whether the answer is SSE (decides how the capture is read back).
+    pub sse: bool,
+    /// The answer as it streamed by, bounded by [`CAPTURE_LIMIT`].
+    pub capture: Option<Capture>,
+    /// Set by a tap that needs the whole answer (cache fill, datasets, content on spans);
+    /// otherwise only the usage is read back, which is cheaper.
+    pub wants_assembly: bool,
+    /// Filled in by [`Exchange::finish`] from the capture.
+    pub assembled: Option<Assembled>,
+    pub usage: Option<Usage>,
+    pub cost_usd: Option<f64>,
+    /// Total time, fixed when the exchange finishes.
+    pub duration: Duration,
     finished: bool,
 }
 
 impl Exchange {
-    pub fn new(request_id: String, started: Instant) -> Exchange {
+    pub fn new(snapshot: Arc<Snapshot>, request_id: String, started: Instant) -> Exchange {
         Exchange {
+            snapshot,
             request_id,
             started,
             endpoint: None,
@@ -58,12 +113,34 @@ impl Exchange {
             model: String::new(),
             backend: String::new(),
             variant: String::new(),
+            experiment: None,
             stream: false,
+            request_body: Bytes::new(),
+            cache: CacheStatus::Bypass,
             status: 0,
             backend_wait: Duration::ZERO,
+            first_byte: None,
             bytes_out: 0,
             error: None,
+            sse: false,
+            capture: None,
+            wants_assembly: false,
+            assembled: None,
+            usage: None,
+            cost_usd: None,
+            duration: Duration::ZERO,
             finished: false,
+        }
+    }
+
+    /// The tap on every body chunk sent to the client: TTFT, byte count, capture.
+    pub fn observe_chunk(&mut self, chunk: &Bytes) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(self.started.elapsed());
+        }
+        self.bytes_out += chunk.len() as u64;
+        if let Some(capture) = &mut self.capture {
+            capture.push(chunk);
         }
     }
 
@@ -76,7 +153,31 @@ impl Exchange {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.duration = self.started.elapsed();
+        self.read_back(outcome);
+        let snapshot = Arc::clone(&self.snapshot);
+        snapshot.metrics.record_exchange(self, outcome);
+        self.log(outcome);
+    }
+
+    /// Reads usage (and the whole answer, when a tap asked) out of the capture, and prices
+    /// it with the model's `price`.
+    fn read_back(&mut self, outcome: Outcome) {
+        let Some(capture) = self.capture.take() else { return };
+        if self.wants_assembly && outcome == Outcome::Completed && (200..300).contains(&self.status) {
+            self.assembled = capture.assemble(self.sse);
+            self.usage = self.assembled.as_ref().and_then(|a| a.usage);
+        } else if let Some(bytes) = capture.bytes() {
+            self.usage = crate::wire::usage_only(&bytes, self.sse);
+        }
+        let price = self.snapshot.models.get(&self.model).and_then(|route| route.config.price);
+        if let (Some(usage), Some(price)) = (self.usage, price) {
+            self.cost_usd = Some(price.cost(&usage));
+        }
+    }
+
+    fn log(&self, outcome: Outcome) {
+        let duration_ms = self.duration.as_secs_f64() * 1000.0;
         let endpoint = self.endpoint.map_or("", Endpoint::as_str);
         if self.status >= 500 || outcome == Outcome::Failed {
             tracing::warn!(

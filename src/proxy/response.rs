@@ -80,7 +80,7 @@ impl Body for ProxyBody {
         }
         match this.upstream.poll_chunk(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                this.exchange.bytes_out += chunk.len() as u64;
+                this.exchange.observe_chunk(&chunk);
                 this.last_chunk = Instant::now();
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }

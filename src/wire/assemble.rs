@@ -1,0 +1,288 @@
+//! Folds a captured answer into one OpenAI JSON response.
+//!
+//! JSON answers are parsed as they are. SSE answers (`chat.completion.chunk` or streamed
+//! `text_completion`) are replayed delta by delta: content and text concatenated, tool-call
+//! fragments joined by `index`, the last `finish_reason` per choice kept, and the usage
+//! chunk (`stream_options.include_usage`) read when present.
+
+use serde_json::{Map, Value, json};
+
+use super::{Assembled, RawUsage, Usage};
+
+/// Reads `bytes` (a whole answer) back into its non-streamed shape.
+pub fn assemble(bytes: &[u8], sse: bool) -> Option<Assembled> {
+    if sse { assemble_sse(bytes) } else { assemble_json(bytes) }
+}
+
+fn assemble_json(bytes: &[u8]) -> Option<Assembled> {
+    let body: Value = serde_json::from_slice(bytes).ok()?;
+    let usage = usage_of(&body);
+    let finish_reasons = body
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(|choices| {
+            choices.iter().filter_map(|c| c.get("finish_reason").and_then(Value::as_str).map(str::to_owned)).collect()
+        })
+        .unwrap_or_default();
+    let response_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
+    Some(Assembled { body, usage, finish_reasons, response_model, complete: true })
+}
+
+fn usage_of(value: &Value) -> Option<Usage> {
+    let usage = value.get("usage")?;
+    if usage.is_null() {
+        return None;
+    }
+    serde_json::from_value::<RawUsage>(usage.clone()).ok().map(Usage::from)
+}
+
+/// One choice being rebuilt from its deltas.
+#[derive(Default)]
+struct ChoiceState {
+    role: Option<String>,
+    content: Option<String>,
+    refusal: Option<String>,
+    text: Option<String>,
+    tool_calls: Vec<ToolCallState>,
+    finish_reason: Option<String>,
+    logprobs: Option<Value>,
+}
+
+#[derive(Default)]
+struct ToolCallState {
+    index: u64,
+    id: Option<String>,
+    kind: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Default)]
+struct StreamState {
+    id: Option<String>,
+    object: Option<String>,
+    created: Option<Value>,
+    model: Option<String>,
+    system_fingerprint: Option<Value>,
+    choices: Vec<(u64, ChoiceState)>,
+    usage: Option<Usage>,
+    usage_raw: Option<Value>,
+    done: bool,
+}
+
+fn assemble_sse(bytes: &[u8]) -> Option<Assembled> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut state = StreamState::default();
+    let mut saw_event = false;
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data:") else { continue };
+        let data = data.trim_start();
+        if data == "[DONE]" {
+            state.done = true;
+            continue;
+        }
+        let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+        if event.get("error").is_some() {
+            // weir's own or the upstream's error event: the answer is not complete.
+            return None;
+        }
+        saw_event = true;
+        state.absorb(&event);
+    }
+    if !saw_event {
+        return None;
+    }
+    Some(state.finish())
+}
+
+impl StreamState {
+    fn absorb(&mut self, event: &Value) {
+        set_str(&mut self.id, event.get("id"));
+        set_str(&mut self.object, event.get("object"));
+        set_str(&mut self.model, event.get("model"));
+        if self.created.is_none() {
+            self.created = event.get("created").cloned();
+        }
+        if let Some(fp) = event.get("system_fingerprint").filter(|v| !v.is_null()) {
+            self.system_fingerprint = Some(fp.clone());
+        }
+        if let Some(usage) = event.get("usage").filter(|v| !v.is_null()) {
+            self.usage = serde_json::from_value::<RawUsage>(usage.clone()).ok().map(Usage::from);
+            self.usage_raw = Some(usage.clone());
+        }
+        let Some(choices) = event.get("choices").and_then(Value::as_array) else { return };
+        for choice in choices {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let slot = match self.choices.iter().position(|(i, _)| *i == index) {
+                Some(pos) => pos,
+                None => {
+                    self.choices.push((index, ChoiceState::default()));
+                    self.choices.len() - 1
+                }
+            };
+            self.choices[slot].1.absorb(choice);
+        }
+    }
+
+    fn finish(mut self) -> Assembled {
+        self.choices.sort_by_key(|(i, _)| *i);
+        let text_completion = self.object.as_deref() == Some("text_completion");
+        let finish_reasons = self.choices.iter().filter_map(|(_, c)| c.finish_reason.clone()).collect();
+        let choices: Vec<Value> =
+            self.choices.into_iter().map(|(index, c)| c.into_value(index, text_completion)).collect();
+        let mut body = Map::new();
+        body.insert("id".into(), self.id.map_or(Value::Null, Value::String));
+        let object = if text_completion { "text_completion" } else { "chat.completion" };
+        body.insert("object".into(), Value::String(object.into()));
+        body.insert("created".into(), self.created.unwrap_or(json!(0)));
+        body.insert("model".into(), self.model.clone().map_or(Value::Null, Value::String));
+        body.insert("choices".into(), Value::Array(choices));
+        if let Some(usage) = self.usage_raw {
+            body.insert("usage".into(), usage);
+        }
+        if let Some(fp) = self.system_fingerprint {
+            body.insert("system_fingerprint".into(), fp);
+        }
+        Assembled {
+            body: Value::Object(body),
+            usage: self.usage,
+            finish_reasons,
+            response_model: self.model,
+            complete: self.done,
+        }
+    }
+}
+
+impl ChoiceState {
+    fn absorb(&mut self, choice: &Value) {
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_owned());
+        }
+        if let Some(text) = choice.get("text").and_then(Value::as_str) {
+            self.text.get_or_insert_with(String::new).push_str(text);
+        }
+        if let Some(logprobs) = choice.get("logprobs").filter(|v| !v.is_null()) {
+            self.logprobs = Some(logprobs.clone());
+        }
+        let Some(delta) = choice.get("delta") else { return };
+        set_str(&mut self.role, delta.get("role"));
+        if let Some(content) = delta.get("content").and_then(Value::as_str) {
+            self.content.get_or_insert_with(String::new).push_str(content);
+        }
+        if let Some(refusal) = delta.get("refusal").and_then(Value::as_str) {
+            self.refusal.get_or_insert_with(String::new).push_str(refusal);
+        }
+        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            self.absorb_tool_call(call);
+        }
+    }
+
+    fn absorb_tool_call(&mut self, call: &Value) {
+        let index = call.get("index").and_then(Value::as_u64).unwrap_or(self.tool_calls.len() as u64);
+        let slot = match self.tool_calls.iter().position(|t| t.index == index) {
+            Some(pos) => pos,
+            None => {
+                self.tool_calls.push(ToolCallState { index, ..ToolCallState::default() });
+                self.tool_calls.len() - 1
+            }
+        };
+        let state = &mut self.tool_calls[slot];
+        set_str(&mut state.id, call.get("id"));
+        set_str(&mut state.kind, call.get("type"));
+        if let Some(function) = call.get("function") {
+            if let Some(name) = function.get("name").and_then(Value::as_str) {
+                state.name.push_str(name);
+            }
+            if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+                state.arguments.push_str(arguments);
+            }
+        }
+    }
+
+    fn into_value(self, index: u64, text_completion: bool) -> Value {
+        let finish_reason = self.finish_reason.map_or(Value::Null, Value::String);
+        let logprobs = self.logprobs.unwrap_or(Value::Null);
+        if text_completion {
+            let text = self.text.unwrap_or_default();
+            return json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason});
+        }
+        let mut message = Map::new();
+        message.insert("role".into(), Value::String(self.role.unwrap_or_else(|| "assistant".into())));
+        message.insert("content".into(), self.content.map_or(Value::Null, Value::String));
+        if let Some(refusal) = self.refusal {
+            message.insert("refusal".into(), Value::String(refusal));
+        }
+        if !self.tool_calls.is_empty() {
+            let mut calls = self.tool_calls;
+            calls.sort_by_key(|c| c.index);
+            let calls = calls
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id,
+                        "type": c.kind.unwrap_or_else(|| "function".into()),
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    })
+                })
+                .collect();
+            message.insert("tool_calls".into(), Value::Array(calls));
+        }
+        json!({"index": index, "message": Value::Object(message), "logprobs": logprobs, "finish_reason": finish_reason})
+    }
+}
+
+/// Keeps the first non-empty string seen for a field that repeats on every chunk.
+fn set_str(slot: &mut Option<String>, value: Option<&Value>) {
+    if slot.is_none() {
+        if let Some(s) = value.and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            *slot = Some(s.to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_answer_keeps_usage_and_finish() {
+        let body = br#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}"#;
+        let a = assemble(body, false).unwrap();
+        assert_eq!(a.usage, Some(Usage { prompt_tokens: 3, completion_tokens: 1, cached_tokens: 2 }));
+        assert_eq!(a.finish_reasons, vec!["stop".to_owned()]);
+        assert_eq!(a.response_model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn stream_folds_content_tools_and_usage() {
+        let sse = concat!(
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\",\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\"\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let a = assemble(sse.as_bytes(), true).unwrap();
+        assert!(a.complete);
+        assert_eq!(a.usage, Some(Usage { prompt_tokens: 5, completion_tokens: 2, cached_tokens: 0 }));
+        assert_eq!(a.finish_reasons, vec!["tool_calls".to_owned()]);
+        let message = &a.body["choices"][0]["message"];
+        assert_eq!(message["content"], "Hello");
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(message["tool_calls"][0]["id"], "call_1");
+        assert_eq!(a.body["object"], "chat.completion");
+    }
+
+    #[test]
+    fn stream_with_error_event_is_not_an_answer() {
+        let sse = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\":{\"message\":\"cut\"}}\n\n";
+        assert!(assemble(sse.as_bytes(), true).is_none());
+    }
+
+    #[test]
+    fn stream_without_done_is_incomplete() {
+        let sse = "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
+        assert!(!assemble(sse.as_bytes(), true).unwrap().complete);
+    }
+}
