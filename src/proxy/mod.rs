@@ -28,7 +28,7 @@ use crate::server::body::{self, Body};
 use crate::server::error::{GatewayError, upstream_message};
 use crate::snapshot::Snapshot;
 
-pub use record::{CAPTURE_LIMIT, CacheStatus, Exchange, Outcome};
+pub use record::{Attempt, AttemptKind, CAPTURE_LIMIT, CacheStatus, Exchange, Outcome};
 pub use request::{RequestError, RequestHead, parse_head};
 
 /// Upstream error bodies are read whole up to this size to relay their message.
@@ -126,8 +126,19 @@ async fn forward(
         request_id: &exchange.request_id,
     };
     let sent = tokio::time::Instant::now();
+    let offset = exchange.started.elapsed();
     let result = target.backend.send(call).await;
     exchange.backend_wait = sent.elapsed();
+    exchange.attempts.push(Attempt {
+        kind: AttemptKind::Primary,
+        backend: target.backend.config.name.clone(),
+        model: target.model.clone(),
+        variant: target.variant.clone(),
+        offset,
+        duration: exchange.backend_wait,
+        status: result.as_ref().ok().map(|r| r.status.as_u16()),
+        error: result.as_ref().err().map(ToString::to_string),
+    });
     let upstream = result?;
     if !upstream.status.is_success() {
         return Err(rejected(target.backend.name(), upstream, target.backend.config.timeouts.idle).await.into());

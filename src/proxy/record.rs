@@ -61,6 +61,36 @@ impl CacheStatus {
     }
 }
 
+/// Why an attempt was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// The target the split chose.
+    Primary,
+    /// The same target again after a retryable failure.
+    Retry,
+    /// A target from `fallbacks` (or the next healthy one) after the previous gave up.
+    Fallback,
+}
+
+/// One upstream call made for this request (several with retries and fallbacks). Traces turn
+/// each into a child span; logs show the history.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub kind: AttemptKind,
+    pub backend: String,
+    /// The model name sent upstream.
+    pub model: String,
+    pub variant: String,
+    /// When the attempt started, from the exchange's start.
+    pub offset: Duration,
+    /// Until response headers (or failure).
+    pub duration: Duration,
+    /// The upstream's status when it answered.
+    pub status: Option<u16>,
+    /// Why it failed, when it did (`connect`, `timeout`, `status`, ...).
+    pub error: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct Exchange {
     /// The config this request runs on, from arrival to the last tap.
@@ -93,6 +123,8 @@ pub struct Exchange {
     /// Set by a tap that needs the whole answer (cache fill, datasets, content on spans);
     /// otherwise only the usage is read back, which is cheaper.
     pub wants_assembly: bool,
+    /// Upstream calls in order; empty when none was made (cache hit, early error).
+    pub attempts: Vec<Attempt>,
     /// Filled in by [`Exchange::finish`] from the capture.
     pub assembled: Option<Assembled>,
     pub usage: Option<Usage>,
@@ -125,6 +157,7 @@ impl Exchange {
             sse: false,
             capture: None,
             wants_assembly: false,
+            attempts: Vec::new(),
             assembled: None,
             usage: None,
             cost_usd: None,
