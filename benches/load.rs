@@ -18,13 +18,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::Barrier;
 
-use common::{ClientConn, ms, percentile};
+use common::loadgen::{Load, Samples, cpu_time, round, run_round};
+use common::ms;
 
 #[derive(Debug, Clone)]
 struct Params {
@@ -114,159 +113,6 @@ impl Target {
     }
 }
 
-/// Samples of one or more rounds against one target.
-#[derive(Debug, Default)]
-struct Samples {
-    requests: u64,
-    errors: u64,
-    first_error: Option<String>,
-    elapsed: Duration,
-    totals: Vec<Duration>,
-    firsts: Vec<Duration>,
-}
-
-impl Samples {
-    fn merge(&mut self, other: Samples) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-        self.elapsed += other.elapsed;
-        self.totals.extend(other.totals);
-        self.firsts.extend(other.firsts);
-    }
-
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn summary(&mut self) -> Summary {
-        self.totals.sort_unstable();
-        self.firsts.sort_unstable();
-        Summary {
-            requests: self.requests,
-            errors: self.errors,
-            rps: self.rps(),
-            p50: percentile(&self.totals, 0.50),
-            p99: percentile(&self.totals, 0.99),
-            ttfb_p50: percentile(&self.firsts, 0.50),
-            ttfb_p99: percentile(&self.firsts, 0.99),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Summary {
-    requests: u64,
-    errors: u64,
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-    ttfb_p50: Duration,
-    ttfb_p99: Duration,
-}
-
-impl Summary {
-    fn to_json(self) -> Value {
-        json!({
-            "requests": self.requests,
-            "errors": self.errors,
-            "rps": round(self.rps, 1),
-            "p50_ms": round(ms(self.p50), 3),
-            "p99_ms": round(ms(self.p99), 3),
-            "ttfb_p50_ms": round(ms(self.ttfb_p50), 3),
-            "ttfb_p99_ms": round(ms(self.ttfb_p99), 3),
-        })
-    }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
-/// One closed-loop round: `connections` keep-alive connections each send `body`
-/// back-to-back for `duration`. Only requests that finished within `duration` count.
-async fn run_round(addr: SocketAddr, body: Bytes, expected: usize, connections: usize, duration: Duration) -> Samples {
-    let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(connect_retrying(addr).await);
-    }
-    let barrier = Arc::new(Barrier::new(connections + 1));
-    let mut tasks = Vec::with_capacity(connections);
-    for conn in conns {
-        let barrier = Arc::clone(&barrier);
-        let body = body.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            drive(conn, addr, body, expected, Instant::now() + duration).await
-        }));
-    }
-    barrier.wait().await;
-    let started = Instant::now();
-    let mut samples = Samples::default();
-    for task in tasks {
-        samples.merge(task.await.expect("load task panicked"));
-    }
-    samples.elapsed = duration.min(started.elapsed());
-    samples
-}
-
-async fn connect_retrying(addr: SocketAddr) -> ClientConn {
-    let mut last = None;
-    for _ in 0..50 {
-        match ClientConn::connect(addr).await {
-            Ok(conn) => return conn,
-            Err(err) => last = Some(err),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("cannot connect to {addr}: {}", last.map(|e| e.to_string()).unwrap_or_default());
-}
-
-async fn drive(mut conn: ClientConn, addr: SocketAddr, body: Bytes, expected: usize, deadline: Instant) -> Samples {
-    let mut samples =
-        Samples { totals: Vec::with_capacity(4096), firsts: Vec::with_capacity(4096), ..Samples::default() };
-    while Instant::now() < deadline {
-        match conn.post(common::CHAT_PATH, body.clone()).await {
-            Ok(exchange) if exchange.bytes == expected => {
-                if Instant::now() <= deadline {
-                    samples.requests += 1;
-                    samples.totals.push(exchange.total);
-                    samples.firsts.push(exchange.first_byte);
-                }
-            }
-            Ok(exchange) => {
-                samples.errors += 1;
-                samples
-                    .first_error
-                    .get_or_insert_with(|| format!("body of {} bytes, expected {expected}", exchange.bytes));
-            }
-            Err(err) => {
-                samples.errors += 1;
-                samples.first_error.get_or_insert_with(|| err.to_string());
-                // The connection may be gone; start a fresh one.
-                match ClientConn::connect(addr).await {
-                    Ok(fresh) => conn = fresh,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-        }
-    }
-    samples
-}
-
-/// CPU time (user + system) of `pid` so far.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `after_name` starts at field 3.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_secs_f64(ticks as f64 / 100.0))
-}
-
 struct Targets {
     addrs: Vec<(Target, SocketAddr)>,
 }
@@ -288,16 +134,16 @@ async fn run_phase(
     let mut results: BTreeMap<(Mode, Target), (Samples, Vec<f64>)> = BTreeMap::new();
     let mut weir_cpu: BTreeMap<Mode, Duration> = BTreeMap::new();
     for &mode in &params.modes {
-        let (body, expected) = match mode {
-            Mode::Json => (bodies.request_json.clone(), bodies.response_json.len()),
-            Mode::Stream => (bodies.request_stream.clone(), bodies.sse_len()),
+        let load = match mode {
+            Mode::Json => Load::chat(bodies.request_json.clone(), bodies.response_json.len()),
+            Mode::Stream => Load::chat(bodies.request_stream.clone(), bodies.sse_len()),
         };
         for r in 0..params.rounds {
             let n = targets.addrs.len();
             for i in 0..n {
                 let (target, addr) = targets.addrs[(i + r) % n];
                 let cpu_before = cpu_time(weir_pid);
-                let samples = run_round(addr, body.clone(), expected, phase.connections, phase.duration).await;
+                let samples = run_round(addr, &load, phase.connections, phase.duration).await;
                 if target == Target::Weir
                     && let (Some(before), Some(after)) = (cpu_before, cpu_time(weir_pid))
                 {

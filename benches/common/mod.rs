@@ -6,6 +6,8 @@
 
 #![allow(dead_code, reason = "each bench uses a different subset")]
 
+pub mod loadgen;
+
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::os::unix::process::CommandExt as _;
@@ -403,21 +405,31 @@ pub struct Weir {
 /// Starts the release-built `weir serve` against `upstream` (`auth: none`, one model
 /// `PUBLIC_MODEL` → `UPSTREAM_MODEL`) and waits until `/readyz` answers 200.
 pub async fn start_weir(upstream: SocketAddr) -> Weir {
+    start_weir_with(&plain_config(upstream)).await
+}
+
+/// The config body (everything but `server`) of the plain single-target setup.
+pub fn plain_config(upstream: SocketAddr) -> String {
+    format!(
+        "backends:\n  upstream: {{ kind: openai, base_url: http://{upstream}/v1 }}\n\
+         models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ] }}\n\
+         auth: {{ mode: none }}\n"
+    )
+}
+
+/// Starts the release-built `weir serve` with `body` (a config without its `server`
+/// section; listen addresses are picked here) and waits until `/readyz` answers 200.
+pub async fn start_weir_with(body: &str) -> Weir {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "server:\n  listen: {addr}\n  admin_listen: {admin_addr}\n\
-         backends:\n  upstream: {{ kind: openai, base_url: http://{upstream}/v1 }}\n\
-         models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ] }}\n\
-         auth: {{ mode: none }}\n"
-    );
+    let config = format!("server:\n  listen: {addr}\n  admin_listen: {admin_addr}\n{body}");
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, config).expect("write weir config");
     // WEIR_BENCH_BIN runs another build of weir (e.g. a feature off) against the same load.
     let binary = std::env::var("WEIR_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_owned());
     let mut command = Command::new(binary);
-    command.arg("serve").arg("--config").arg(&path);
+    command.arg("serve").arg("--config").arg(&path).current_dir(dir.path());
     command
         .env("RUST_LOG", std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
@@ -523,6 +535,8 @@ pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ClientConn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: HeaderValue,
+    /// Added to every request.
+    headers: http::HeaderMap,
 }
 
 /// What one request measured.
@@ -537,6 +551,11 @@ pub struct Exchange {
 
 impl ClientConn {
     pub async fn connect(addr: SocketAddr) -> Result<ClientConn, ClientError> {
+        ClientConn::connect_with(addr, http::HeaderMap::new()).await
+    }
+
+    /// A connection that sends `headers` with every request.
+    pub async fn connect_with(addr: SocketAddr, headers: http::HeaderMap) -> Result<ClientConn, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -544,7 +563,7 @@ impl ClientConn {
             let _ = conn.await;
         });
         let host = HeaderValue::try_from(addr.to_string())?;
-        Ok(ClientConn { sender, host })
+        Ok(ClientConn { sender, host, headers })
     }
 
     fn request(&self, method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
@@ -552,6 +571,9 @@ impl ClientConn {
         *request.method_mut() = method;
         *request.uri_mut() = path.parse().expect("valid path");
         request.headers_mut().insert(HOST, self.host.clone());
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
         request
     }
 
