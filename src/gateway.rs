@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::server::{self, TlsError};
 use crate::snapshot::Snapshot;
 
+/// How long shutdown waits for queued spans to be exported.
+const TRACE_FLUSH: Duration = Duration::from_secs(5);
+
 /// State shared by every connection.
 pub struct AppState {
     live: ArcSwap<Snapshot>,
@@ -116,6 +119,9 @@ impl Gateway {
         let _ = tokio::time::timeout(margin, self.client_task).await;
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(margin, self.admin_task).await;
+        if let Some(tracer) = &self.state.snapshot().tracer {
+            tracer.flush(TRACE_FLUSH).await;
+        }
         tracing::info!("weir stopped");
     }
 

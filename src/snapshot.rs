@@ -14,6 +14,7 @@ use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::config::Config;
 use crate::router::{ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::Tracer;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -23,6 +24,8 @@ pub struct Snapshot {
     pub keys: KeyTable,
     /// Process-wide: carried from snapshot to snapshot so counters survive reloads.
     pub metrics: Arc<Metrics>,
+    /// Span export, when `telemetry.otlp` is set; carried while its config is unchanged.
+    pub tracer: Option<Arc<Tracer>>,
     pub loaded_at: SystemTime,
 }
 
@@ -59,7 +62,9 @@ impl Snapshot {
         }
         let keys = KeyTable::new(config.auth, config.keys.clone());
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
-        Ok(Snapshot { config, backends, models, keys, metrics, loaded_at: SystemTime::now() })
+        metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
+        let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
+        Ok(Snapshot { config, backends, models, keys, metrics, tracer, loaded_at: SystemTime::now() })
     }
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {

@@ -12,6 +12,7 @@ mod openai;
 mod pool;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +30,8 @@ pub struct BackendRuntime {
     pub config: BackendConfig,
     kind: Backend,
     inflight: Option<Arc<Semaphore>>,
+    /// Upstream requests in flight (bodies included), for `weir_backend_inflight`.
+    active: Arc<AtomicU64>,
 }
 
 /// Dispatch by `kind`, as an enum so the hot path has no dynamic dispatch.
@@ -47,6 +50,8 @@ pub struct BackendCall<'a> {
     pub stream: bool,
     pub auth: UpstreamAuth<'a>,
     pub request_id: &'a str,
+    /// W3C `traceparent` for this attempt, when the request is traced or the client sent one.
+    pub traceparent: Option<HeaderValue>,
 }
 
 /// Which credential goes upstream.
@@ -65,8 +70,30 @@ pub struct BackendResponse {
     /// Headers worth passing on (content type, retry hints).
     pub headers: HeaderMap,
     pub body: UpstreamBody,
-    /// Holds one of the backend's `max_inflight` places until the body is done.
-    pub permit: Option<OwnedSemaphorePermit>,
+    /// Holds one of the backend's `max_inflight` places, and counts in flight, until the
+    /// body is done.
+    pub permit: Option<InflightPermit>,
+}
+
+/// One request in flight to a backend: its `max_inflight` place (if limited) and its count
+/// in `weir_backend_inflight`, both given back on drop.
+#[derive(Debug)]
+pub struct InflightPermit {
+    _place: Option<OwnedSemaphorePermit>,
+    active: Arc<AtomicU64>,
+}
+
+impl InflightPermit {
+    fn new(place: Option<OwnedSemaphorePermit>, active: &Arc<AtomicU64>) -> InflightPermit {
+        active.fetch_add(1, Ordering::Relaxed);
+        InflightPermit { _place: place, active: Arc::clone(active) }
+    }
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why an attempt produced no usable answer. `Rejected` carries the upstream's own error.
@@ -82,6 +109,21 @@ pub enum BackendError {
     Rejected { backend: String, status: StatusCode, message: String, body: Bytes, retry_after: Option<HeaderValue> },
     #[error("backend `{backend}` failed: {detail}")]
     Protocol { backend: String, detail: String },
+}
+
+impl BackendError {
+    /// The `reason` label of `weir_backend_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackendError::Connect { .. } => "connect",
+            BackendError::Timeout { .. } => "timeout",
+            BackendError::Saturated { .. } => "saturated",
+            BackendError::Rejected { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => "status_429",
+            BackendError::Rejected { status, .. } if status.is_server_error() => "status_5xx",
+            BackendError::Rejected { .. } => "status_4xx",
+            BackendError::Protocol { .. } => "protocol",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,17 +178,23 @@ impl BackendRuntime {
             (Some(limit), _) => Some(Arc::new(Semaphore::new(limit))),
             (None, _) => None,
         };
-        Ok(BackendRuntime { config, kind, inflight })
+        let active = previous.map_or_else(|| Arc::new(AtomicU64::new(0)), |p| Arc::clone(&p.active));
+        Ok(BackendRuntime { config, kind, inflight, active })
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
+    /// The in-flight count behind `weir_backend_inflight{backend}`.
+    pub fn active(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.active)
+    }
+
     /// One attempt: waits for an in-flight place, sends, and returns once headers arrive
     /// (bounded by the `first_byte` timeout).
     pub async fn send(&self, call: BackendCall<'_>) -> Result<BackendResponse, BackendError> {
-        let permit = self.acquire_permit().await?;
+        let permit = InflightPermit::new(self.acquire_permit().await?, &self.active);
         let first_byte = self.config.timeouts.first_byte;
         let attempt = async {
             match &self.kind {
@@ -159,7 +207,7 @@ impl BackendRuntime {
             phase: TimeoutPhase::FirstByte,
             after: first_byte,
         })??;
-        response.permit = permit;
+        response.permit = Some(permit);
         Ok(response)
     }
 

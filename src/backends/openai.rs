@@ -16,6 +16,7 @@ use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, Upstr
 use crate::config::BackendConfig;
 use crate::headers::X_REQUEST_ID;
 use crate::proxy::Endpoint;
+use crate::telemetry::trace::TRACEPARENT;
 
 /// How requests reach the upstream.
 #[derive(Debug, Clone)]
@@ -143,6 +144,9 @@ impl OpenAiBackend {
         }
         if let Ok(id) = HeaderValue::from_str(call.request_id) {
             headers.insert(X_REQUEST_ID, id);
+        }
+        if let Some(traceparent) = &call.traceparent {
+            headers.insert(TRACEPARENT, traceparent.clone());
         }
         let authorization = match call.auth {
             UpstreamAuth::Backend => self.authorization.as_ref(),

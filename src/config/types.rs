@@ -22,6 +22,7 @@ pub struct Config {
     /// Virtual keys in file order.
     pub keys: Vec<KeyConfig>,
     pub auth: AuthMode,
+    pub telemetry: TelemetryConfig,
     /// Sections accepted by the schema whose features this build does not act on yet,
     /// as `(path, line, col)`; `weir check` and `serve` warn about each one.
     pub inactive: Vec<String>,
@@ -215,4 +216,39 @@ pub enum AuthMode {
     None,
     /// The client's `Authorization` header is sent upstream unchanged.
     Passthrough,
+}
+
+/// `telemetry:`: where traces go. Metrics are always on (`/metrics` on the admin port).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Span export; `None` (the default) turns tracing off, and a client's `traceparent`
+    /// is then passed upstream unchanged.
+    pub otlp: Option<OtlpConfig>,
+    /// Prompts and completions as span events. Default false.
+    pub capture_content: bool,
+    /// Share of new traces recorded, 0 to 1; a client's `traceparent` decides for the
+    /// traces it continues. Default 1.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp: None, capture_content: false, sample_ratio: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// Collector URL without a trailing slash: `http://host:4317` for gRPC; for HTTP the
+    /// base (`http://host:4318`, `/v1/traces` is added) or the full traces URL.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+}
+
+/// OTLP transport. Default `grpc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    /// HTTP with protobuf bodies (`http/protobuf`).
+    Http,
 }

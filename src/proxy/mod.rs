@@ -63,13 +63,14 @@ pub async fn handle(
 ) -> Response<Body> {
     let mut exchange = Exchange::new(Arc::clone(&snapshot), request_id, started);
     exchange.endpoint = Some(endpoint);
+    crate::telemetry::trace::begin(&mut exchange, request.headers());
     match forward(&snapshot, request, endpoint, &mut exchange).await {
         Ok(answer) => answer.into_response(exchange),
         Err(err) => {
             let mut response = err.to_response();
             exchange.status = response.status().as_u16();
             exchange.error = Some(err.to_string());
-            set_overhead(response.headers_mut(), &exchange);
+            set_overhead(response.headers_mut(), &mut exchange);
             // Known once a target was picked; errors before that have no backend to name.
             if !exchange.backend.is_empty() {
                 set_header(response.headers_mut(), X_WEIR_BACKEND, &exchange.backend);
@@ -124,6 +125,7 @@ async fn forward(
         stream: head.stream,
         auth,
         request_id: &exchange.request_id,
+        traceparent: exchange.trace.upstream_header(exchange.attempts.len()),
     };
     let sent = tokio::time::Instant::now();
     let offset = exchange.started.elapsed();
@@ -139,9 +141,14 @@ async fn forward(
         status: result.as_ref().ok().map(|r| r.status.as_u16()),
         error: result.as_ref().err().map(ToString::to_string),
     });
+    if let Err(err) = &result {
+        snapshot.metrics.backend_error(target.backend.name(), err.reason());
+    }
     let upstream = result?;
     if !upstream.status.is_success() {
-        return Err(rejected(target.backend.name(), upstream, target.backend.config.timeouts.idle).await.into());
+        let err = rejected(target.backend.name(), upstream, target.backend.config.timeouts.idle).await;
+        snapshot.metrics.backend_error(target.backend.name(), err.reason());
+        return Err(err.into());
     }
     Ok(Answer { upstream, sent, stream: head.stream, backend: Arc::clone(&target.backend) })
 }
@@ -177,7 +184,7 @@ impl Answer {
         set_header(&mut headers, X_WEIR_BACKEND, &exchange.backend);
         set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
         headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
-        set_overhead(&mut headers, &exchange);
+        set_overhead(&mut headers, &mut exchange);
 
         let timeouts = self.backend.config.timeouts;
         let deadline = self.sent + timeouts.total;
@@ -202,8 +209,11 @@ pub fn list_models(snapshot: &Snapshot, headers: &HeaderMap) -> Result<Response<
     Ok(body::json(StatusCode::OK, json!({"object": "list", "data": data}).to_string()))
 }
 
-fn set_overhead(headers: &mut HeaderMap, exchange: &Exchange) {
-    headers.insert(X_WEIR_OVERHEAD_MS, millis_header(exchange.overhead()));
+/// Reports weir's own time so far, and keeps it for `weir_overhead_seconds`.
+fn set_overhead(headers: &mut HeaderMap, exchange: &mut Exchange) {
+    let overhead = exchange.overhead();
+    exchange.weir_time = Some(overhead);
+    headers.insert(X_WEIR_OVERHEAD_MS, millis_header(overhead));
 }
 
 /// `1.234` (milliseconds, microsecond precision), formatted with integers: float

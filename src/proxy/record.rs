@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use super::Endpoint;
 use crate::snapshot::Snapshot;
+use crate::telemetry::trace::{AnswerSummary, TraceContext};
 use crate::wire::{Assembled, Capture, Usage};
 
 /// Largest answer kept for reading back (usage, cache fill, datasets). Past this the
@@ -131,6 +132,12 @@ pub struct Exchange {
     pub cost_usd: Option<f64>,
     /// Total time, fixed when the exchange finishes.
     pub duration: Duration,
+    /// Time spent in weir itself, as reported in `x-weir-overhead-ms`.
+    pub weir_time: Option<Duration>,
+    /// This request's place in a trace (ids, sampling), fixed when it arrives.
+    pub trace: TraceContext,
+    /// Response model and finish reasons for a sampled trace, read without assembling.
+    pub answer_summary: Option<AnswerSummary>,
     finished: bool,
 }
 
@@ -162,6 +169,9 @@ impl Exchange {
             usage: None,
             cost_usd: None,
             duration: Duration::ZERO,
+            weir_time: None,
+            trace: TraceContext::None,
+            answer_summary: None,
             finished: false,
         }
     }
@@ -190,6 +200,9 @@ impl Exchange {
         self.read_back(outcome);
         let snapshot = Arc::clone(&self.snapshot);
         snapshot.metrics.record_exchange(self, outcome);
+        if let Some(tracer) = &snapshot.tracer {
+            tracer.record(self, outcome);
+        }
         self.log(outcome);
     }
 
@@ -202,6 +215,9 @@ impl Exchange {
             self.usage = self.assembled.as_ref().and_then(|a| a.usage);
         } else if let Some(bytes) = capture.bytes() {
             self.usage = crate::wire::usage_only(&bytes, self.sse);
+            if self.trace.sampled() {
+                self.answer_summary = Some(AnswerSummary::read(&bytes, self.sse));
+            }
         }
         let price = self.snapshot.models.get(&self.model).and_then(|route| route.config.price);
         if let (Some(usage), Some(price)) = (self.usage, price) {

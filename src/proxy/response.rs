@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::record::{Exchange, Outcome};
-use crate::backends::{TimeoutPhase, UpstreamBody};
+use crate::backends::{InflightPermit, TimeoutPhase, UpstreamBody};
 
 /// Error type of a response body that had to be cut (non-SSE only; SSE ends with an event).
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +34,7 @@ pub struct ProxyBody {
     /// (most JSON answers) never touches the timer wheel.
     timer: Option<Pin<Box<Sleep>>>,
     /// Kept only to be released when the body is done.
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<InflightPermit>,
     exchange: Exchange,
     done: bool,
 }
@@ -46,7 +45,7 @@ impl ProxyBody {
         sse: bool,
         idle: Duration,
         deadline: Instant,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<InflightPermit>,
         exchange: Exchange,
     ) -> ProxyBody {
         let now = Instant::now();

@@ -1,4 +1,4 @@
-//! The admin port's handlers: `/healthz`, `/readyz`, and the token-guarded `/admin/*`.
+//! The admin port's handlers: `/metrics`, `/healthz`, `/readyz`, and the token-guarded `/admin/*`.
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};
@@ -12,6 +12,7 @@ use crate::gateway::AppState;
 pub async fn route(state: &AppState, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     match (request.method(), path) {
+        (&Method::GET, "/metrics") => metrics(state),
         (&Method::GET, "/healthz") => body::text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") if state.is_ready() => body::text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/readyz") => body::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
@@ -34,4 +35,13 @@ fn admin_authorized(state: &AppState, request: &Request<Incoming>) -> bool {
     let Some(expected) = snapshot.config.server.admin_token.as_deref() else { return false };
     let given = request.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     given.is_some_and(|given| bool::from(given.ct_eq(expected.as_bytes())))
+}
+
+/// Prometheus text exposition format 0.0.4.
+fn metrics(state: &AppState) -> Response<Body> {
+    let mut response = Response::new(body::full(state.snapshot().metrics.render()));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }

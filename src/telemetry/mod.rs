@@ -1,4 +1,4 @@
-//! Telemetry: logs now; Prometheus metrics and OpenTelemetry traces belong here too.
+//! Telemetry: logs, Prometheus metrics ([`metrics`]) and OpenTelemetry traces ([`trace`]).
 //!
 //! Owns: the process's log pipeline — structured lines on stderr, filtered like `RUST_LOG`,
 //! written by a background thread behind a bounded queue so a slow terminal or pipe never
@@ -6,6 +6,9 @@
 //! Must not: block the request path or put raw client input into metric labels.
 
 pub mod metrics;
+pub mod trace;
+
+use std::time::Duration;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -33,4 +36,18 @@ pub fn init_logging(format: LogFormat) -> WorkerGuard {
         eprintln!("weir: logging already initialised: {err}");
     }
     guard
+}
+
+/// Time spent in weir itself: what `x-weir-overhead-ms` said when the response headers
+/// went out, or (for a request that never got that far) everything but the backend wait.
+pub fn weir_time(exchange: &crate::proxy::Exchange) -> Duration {
+    exchange.weir_time.unwrap_or_else(|| exchange.duration.saturating_sub(exchange.backend_wait))
+}
+
+/// Time the backend took on attempt `index`: until its response headers, or, for the
+/// attempt whose answer went to the client, until the answer's last byte.
+pub fn backend_time(exchange: &crate::proxy::Exchange, index: usize) -> Duration {
+    let Some(attempt) = exchange.attempts.get(index) else { return Duration::ZERO };
+    let answered = index + 1 == exchange.attempts.len() && attempt.status == Some(exchange.status);
+    if answered { exchange.duration.saturating_sub(attempt.offset).max(attempt.duration) } else { attempt.duration }
 }

@@ -10,3 +10,4 @@ mod errors;
 mod pool;
 mod streaming;
 mod transport;
+mod telemetry;

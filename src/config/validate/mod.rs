@@ -13,6 +13,7 @@ mod models;
 mod optional;
 mod schema;
 mod server;
+mod telemetry;
 mod values;
 
 use std::collections::BTreeMap;
@@ -101,8 +102,9 @@ impl Cx<'_> {
             raw.models.iter().map(|(name, m)| (name.clone(), self.model(name, m, raw))).collect();
         let keys = self.keys(raw);
         let auth = self.auth(raw);
+        let telemetry = self.telemetry(raw.telemetry.as_ref());
         self.optional_sections(raw);
-        Config { server, backends, models, keys, auth, inactive: Vec::new() }
+        Config { server, backends, models, keys, auth, telemetry, inactive: Vec::new() }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Checks the sections this build accepts but does not act on yet (`cache`, `state`,
-//! `telemetry`, `datasets`) for obvious mistakes, and lists each one in `Config::inactive`.
+//! `datasets`) for obvious mistakes, and lists each one in `Config::inactive`.
 
 use std::collections::HashSet;
 
@@ -24,20 +24,6 @@ impl Cx<'_> {
         if let Some(state) = &raw.state {
             self.inactive("state", "`state`");
             self.store("state.store", state.store.as_deref());
-        }
-        if let Some(t) = &raw.telemetry {
-            self.inactive("telemetry", "`telemetry`");
-            if let Some(otlp) = &t.otlp {
-                if otlp.endpoint.trim().is_empty() {
-                    self.key_err("telemetry.otlp", "`otlp` needs `endpoint` (such as http://127.0.0.1:4317)");
-                } else {
-                    self.url("telemetry.otlp.endpoint", "endpoint", &otlp.endpoint);
-                }
-                if let Some(protocol) = otlp.protocol.as_deref() {
-                    self.one_of("telemetry.otlp.protocol", "protocol", protocol, &["grpc", "http"]);
-                }
-            }
-            self.ratio("telemetry.sample_ratio", "sample_ratio", t.sample_ratio);
         }
         let mut names = HashSet::new();
         for (i, d) in raw.datasets.iter().enumerate() {

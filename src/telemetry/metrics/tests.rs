@@ -1,0 +1,148 @@
+//! The text exposition: names, labels, cumulative buckets, pre-registered series.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{CacheResult, Metrics};
+use crate::proxy::{Attempt, AttemptKind, CacheStatus, Exchange, Outcome};
+use crate::snapshot::Snapshot;
+use crate::wire::Usage;
+
+const CONFIG: &str = r#"
+backends:
+  mock: { kind: mock }
+models:
+  chat:
+    targets: [ { backend: mock, model: m1, variant: control } ]
+    cache: { ttl: 1m }
+    price: { input_per_mtok: 1.0, output_per_mtok: 2.0 }
+keys:
+  - name: team
+    key: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    rate: { rpm: 10 }
+auth: { mode: keys }
+"#;
+
+fn snapshot() -> Arc<Snapshot> {
+    let config = crate::config::load_str(CONFIG, "t.yaml", &|_| None).expect("valid config");
+    Arc::new(Snapshot::build(config, None).expect("snapshot"))
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.starts_with('#')).collect()
+}
+
+fn has(text: &str, line: &str) {
+    assert!(lines(text).contains(&line), "missing `{line}` in:\n{text}");
+}
+
+#[test]
+fn a_finished_stream_is_counted_timed_and_priced() {
+    let snapshot = snapshot();
+    let metrics = Metrics::new();
+    let mut exchange = Exchange::new(Arc::clone(&snapshot), "req_1".into(), Instant::now());
+    exchange.model = "chat".into();
+    exchange.backend = "mock".into();
+    exchange.variant = "control".into();
+    exchange.key = "team".into();
+    exchange.stream = true;
+    exchange.status = 200;
+    exchange.cache = CacheStatus::Miss;
+    exchange.duration = Duration::from_millis(300);
+    exchange.first_byte = Some(Duration::from_millis(40));
+    exchange.weir_time = Some(Duration::from_micros(30));
+    exchange.usage = Some(Usage { prompt_tokens: 10, completion_tokens: 5, cached_tokens: 4 });
+    exchange.cost_usd = Some(0.00002);
+    exchange.attempts.push(Attempt {
+        kind: AttemptKind::Primary,
+        backend: "mock".into(),
+        model: "m1".into(),
+        variant: "control".into(),
+        offset: Duration::from_millis(1),
+        duration: Duration::from_millis(35),
+        status: Some(200),
+        error: None,
+    });
+    metrics.record_exchange(&exchange, Outcome::Completed);
+    let text = metrics.render();
+
+    has(&text, r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss"} 1"#);
+    let route = r#"model="chat",backend="mock",variant="control""#;
+    has(&text, &format!(r#"weir_request_duration_seconds_bucket{{{route},le="0.25"}} 0"#));
+    has(&text, &format!(r#"weir_request_duration_seconds_bucket{{{route},le="0.5"}} 1"#));
+    has(&text, &format!(r#"weir_request_duration_seconds_bucket{{{route},le="+Inf"}} 1"#));
+    has(&text, &format!(r#"weir_request_duration_seconds_sum{{{route}}} 0.3"#));
+    has(&text, &format!(r#"weir_request_duration_seconds_count{{{route}}} 1"#));
+    has(&text, &format!(r#"weir_time_to_first_token_seconds_bucket{{{route},le="0.05"}} 1"#));
+    has(&text, &format!(r#"weir_tokens_total{{{route},kind="input"}} 10"#));
+    has(&text, &format!(r#"weir_tokens_total{{{route},kind="output"}} 5"#));
+    has(&text, &format!(r#"weir_tokens_total{{{route},kind="cached"}} 4"#));
+    has(&text, &format!(r#"weir_cost_usd_total{{{route},key="team"}} 0.00002"#));
+    // The answering attempt's backend time runs to the end of the body.
+    has(&text, r#"weir_backend_duration_seconds_bucket{backend="mock",le="0.25"} 0"#);
+    has(&text, r#"weir_backend_duration_seconds_bucket{backend="mock",le="0.5"} 1"#);
+    has(&text, r#"weir_overhead_seconds_bucket{le="0.000025"} 0"#);
+    has(&text, r#"weir_overhead_seconds_bucket{le="0.00005"} 1"#);
+    has(&text, r#"weir_overhead_seconds_count 1"#);
+    assert!(text.contains("# TYPE weir_request_duration_seconds histogram\n"));
+    assert!(text.contains("# TYPE weir_backend_inflight gauge\n"));
+}
+
+#[test]
+fn config_series_exist_at_zero_before_traffic() {
+    let snapshot = snapshot();
+    let text = snapshot.metrics.render();
+    has(&text, r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss"} 0"#);
+    has(&text, r#"weir_cost_usd_total{model="chat",backend="mock",variant="control",key="team"} 0"#);
+    has(&text, r#"weir_cache_requests_total{model="chat",result="hit"} 0"#);
+    has(&text, r#"weir_ratelimit_rejections_total{key="team",limit="rpm"} 0"#);
+    has(&text, r#"weir_backend_inflight{backend="mock"} 0"#);
+    has(&text, r#"weir_config_reloads_total{outcome="success"} 0"#);
+    has(&text, r#"weir_feedback_score_count{model="chat",variant="control"} 0"#);
+}
+
+#[test]
+fn unknown_models_and_early_errors_take_no_client_text() {
+    let snapshot = snapshot();
+    let metrics = Metrics::new();
+    let mut exchange = Exchange::new(Arc::clone(&snapshot), "req_2".into(), Instant::now());
+    exchange.model = "made-up\"model".into();
+    exchange.status = 404;
+    metrics.record_exchange(&exchange, Outcome::Completed);
+    let mut gone = Exchange::new(snapshot, "req_3".into(), Instant::now());
+    gone.model = "chat".into();
+    metrics.record_exchange(&gone, Outcome::ClientGone);
+    let text = metrics.render();
+    has(&text, r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass"} 1"#);
+    has(&text, r#"weir_requests_total{model="chat",backend="",variant="",status="499",cache="bypass"} 1"#);
+    assert!(!text.contains("made-up"), "{text}");
+}
+
+#[test]
+fn counters_of_the_other_taps() {
+    let metrics = Metrics::new();
+    metrics.backend_error("up", "connect");
+    metrics.backend_error("up", "connect");
+    metrics.cache_request("chat", CacheResult::Hit);
+    metrics.ratelimit_rejection("team", "rpm");
+    metrics.dataset_record("all", true);
+    metrics.dataset_record("all", false);
+    metrics.config_reload(false);
+    metrics.feedback("chat", "control", 0.75);
+    let text = metrics.render();
+    has(&text, r#"weir_backend_errors_total{backend="up",reason="connect"} 2"#);
+    has(&text, r#"weir_cache_requests_total{model="chat",result="hit"} 1"#);
+    has(&text, r#"weir_ratelimit_rejections_total{key="team",limit="rpm"} 1"#);
+    has(&text, r#"weir_dataset_records_total{dataset="all",outcome="written"} 1"#);
+    has(&text, r#"weir_dataset_records_total{dataset="all",outcome="dropped"} 1"#);
+    has(&text, r#"weir_config_reloads_total{outcome="failure"} 1"#);
+    has(&text, r#"weir_config_reloads_total{outcome="success"} 0"#);
+    has(&text, r#"weir_feedback_score_sum{model="chat",variant="control"} 0.75"#);
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let metrics = Metrics::new();
+    metrics.backend_error("a\"b\\c\nd", "connect");
+    has(&metrics.render(), r#"weir_backend_errors_total{backend="a\"b\\c\nd",reason="connect"} 1"#);
+}
