@@ -9,5 +9,5 @@ mod config;
 mod errors;
 mod pool;
 mod streaming;
-mod transport;
 mod telemetry;
+mod transport;

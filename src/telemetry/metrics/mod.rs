@@ -135,7 +135,8 @@ impl Metrics {
         let (backend, variant) = (exchange.backend.as_str(), exchange.variant.as_str());
         let status = if exchange.status == 0 { 499 } else { exchange.status.clamp(100, 599) };
         let mut digits = [0u8; 3];
-        self.requests.with([model, backend, variant, status_label(status, &mut digits), exchange.cache.as_str()], Counter::inc);
+        self.requests
+            .with([model, backend, variant, status_label(status, &mut digits), exchange.cache.as_str()], Counter::inc);
         self.routes.with([model, backend, variant], |route| {
             route.duration.observe(exchange.duration.as_secs_f64());
             if exchange.stream && (200..300).contains(&status) {

@@ -20,7 +20,12 @@ pub fn render(m: &Metrics) -> String {
     for series in &routes {
         histogram(&mut out, "weir_request_duration_seconds", &ROUTE_LABELS, &series.labels, &series.metric.duration);
     }
-    header(&mut out, "weir_time_to_first_token_seconds", "histogram", "Time to the first streamed chunk (streams only).");
+    header(
+        &mut out,
+        "weir_time_to_first_token_seconds",
+        "histogram",
+        "Time to the first streamed chunk (streams only).",
+    );
     for series in &routes {
         histogram(&mut out, "weir_time_to_first_token_seconds", &ROUTE_LABELS, &series.labels, &series.metric.ttft);
     }
@@ -57,7 +62,12 @@ pub fn render(m: &Metrics) -> String {
     counters(&mut out, "weir_dataset_records_total", &["dataset", "outcome"], &m.dataset_records, 1.0);
     header(&mut out, "weir_config_reloads_total", "counter", "Config reloads by outcome.");
     counters(&mut out, "weir_config_reloads_total", &["outcome"], &m.config_reloads, 1.0);
-    header(&mut out, "weir_feedback_score", "histogram", "Feedback scores (0-1) by the model and variant that answered.");
+    header(
+        &mut out,
+        "weir_feedback_score",
+        "histogram",
+        "Feedback scores (0-1) by the model and variant that answered.",
+    );
     for series in m.feedback.snapshot() {
         histogram(&mut out, "weir_feedback_score", &["model", "variant"], &series.labels, &series.metric);
     }

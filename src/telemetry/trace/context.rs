@@ -138,7 +138,10 @@ mod tests {
         assert_eq!(parent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(parent.span_id, 0x00f067aa0ba902b7);
         assert!(parent.sampled);
-        assert_eq!(format(parent.trace_id, parent.span_id, true), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            format(parent.trace_id, parent.span_id, true),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
     }
 
     #[test]
@@ -160,7 +163,8 @@ mod tests {
     #[test]
     fn continues_the_clients_trace_and_decision() {
         let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        headers
+            .insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
         let TraceContext::Local(ids) = TraceContext::start(&headers, Some(1.0)) else { panic!("local") };
         assert_eq!(ids.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(ids.parent, Some(0x00f067aa0ba902b7));

@@ -75,10 +75,10 @@ impl Tracer {
 
     /// Builds the exporter and spawns the export task on the current runtime.
     pub fn start(config: &TelemetryConfig) -> Result<Tracer, TraceError> {
-        let otlp = config.otlp.as_ref().ok_or(TraceError::Exporter {
-            endpoint: String::new(),
-            detail: "no `telemetry.otlp` endpoint".into(),
-        })?;
+        let otlp = config
+            .otlp
+            .as_ref()
+            .ok_or(TraceError::Exporter { endpoint: String::new(), detail: "no `telemetry.otlp` endpoint".into() })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| TraceError::NoRuntime)?;
         let failed = |err: opentelemetry_otlp::ExporterBuildError| TraceError::Exporter {
             endpoint: otlp.endpoint.clone(),
@@ -237,7 +237,8 @@ mod tests {
 
     #[test]
     fn summary_of_json_and_sse_answers() {
-        let json = br#"{"id":"x","model":"gpt-x","choices":[{"index":0,"finish_reason":"stop","message":{"content":"hi"}}]}"#;
+        let json =
+            br#"{"id":"x","model":"gpt-x","choices":[{"index":0,"finish_reason":"stop","message":{"content":"hi"}}]}"#;
         assert_eq!(
             AnswerSummary::read(json, false),
             AnswerSummary { model: Some("gpt-x".into()), finish_reasons: vec!["stop".into()] }

@@ -158,13 +158,7 @@ impl SpanRecord {
 
     fn context(&self, span_id: u64) -> SpanContext {
         let flags = if self.ids.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-        SpanContext::new(
-            TraceId::from(self.ids.trace_id),
-            SpanId::from(span_id),
-            flags,
-            false,
-            TraceState::default(),
-        )
+        SpanContext::new(TraceId::from(self.ids.trace_id), SpanId::from(span_id), flags, false, TraceState::default())
     }
 
     fn server_span(&self, scope: &InstrumentationScope, capture_content: bool) -> SpanData {

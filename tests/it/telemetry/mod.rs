@@ -133,7 +133,7 @@ async fn grpc_export_of_a_stream_without_content() {
     let text = support::read_sse(response).await;
     assert!(text.ends_with("data: [DONE]\n\n"));
     // A request for an unknown model is traced too, named by its operation only.
-    let response = chat(&gateway, json!({"model": "nope", "messages": []}), None).await;
+    let response = chat(&gateway, json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}), None).await;
     assert_eq!(response.status(), 404);
     gateway.shutdown().await;
 
@@ -211,7 +211,7 @@ async fn metrics_are_served_on_the_admin_port() {
     let response = support::http()
         .post(format!("{}/chat/completions", support::base_url(&gateway)))
         .bearer_auth(ALL_KEY)
-        .json(&json!({"model": "missing", "messages": []}))
+        .json(&json!({"model": "missing", "messages": [{"role": "user", "content": "x"}]}))
         .send()
         .await
         .unwrap();

@@ -29,8 +29,7 @@ pub struct Receiver {
 impl Receiver {
     pub async fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut receiver = Receiver::default();
-        receiver.addr = Some(listener.local_addr().unwrap());
+        let receiver = Receiver { addr: Some(listener.local_addr().unwrap()), ..Receiver::default() };
         let shared = receiver.clone();
         tokio::spawn(async move {
             loop {

@@ -71,17 +71,22 @@ auth: {{ mode: keys }}
 
 /// Every `expr` in a dashboard, with Grafana's variables replaced by values a plain query
 /// accepts.
-fn expressions(dashboard: &Value, out: &mut Vec<(String, String)>, file: &str) {
-    match dashboard {
+fn expressions(node: &Value, out: &mut Vec<(String, String)>, place: &str) {
+    match node {
         Value::Object(map) => {
-            if let (Some(Value::String(expr)), Some(title)) = (map.get("expr"), map.get("refId")) {
-                out.push((format!("{file} {title}"), substitute(expr)));
+            let place = match map.get("title").and_then(Value::as_str) {
+                Some(title) => format!("{place} / {title}"),
+                None => place.to_owned(),
+            };
+            if let Some(Value::String(expr)) = map.get("expr") {
+                let target = map.get("refId").and_then(Value::as_str).unwrap_or("?");
+                out.push((format!("{place} [{target}]"), substitute(expr)));
             }
             for value in map.values() {
-                expressions(value, out, file);
+                expressions(value, out, &place);
             }
         }
-        Value::Array(items) => items.iter().for_each(|v| expressions(v, out, file)),
+        Value::Array(items) => items.iter().for_each(|v| expressions(v, out, place)),
         _ => {}
     }
 }
@@ -120,7 +125,9 @@ fn dashboards_are_importable_grafana_models_over_a_datasource_variable() {
         assert!(dashboard["uid"].is_string() && dashboard["title"].is_string(), "{name}");
         let variables = dashboard["templating"]["list"].as_array().unwrap();
         assert!(
-            variables.iter().any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
+            variables
+                .iter()
+                .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
             "{name}: a Prometheus data-source variable"
         );
         for panel in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
@@ -136,7 +143,9 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("the `prometheus` binary is required under CI=true (apt-get install prometheus)");
         }
-        eprintln!("SKIPPED every_dashboard_query_returns_series_from_a_real_prometheus: no `prometheus` binary (install the Debian package `prometheus` or set PROMETHEUS_BIN)");
+        eprintln!(
+            "SKIPPED every_dashboard_query_returns_series_from_a_real_prometheus: no `prometheus` binary (install the Debian package `prometheus` or set PROMETHEUS_BIN)"
+        );
         return;
     };
     let upstream = MockUpstream::start(Behavior::mock()).await;
