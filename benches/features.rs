@@ -10,7 +10,8 @@
 //! cargo bench --bench features -- split3     # only the named ones
 //! ```
 //! Knobs: `WEIR_BENCH_DURATION` (s per round, default 3), `WEIR_BENCH_ROUNDS` (3),
-//! `WEIR_BENCH_CONNECTIONS` (64), `WEIR_BENCH_WARMUP` (1). Results also go to
+//! `WEIR_BENCH_CONNECTIONS` (64), `WEIR_BENCH_WARMUP` (1), `WEIR_BENCH_BASELINE_BIN` (another
+//! weir build for the baseline, e.g. one without a feature compiled in). Results also go to
 //! `target/bench-results/features.json`.
 //!
 //! Adding a scenario: one entry in [`scenarios`] — a config body (everything but `server`),
@@ -53,6 +54,8 @@ enum Shape {
 /// What a scenario's config may refer to.
 struct Ctx {
     upstream: SocketAddr,
+    /// An OTLP/HTTP collector stand-in that accepts every export.
+    otlp_sink: SocketAddr,
 }
 
 struct Scenario {
@@ -131,6 +134,37 @@ fn scenarios() -> Vec<Scenario> {
             headers: bench_key_headers,
             byte_exact: true,
         },
+        Scenario {
+            name: "observability",
+            about: "every request traced (OTLP/HTTP to a local sink) + metrics, vs a plain weir \
+                    (WEIR_BENCH_BASELINE_BIN: a build without metrics, for both off)",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| {
+                let telemetry = format!(
+                    "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: 1.0\n",
+                    ctx.otlp_sink
+                );
+                plain_with(ctx, &telemetry)
+            },
+            headers: no_headers,
+            byte_exact: true,
+        },
+        Scenario {
+            name: "observability-stream",
+            about: "as `observability`, 20-event streams",
+            baseline: Baseline::Weir,
+            shape: Shape::Stream,
+            config: |ctx| {
+                let telemetry = format!(
+                    "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: 1.0\n",
+                    ctx.otlp_sink
+                );
+                plain_with(ctx, &telemetry)
+            },
+            headers: no_headers,
+            byte_exact: true,
+        },
     ]
 }
 
@@ -183,7 +217,7 @@ async fn run(params: Params) -> Value {
         gap: Duration::ZERO,
     })
     .await;
-    let ctx = Ctx { upstream };
+    let ctx = Ctx { upstream, otlp_sink: common::start_otlp_sink().await };
     let mut results = Vec::new();
     let selected: Vec<Scenario> =
         scenarios().into_iter().filter(|s| params.only.is_empty() || params.only.iter().any(|o| o == s.name)).collect();
@@ -219,7 +253,7 @@ async fn run_scenario(scenario: &Scenario, ctx: &Ctx, bodies: &common::Bodies, p
     eprintln!("== {}: {}", scenario.name, scenario.about);
     let feature = common::start_weir_with(&(scenario.config)(ctx)).await;
     let baseline_weir = match scenario.baseline {
-        Baseline::Weir => Some(common::start_weir(ctx.upstream).await),
+        Baseline::Weir => Some(common::start_baseline_weir(ctx.upstream).await),
         Baseline::Direct => None,
     };
     let baseline_addr = baseline_weir.as_ref().map_or(ctx.upstream, |w| w.addr);

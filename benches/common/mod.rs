@@ -408,6 +408,36 @@ pub async fn start_weir(upstream: SocketAddr) -> Weir {
     start_weir_with(&plain_config(upstream)).await
 }
 
+/// The plain weir as a feature's baseline: `WEIR_BENCH_BASELINE_BIN` (another build, e.g.
+/// one without the feature compiled in) when set, else the same binary as the feature.
+pub async fn start_baseline_weir(upstream: SocketAddr) -> Weir {
+    let binary = std::env::var("WEIR_BENCH_BASELINE_BIN").ok();
+    start_weir_bin(&plain_config(upstream), binary).await
+}
+
+/// A sink for OTLP/HTTP trace exports: answers every request 200 after reading its body,
+/// as a collector would, so tracing costs what it costs against a live collector.
+pub async fn start_otlp_sink() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind OTLP sink");
+    let addr = listener.local_addr().expect("OTLP sink address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let _ = request.into_body().collect().await;
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+                    Ok::<_, Infallible>(response)
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
 /// The config body (everything but `server`) of the plain single-target setup.
 pub fn plain_config(upstream: SocketAddr) -> String {
     format!(
@@ -420,6 +450,11 @@ pub fn plain_config(upstream: SocketAddr) -> String {
 /// Starts the release-built `weir serve` with `body` (a config without its `server`
 /// section; listen addresses are picked here) and waits until `/readyz` answers 200.
 pub async fn start_weir_with(body: &str) -> Weir {
+    start_weir_bin(body, None).await
+}
+
+/// [`start_weir_with`] running `binary` when given.
+pub async fn start_weir_bin(body: &str, binary: Option<String>) -> Weir {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -427,7 +462,9 @@ pub async fn start_weir_with(body: &str) -> Weir {
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, config).expect("write weir config");
     // WEIR_BENCH_BIN runs another build of weir (e.g. a feature off) against the same load.
-    let binary = std::env::var("WEIR_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_owned());
+    let binary = binary
+        .or_else(|| std::env::var("WEIR_BENCH_BIN").ok())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_weir").to_owned());
     let mut command = Command::new(binary);
     command.arg("serve").arg("--config").arg(&path).current_dir(dir.path());
     command
