@@ -101,7 +101,7 @@ impl Tracer {
                 .build()
                 .map_err(failed)?,
         };
-        exporter.set_resource(&Resource::builder().with_service_name("weir").build());
+        exporter.set_resource(&resource());
         let scope = InstrumentationScope::builder("weir").with_version(env!("CARGO_PKG_VERSION")).build();
         let (queue, receiver) = mpsc::channel(QUEUE);
         let worker = export::Worker {
@@ -153,6 +153,15 @@ pub fn begin(exchange: &mut Exchange, headers: &HeaderMap) {
     if exchange.trace.sampled() && tracer.is_some_and(|t| t.config.capture_content) {
         exchange.wants_assembly = true;
     }
+}
+
+/// The process's resource: `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` when set, else
+/// `service.name=weir`.
+fn resource() -> Resource {
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let builder = Resource::builder();
+    if named { builder.build() } else { builder.with_service_name("weir").build() }
 }
 
 /// `http://host:4318` → `http://host:4318/v1/traces`; a URL already naming the path is kept.
