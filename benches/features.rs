@@ -151,6 +151,21 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
         },
         Scenario {
+            name: "observability-sampled",
+            about: "as `observability` with sample_ratio 0.1 (a production setting)",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| {
+                let telemetry = format!(
+                    "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: 0.1\n",
+                    ctx.otlp_sink
+                );
+                plain_with(ctx, &telemetry)
+            },
+            headers: no_headers,
+            byte_exact: true,
+        },
+        Scenario {
             name: "observability-stream",
             about: "as `observability`, 20-event streams",
             baseline: Baseline::Weir,
