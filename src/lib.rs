@@ -4,7 +4,8 @@
 //! `server` (listeners, routes, errors) → `auth` (virtual keys) → `proxy` (parse once,
 //! pick, forward, stream back) → `router` (which target) → `backends` (one upstream call).
 //! `config` reads and validates the file; `snapshot` compiles it into the live state that
-//! `gateway` holds in an `ArcSwap`; `telemetry` owns logs.
+//! `gateway` holds in an `ArcSwap`; `reload` swaps it when the file changes; `telemetry` owns
+//! logs.
 
 pub mod auth;
 pub mod backends;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod gateway;
 pub mod headers;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -26,9 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway (SIGTERM or ctrl-c drains and stops it, SIGHUP reloads the config).
     Serve {
-        /// Config file; default `config/weir.yaml`, else a built-in local config.
+        /// Config file; default `config/weir.yaml`, else a built-in local config. The file is
+        /// reloaded when it changes, on SIGHUP and on `POST /admin/reload`.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -63,8 +64,9 @@ fn serve(path: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     let _guard = telemetry::init_logging(log_format);
     weir::install_crypto_provider();
     raise_fd_limit();
-    let config = match weir::config::load_for_serve(path.as_deref()) {
-        Ok(config) => config,
+    let source = weir::config::ConfigSource::for_serve(path.as_deref());
+    let loaded = match source.load() {
+        Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("{err}");
             return ExitCode::FAILURE;
@@ -79,7 +81,7 @@ fn serve(path: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match weir::Gateway::start(config).await {
+        match weir::Gateway::start_from(source, loaded).await {
             Ok(gateway) => {
                 gateway.run_until_signal().await;
                 ExitCode::SUCCESS

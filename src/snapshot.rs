@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
-use crate::config::Config;
+use crate::config::{Config, SourceInfo};
 use crate::router::{ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracer;
@@ -27,6 +27,8 @@ pub struct Snapshot {
     /// Span export, when `telemetry.otlp` is set; carried while its config is unchanged.
     pub tracer: Option<Arc<Tracer>>,
     pub loaded_at: SystemTime,
+    /// Where the config came from, its hash and masked view; set by whoever loaded it.
+    pub source: Arc<SourceInfo>,
 }
 
 impl Snapshot {
@@ -64,7 +66,8 @@ impl Snapshot {
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
-        Ok(Snapshot { config, backends, models, keys, metrics, tracer, loaded_at: SystemTime::now() })
+        let source = Arc::new(SourceInfo::in_memory());
+        Ok(Snapshot { config, backends, models, keys, metrics, tracer, loaded_at: SystemTime::now(), source })
     }
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {

@@ -2,11 +2,14 @@
 //!
 //! Owns: the raw serde schema (`raw`), the YAML reader that keeps line/column positions and
 //! expands `${VAR}` / `${VAR:-default}` (`yaml`), unit parsing (`units`), and the validation
-//! pass that turns a `RawConfig` into a typed [`Config`] (`validate`).
+//! pass that turns a `RawConfig` into a typed [`Config`] (`validate`); where the text comes
+//! from and its hash (`source`), and the secret-masked view of it (`mask`).
 //! Must not: open sockets, build HTTP clients or touch live state — that is
 //! [`crate::snapshot`]'s job, so `weir check` stays side-effect free.
 
+mod mask;
 pub mod raw;
+mod source;
 mod types;
 mod units;
 mod validate;
@@ -15,6 +18,7 @@ mod yaml;
 use std::fmt;
 use std::path::Path;
 
+pub use source::{ConfigSource, Loaded, SourceInfo, SourceText};
 pub use types::*;
 pub use units::{parse_duration, parse_size};
 
@@ -83,11 +87,7 @@ pub fn load_str(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) 
 }
 
 /// The config `weir serve` uses: `path` if given, else `config/weir.yaml` if it exists,
-/// else the embedded default.
+/// else the embedded default (see [`ConfigSource::for_serve`]).
 pub fn load_for_serve(path: Option<&Path>) -> Result<Config, ConfigError> {
-    match path {
-        Some(path) => load_file(path),
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => load_file(Path::new(DEFAULT_CONFIG_PATH)),
-        None => load_str(EMBEDDED_DEFAULT, "<embedded>", &|name| std::env::var(name).ok()),
-    }
+    ConfigSource::for_serve(path).load().map(|loaded| loaded.config)
 }

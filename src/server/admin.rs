@@ -1,15 +1,19 @@
-//! The admin port's handlers: `/metrics`, `/healthz`, `/readyz`, and the token-guarded `/admin/*`.
+//! The admin port's handlers: `/metrics`, `/healthz`, `/readyz`, and the token-guarded `/admin/*`
+//! (`POST /admin/reload`, `GET /admin/config`).
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::sync::Arc;
+
 use subtle::ConstantTimeEq;
 
 use super::body::{self, Body};
 use super::error::GatewayError;
 use crate::gateway::AppState;
+use crate::reload::{self, Trigger};
 
-pub async fn route(state: &AppState, request: Request<Incoming>) -> Response<Body> {
+pub async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     match (request.method(), path) {
         (&Method::GET, "/metrics") => metrics(state),
@@ -23,7 +27,25 @@ pub async fn route(state: &AppState, request: Request<Incoming>) -> Response<Bod
                     r#"{"error":{"message":"admin routes need `Authorization: Bearer <server.admin_token>`","type":"invalid_request_error","code":"invalid_admin_token","param":null}}"#,
                 );
             }
-            GatewayError::NotFound(path.to_owned()).to_response()
+            admin_route(state, request).await
+        }
+        _ => GatewayError::NotFound(path.to_owned()).to_response(),
+    }
+}
+
+/// `/admin/*` once the token was checked.
+async fn admin_route(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    match (request.method(), path) {
+        (&Method::POST, "/admin/reload") => match reload::reload(state, Trigger::Admin).await {
+            Ok(outcome) => body::json(StatusCode::OK, reload::outcome_json(outcome, &state.snapshot()).to_string()),
+            Err(err) => GatewayError::from(err).to_response(),
+        },
+        (&Method::GET, "/admin/config") => {
+            body::json(StatusCode::OK, reload::config_view(&state.snapshot()).to_string())
+        }
+        (method, "/admin/reload" | "/admin/config") => {
+            GatewayError::MethodNotAllowed { method: method.clone(), path: path.to_owned() }.to_response()
         }
         _ => GatewayError::NotFound(path.to_owned()).to_response(),
     }

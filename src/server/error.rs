@@ -14,6 +14,7 @@ use super::body::{self, Body};
 use crate::auth::AuthError;
 use crate::backends::BackendError;
 use crate::proxy::RequestError;
+use crate::reload::ReloadError;
 use crate::router::RouteError;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,9 @@ pub enum GatewayError {
     MethodNotAllowed { method: http::Method, path: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// `POST /admin/reload` rejected the config; the active one stays.
+    #[error("config reload rejected, the active config stays: {0}")]
+    Reload(#[from] ReloadError),
 }
 
 impl From<BackendError> for GatewayError {
@@ -105,6 +109,14 @@ impl GatewayError {
                 plain(S::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed"))
             }
             GatewayError::Internal(_) => plain(S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
+            GatewayError::Reload(err) => match err {
+                ReloadError::Invalid(_)
+                | ReloadError::Tls(_)
+                | ReloadError::Backend(_)
+                | ReloadError::Bind { .. } => plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_config")),
+                ReloadError::NoSource => plain(S::CONFLICT, "invalid_request_error", Some("reload_unavailable")),
+                ReloadError::Internal(_) => plain(S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
+            },
         }
     }
 
@@ -122,6 +134,12 @@ impl GatewayError {
                 response.headers_mut().insert(RETRY_AFTER, retry_after.clone());
             }
             return response;
+        }
+        if let GatewayError::Reload(err) = self {
+            // The admin's view: the outcome and every problem on its own, besides the usual shape.
+            let error = json!({"message": self.to_string(), "type": described.kind, "code": described.code, "param": null});
+            let body = json!({"outcome": "rejected", "errors": err.problems(), "error": error});
+            return body::json(described.status, body.to_string());
         }
         let mut response = body::json(described.status, error_json(&described, &self.to_string()));
         if let GatewayError::Backend(backend) = self

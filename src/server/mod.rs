@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod body;
 pub mod error;
+mod listener;
 mod routes;
 mod tls;
 
@@ -27,8 +28,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+pub use listener::{Bound, Listener};
 pub use routes::{admin_service, client_service};
-pub use tls::{TlsAcceptorSource, TlsError, load_tls};
+pub use tls::{ActiveTls, TlsAcceptorSource, TlsError, TlsFiles, load_tls};
 
 use body::Body;
 
@@ -36,6 +38,8 @@ use body::Body;
 const ACCEPT_BACKLOG: u32 = 8192;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Drain for a loop whose owner went away without stopping it (the default `shutdown_timeout`).
+const ORPHAN_DRAIN: Duration = Duration::from_secs(30);
 
 /// Binds `addr` with `SO_REUSEADDR` and a deep backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -50,21 +54,21 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send;
 }
 
-/// Accepts connections until `shutdown` turns true, then waits up to `drain` for the open
-/// ones to finish their in-flight requests.
+/// Accepts connections until `shutdown` carries a drain deadline, then waits up to that long
+/// for the open ones to finish their in-flight requests. Each connection takes its TLS
+/// config (or none: plaintext) from `tls` as it is accepted.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
-    tls: Option<TlsAcceptorSource>,
+    tls: TlsAcceptorSource,
     handler: H,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
+    mut shutdown: watch::Receiver<Option<Duration>>,
 ) {
     let graceful = GracefulShutdown::new();
     let builder = connection_builder();
-    loop {
+    let drain = loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            stop = shutdown.wait_for(Option::is_some) => break stop.ok().and_then(|drain| *drain).unwrap_or(ORPHAN_DRAIN),
         };
         let (stream, _peer) = match accepted {
             Ok(accepted) => accepted,
@@ -76,8 +80,8 @@ pub async fn serve<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        spawn_connection(&builder, &graceful, stream, tls.clone(), handler.clone());
-    }
+        spawn_connection(&builder, &graceful, stream, tls.acceptor(), handler.clone());
+    };
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "graceful shutdown deadline passed; closing remaining connections");
@@ -100,7 +104,7 @@ fn spawn_connection<H: Handler>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
-    tls: Option<TlsAcceptorSource>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handler: H,
 ) {
     let builder = builder.clone();
@@ -112,8 +116,7 @@ fn spawn_connection<H: Handler>(
         });
         let result = match tls {
             None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-            Some(tls) => {
-                let acceptor = tls.acceptor();
+            Some(acceptor) => {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(err)) => return tracing::debug!(error = %err, "TLS handshake failed"),

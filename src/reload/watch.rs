@@ -1,0 +1,205 @@
+//! Follows the config file and the TLS certificate and key on disk, and reloads when one of
+//! them changes.
+//!
+//! Watches each file's directory rather than the file: editors save by writing a temporary
+//! file and renaming it over the original, and Kubernetes updates a mounted ConfigMap or
+//! Secret by swapping the `..data` symlink next to the files; both replace the inode a watch
+//! on the file itself would follow. An event names a file; events for other files in those
+//! directories are ignored. A burst of events (an editor's write, rename and chmod) becomes
+//! one reload after [`DEBOUNCE`] of quiet, and a reload whose bytes did not change is a no-op.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Trigger, reload};
+use crate::config::ConfigSource;
+use crate::gateway::AppState;
+
+/// Quiet time after the last event before reloading.
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// The running watcher; dropping it stops watching.
+#[derive(Debug)]
+pub struct FileWatcher {
+    task: JoinHandle<()>,
+}
+
+impl Drop for FileWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// File names an event must name to count, shared with notify's thread.
+type Names = Arc<ArcSwap<HashSet<OsString>>>;
+
+/// Starts watching the config file and the TLS files the active config names. `None` when
+/// the config does not come from a file, or the platform cannot watch (both logged).
+pub(crate) fn start(state: &Arc<AppState>) -> Option<FileWatcher> {
+    match state.reloader().source() {
+        Some(ConfigSource::File(_)) => {}
+        Some(ConfigSource::Embedded) => {
+            tracing::info!(
+                "the config is the embedded default, not a file: nothing to watch for changes \
+                 (write config/weir.yaml or pass --config to reload on edit)"
+            );
+            return None;
+        }
+        None => return None,
+    }
+    let names: Names = Arc::default();
+    let (wake, woken) = mpsc::channel(1);
+    let seen = Arc::clone(&names);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+        // A full channel means a reload is already due; this event adds nothing.
+        Ok(event) if is_relevant(&event, &seen.load()) => drop(wake.try_send(())),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "config file watcher"),
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
+            return None;
+        }
+    };
+    let mut watched = HashSet::new();
+    follow(&mut watcher, &mut watched, &names, &wanted_files(state));
+    let task = tokio::spawn(run(Arc::downgrade(state), woken, watcher, watched, names));
+    Some(FileWatcher { task })
+}
+
+/// Waits for events, lets them settle, reloads, and follows files the new config names.
+async fn run(
+    state: Weak<AppState>,
+    mut woken: mpsc::Receiver<()>,
+    mut watcher: RecommendedWatcher,
+    mut watched: HashSet<PathBuf>,
+    names: Names,
+) {
+    while woken.recv().await.is_some() {
+        loop {
+            match tokio::time::timeout(DEBOUNCE, woken.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_quiet) => break,
+            }
+        }
+        let Some(state) = state.upgrade() else { return };
+        let _ = reload(&state, Trigger::File).await;
+        let files = wanted_files(&state);
+        drop(state);
+        // Adding a watch is a quick syscall, but notify waits on its own thread for it.
+        let shared = Arc::clone(&names);
+        let followed = tokio::task::spawn_blocking(move || {
+            follow(&mut watcher, &mut watched, &shared, &files);
+            (watcher, watched)
+        })
+        .await;
+        match followed {
+            Ok(parts) => (watcher, watched) = parts,
+            Err(err) => return tracing::warn!(error = %err, "config file watcher stopped"),
+        }
+    }
+}
+
+/// The config file and the active TLS certificate and key.
+fn wanted_files(state: &AppState) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = state.reloader().source().and_then(ConfigSource::path).into_iter().map(Path::to_path_buf).collect();
+    if let Some(tls) = &state.snapshot().config.server.tls {
+        files.extend([tls.cert.clone(), tls.key.clone()]);
+    }
+    files
+}
+
+/// Watches the directories of `files` (and of their symlink targets), stops watching
+/// directories no longer needed, and publishes the names events must match.
+fn follow(watcher: &mut RecommendedWatcher, watched: &mut HashSet<PathBuf>, names: &Names, files: &[PathBuf]) {
+    let mut dirs = HashSet::new();
+    let mut wanted_names = HashSet::new();
+    for file in files {
+        let resolved = std::fs::canonicalize(file).ok();
+        for path in std::iter::once(file).chain(resolved.as_ref()) {
+            let Some(name) = path.file_name() else { continue };
+            wanted_names.insert(name.to_owned());
+            dirs.insert(directory_of(path));
+        }
+    }
+    names.store(Arc::new(wanted_names));
+    for dir in watched.difference(&dirs).cloned().collect::<Vec<_>>() {
+        let _ = watcher.unwatch(&dir);
+        watched.remove(&dir);
+    }
+    for dir in dirs {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                watched.insert(dir);
+            }
+            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "cannot watch for config changes"),
+        }
+    }
+}
+
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Whether `event` may have changed one of the files: a write, create, rename or removal
+/// naming one of them, or Kubernetes' `..data` swap. Reads (including the reload's own) and
+/// other files in the directory do not count.
+fn is_relevant(event: &Event, names: &HashSet<OsString>) -> bool {
+    let changes = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    changes
+        && event.paths.iter().any(|path| {
+            path.file_name().is_some_and(|name| names.contains(name) || name.to_string_lossy().starts_with(".."))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_changes_to_the_watched_files_count() {
+        let names: HashSet<OsString> = ["weir.yaml", "cert.pem"].into_iter().map(OsString::from).collect();
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(is_relevant(&event(rename, "/etc/weir/weir.yaml"), &names));
+        assert!(is_relevant(&event(EventKind::Create(CreateKind::File), "/etc/weir/..data"), &names));
+        assert!(is_relevant(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/t/cert.pem"), &names));
+        assert!(!is_relevant(&event(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/t/weir.yaml"), &names));
+        assert!(!is_relevant(&event(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/t/weir.yaml"), &names));
+        assert!(!is_relevant(&event(rename, "/etc/weir/.weir.yaml.swp"), &names));
+        assert!(!is_relevant(&event(EventKind::Modify(ModifyKind::Any), "/etc/weir/other.yaml"), &names));
+    }
+
+    #[test]
+    fn a_bare_file_name_lives_in_the_current_directory() {
+        assert_eq!(directory_of(Path::new("weir.yaml")), PathBuf::from("."));
+        assert_eq!(directory_of(Path::new("config/weir.yaml")), PathBuf::from("config"));
+    }
+}
