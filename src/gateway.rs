@@ -105,7 +105,8 @@ impl AppState {
         if client.is_none() && admin.is_none() {
             return;
         }
-        let client = client.map(|bound| Listener::start(bound, self.tls.clone(), server::client_service(Arc::clone(self))));
+        let client =
+            client.map(|bound| Listener::start(bound, self.tls.clone(), server::client_service(Arc::clone(self))));
         let admin = admin
             .map(|bound| Listener::start(bound, TlsAcceptorSource::default(), server::admin_service(Arc::clone(self))));
         let mut ports = self.ports();
@@ -234,45 +235,70 @@ impl Gateway {
 
     /// Serves until SIGTERM or ctrl-c, then shuts down gracefully; `SIGHUP` reloads the config.
     pub async fn run_until_signal(self) {
-        wait_for_signal(&self.state).await;
+        self.run_until(Signals::install()).await;
+    }
+
+    /// As [`Gateway::run_until_signal`], with signal handlers installed earlier (before the
+    /// gateway started, so that a `SIGHUP` during startup cannot end the process).
+    pub async fn run_until(self, signals: Signals) {
+        signals.wait(&self.state).await;
         let drain = self.state.snapshot().config.server.shutdown_timeout;
         tracing::info!(?drain, "shutdown signal received; draining in-flight requests");
         self.shutdown().await;
     }
 }
 
-/// Returns on SIGTERM or ctrl-c; reloads the config on each SIGHUP meanwhile.
-async fn wait_for_signal(state: &Arc<AppState>) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The process signals `weir serve` acts on: SIGTERM and ctrl-c stop it, SIGHUP reloads.
+/// Installing them replaces the default actions (SIGHUP would end the process).
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = signal(SignalKind::hangup())
-            .inspect_err(|err| tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by file or /admin/reload"))
-            .ok();
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; ctrl-c only");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Registers the handlers; needs a running Tokio runtime.
+    pub fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate())
+                .inspect_err(|err| tracing::warn!(error = %err, "cannot listen for SIGTERM; ctrl-c only"))
+                .ok();
+            let hangup = signal(SignalKind::hangup())
+                .inspect_err(
+                    |err| tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by file or /admin/reload"),
+                )
+                .ok();
+            Signals { term, hangup }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Returns on SIGTERM or ctrl-c; reloads the config on each SIGHUP meanwhile.
+    async fn wait(self, state: &Arc<AppState>) {
+        let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => return,
-                _ = term.recv() => return,
-                Some(()) = next_signal(hangup.as_mut()) => {
-                    let _ = reload::reload(state, Trigger::Signal).await;
+        #[cfg(unix)]
+        {
+            let Signals { mut term, mut hangup } = self;
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => return,
+                    Some(()) = next_signal(term.as_mut()) => return,
+                    Some(()) = next_signal(hangup.as_mut()) => {
+                        let _ = reload::reload(state, Trigger::Signal).await;
+                    }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = state;
-        let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        {
+            let _ = (self, state);
+            let _ = ctrl_c.await;
+        }
     }
 }
 

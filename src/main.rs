@@ -81,9 +81,10 @@ fn serve(path: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let signals = weir::gateway::Signals::install();
         match weir::Gateway::start_from(source, loaded).await {
             Ok(gateway) => {
-                gateway.run_until_signal().await;
+                gateway.run_until(signals).await;
                 ExitCode::SUCCESS
             }
             Err(err) => {

@@ -13,18 +13,8 @@ use serde_json::{Map, Value};
 pub const MASK: &str = "****";
 
 /// Words that make a key name secret, matched against the name split at `_`, `-` and `.`.
-const SECRET_WORDS: &[&str] = &[
-    "key",
-    "apikey",
-    "token",
-    "secret",
-    "password",
-    "passwd",
-    "authorization",
-    "cookie",
-    "credential",
-    "credentials",
-];
+const SECRET_WORDS: &[&str] =
+    &["key", "apikey", "token", "secret", "password", "passwd", "authorization", "cookie", "credential", "credentials"];
 
 /// A copy of `value` with every secret replaced by [`MASK`]. Empty strings stay empty, so
 /// the view still shows that a secret is unset.
@@ -91,7 +81,10 @@ mod tests {
         assert_eq!(view["server"], json!({"admin_token": MASK, "listen": "0.0.0.0:8080"}));
         assert_eq!(view["backends"]["a"]["api_key"], MASK);
         assert_eq!(view["backends"]["a"]["base_url"], "https://h/v1");
-        assert_eq!(view["backends"]["a"]["headers"], json!({"x-api-key": MASK, "Authorization": MASK, "x-served-by": "weir"}));
+        assert_eq!(
+            view["backends"]["a"]["headers"],
+            json!({"x-api-key": MASK, "Authorization": MASK, "x-served-by": "weir"})
+        );
         assert_eq!(view["backends"]["a"]["tokens_per_second"], 200);
         assert_eq!(view["keys"], json!([{"name": "team", "key": MASK, "models": ["m"]}]));
         assert_eq!(view["cache"], json!({"store": "redis://default:****@cache:6379/0", "scope": "key"}));

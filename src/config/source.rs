@@ -80,8 +80,9 @@ impl ConfigSource {
     pub fn read(&self) -> Result<SourceText, ConfigError> {
         let origin = self.origin();
         let bytes = match self {
-            ConfigSource::File(path) => std::fs::read(path)
-                .map_err(|err| ConfigError::at_start(&origin, format!("cannot read file: {err}")))?,
+            ConfigSource::File(path) => {
+                std::fs::read(path).map_err(|err| ConfigError::at_start(&origin, format!("cannot read file: {err}")))?
+            }
             ConfigSource::Embedded => EMBEDDED_DEFAULT.as_bytes().to_vec(),
         };
         let hash = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
@@ -131,8 +132,8 @@ mod tests {
     fn hash_is_sha256_of_the_bytes_and_the_view_is_masked() {
         let text = "server: { admin_token: hunter2 }\nbackends: { m: { kind: mock } }\n\
                     models: { m: { targets: [ { backend: m, model: m } ] } }\nauth: { mode: none }\n";
-        let source =
-            SourceText { origin: "<t>".into(), bytes: text.as_bytes().to_vec(), hash: "sha256:x".into() }.load(&|_| None);
+        let source = SourceText { origin: "<t>".into(), bytes: text.as_bytes().to_vec(), hash: "sha256:x".into() }
+            .load(&|_| None);
         let loaded = match source {
             Ok(loaded) => loaded,
             Err(err) => unreachable!("valid config: {err}"),

@@ -114,7 +114,8 @@ async fn run(
 
 /// The config file and the active TLS certificate and key.
 fn wanted_files(state: &AppState) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = state.reloader().source().and_then(ConfigSource::path).into_iter().map(Path::to_path_buf).collect();
+    let mut files: Vec<PathBuf> =
+        state.reloader().source().and_then(ConfigSource::path).into_iter().map(Path::to_path_buf).collect();
     if let Some(tls) = &state.snapshot().config.server.tls {
         files.extend([tls.cert.clone(), tls.key.clone()]);
     }

@@ -110,10 +110,9 @@ impl GatewayError {
             }
             GatewayError::Internal(_) => plain(S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
             GatewayError::Reload(err) => match err {
-                ReloadError::Invalid(_)
-                | ReloadError::Tls(_)
-                | ReloadError::Backend(_)
-                | ReloadError::Bind { .. } => plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_config")),
+                ReloadError::Invalid(_) | ReloadError::Tls(_) | ReloadError::Backend(_) | ReloadError::Bind { .. } => {
+                    plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_config"))
+                }
                 ReloadError::NoSource => plain(S::CONFLICT, "invalid_request_error", Some("reload_unavailable")),
                 ReloadError::Internal(_) => plain(S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
             },
@@ -137,7 +136,8 @@ impl GatewayError {
         }
         if let GatewayError::Reload(err) = self {
             // The admin's view: the outcome and every problem on its own, besides the usual shape.
-            let error = json!({"message": self.to_string(), "type": described.kind, "code": described.code, "param": null});
+            let error =
+                json!({"message": self.to_string(), "type": described.kind, "code": described.code, "param": null});
             let body = json!({"outcome": "rejected", "errors": err.problems(), "error": error});
             return body::json(described.status, body.to_string());
         }

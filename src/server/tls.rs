@@ -91,7 +91,11 @@ impl TlsFiles {
         let key = parse_key(&self.files.key, &self.key_pem)?;
         let mut server = ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(ActiveTls { files: self.files, fingerprint: self.fingerprint, acceptor: TlsAcceptor::from(Arc::new(server)) })
+        Ok(ActiveTls {
+            files: self.files,
+            fingerprint: self.fingerprint,
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+        })
     }
 }
 

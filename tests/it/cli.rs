@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use crate::support;
 
 /// Kills the child when the test ends, however it ends.
-struct ServeGuard {
+pub(crate) struct ServeGuard {
     child: Child,
     stderr_path: std::path::PathBuf,
 }
 
 impl ServeGuard {
-    fn spawn(cwd: &Path, args: &[&str]) -> ServeGuard {
+    pub(crate) fn spawn(cwd: &Path, args: &[&str]) -> ServeGuard {
         Self::spawn_with_env(cwd, args, &[])
     }
 
@@ -37,13 +37,13 @@ impl ServeGuard {
         ServeGuard { child, stderr_path }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// Waits until `addr` accepts connections; fails clearly if the process exits or the
     /// deadline passes.
-    fn wait_listening(&mut self, addr: SocketAddr) {
+    pub(crate) fn wait_listening(&mut self, addr: SocketAddr) {
         let deadline = Instant::now() + support::DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -57,8 +57,14 @@ impl ServeGuard {
         }
     }
 
+    /// Sends `kill -NAME` to the process.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
+        assert!(status.expect("run kill").success(), "kill -{name} failed");
+    }
+
     /// SIGTERM, then the exit status; fails if the process does not exit promptly.
-    fn terminate(&mut self) -> ExitStatus {
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -TERM failed");
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -81,7 +87,7 @@ impl Drop for ServeGuard {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 

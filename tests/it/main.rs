@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod errors;
 mod pool;
+mod reload;
 mod streaming;
 mod telemetry;
 mod transport;
