@@ -172,6 +172,39 @@ async fn a_stream_started_before_a_reload_completes_intact() {
     fg.gateway.shutdown().await;
 }
 
+/// Kubernetes mounts a ConfigMap as `weir.yaml -> ..data/weir.yaml`, `..data -> ..TIMESTAMP`,
+/// and updates it by pointing `..data` at a new directory: the file itself is never written.
+#[tokio::test]
+async fn a_kubernetes_configmap_swap_is_followed() {
+    use std::os::unix::fs::symlink;
+
+    support::init();
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let yaml = standard_with_admin(&upstream);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = dir.path();
+    std::fs::create_dir(mount.join("..2026_11_28_v1")).expect("mkdir");
+    std::fs::write(mount.join("..2026_11_28_v1/weir.yaml"), &yaml).expect("write");
+    symlink("..2026_11_28_v1", mount.join("..data")).expect("symlink ..data");
+    symlink("..data/weir.yaml", mount.join("weir.yaml")).expect("symlink weir.yaml");
+    let source = ConfigSource::File(mount.join("weir.yaml"));
+    let loaded = source.load().expect("valid config");
+    let gateway = Gateway::start_from(source, loaded).await.expect("gateway starts");
+
+    let updated = yaml.replace("models:\n", "models:\n  added:\n    targets: [ { backend: mock, model: m } ]\n");
+    std::fs::create_dir(mount.join("..2026_11_28_v2")).expect("mkdir");
+    std::fs::write(mount.join("..2026_11_28_v2/weir.yaml"), updated).expect("write");
+    symlink("..2026_11_28_v2", mount.join("..data_tmp")).expect("symlink");
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swap ..data");
+
+    let deadline = Instant::now() + support::DEADLINE;
+    while chat(&gateway, "added").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the swapped ConfigMap was not picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_broken_file_is_rejected_with_its_places_and_the_old_config_keeps_serving() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
