@@ -44,6 +44,8 @@ struct Ports {
     addrs: Option<(SocketAddr, SocketAddr)>,
     /// Loops a reload replaced, still draining their connections.
     retired: Vec<JoinHandle<()>>,
+    /// Set by shutdown: a reload finishing late must not start listening again.
+    stopped: bool,
 }
 
 impl AppState {
@@ -102,14 +104,15 @@ impl AppState {
     /// Starts accepting on the newly bound addresses and stops the loops they replace; those
     /// get `drain` to finish their open requests.
     pub(crate) fn move_listeners(self: &Arc<Self>, client: Option<Bound>, admin: Option<Bound>, drain: Duration) {
-        if client.is_none() && admin.is_none() {
+        // Held while starting: spawning does not wait, and shutdown cannot slip in between.
+        let mut ports = self.ports();
+        if ports.stopped {
             return;
         }
         let client =
             client.map(|bound| Listener::start(bound, self.tls.clone(), server::client_service(Arc::clone(self))));
         let admin = admin
             .map(|bound| Listener::start(bound, TlsAcceptorSource::default(), server::admin_service(Arc::clone(self))));
-        let mut ports = self.ports();
         let Ports { client: client_slot, admin: admin_slot, retired, .. } = &mut *ports;
         retired.retain(|task| !task.is_finished());
         for (slot, new) in [(client_slot, client), (admin_slot, admin)] {
@@ -207,15 +210,16 @@ impl Gateway {
 
     /// Stops accepting, reports not ready, and waits for in-flight requests (streams
     /// included) to finish, at most `server.shutdown_timeout`.
-    pub async fn shutdown(self) {
-        let Gateway { state, watcher } = self;
-        drop(watcher);
+    pub async fn shutdown(mut self) {
+        drop(self.watcher.take());
+        let state = Arc::clone(&self.state);
         // No reload may start a listener while the gateway stops.
         let _no_reloads = state.reloader().exclusive().await;
         state.ready.store(false, Ordering::Relaxed);
         let drain = state.snapshot().config.server.shutdown_timeout;
         let (client, admin, retired) = {
             let mut ports = state.ports();
+            ports.stopped = true;
             (ports.client.take(), ports.admin.take(), std::mem::take(&mut ports.retired))
         };
         // Each loop bounds its own drain; the margin only guards against a stuck task.
@@ -245,6 +249,20 @@ impl Gateway {
         let drain = self.state.snapshot().config.server.shutdown_timeout;
         tracing::info!(?drain, "shutdown signal received; draining in-flight requests");
         self.shutdown().await;
+    }
+}
+
+/// A gateway dropped without [`Gateway::shutdown`] still stops accepting (its connections
+/// get `shutdown_timeout` to finish): the accept loops hold the state, not the other way
+/// round, so nothing else would stop them.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let drain = self.state.snapshot().config.server.shutdown_timeout;
+        let mut ports = self.state.ports();
+        ports.stopped = true;
+        for listener in [ports.client.take(), ports.admin.take()].into_iter().flatten() {
+            drop(listener.stop(drain));
+        }
     }
 }
 
