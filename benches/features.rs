@@ -69,6 +69,8 @@ struct Scenario {
     headers: fn() -> HeaderMap,
     /// Whether the feature's answers are byte-identical to the upstream's (pass-through).
     byte_exact: bool,
+    /// Reload the feature weir this often during its rounds (config rewritten, then SIGHUP).
+    reload_every: Option<Duration>,
 }
 
 /// `Authorization: Bearer sk-bench`; configure it with `key_hash("sk-bench")`.
@@ -98,6 +100,7 @@ fn scenarios() -> Vec<Scenario> {
             config: |ctx| plain_with(ctx, ""),
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
         Scenario {
             name: "proxy",
@@ -107,6 +110,7 @@ fn scenarios() -> Vec<Scenario> {
             config: |ctx| plain_with(ctx, ""),
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
         Scenario {
             name: "proxy-stream",
@@ -116,6 +120,7 @@ fn scenarios() -> Vec<Scenario> {
             config: |ctx| plain_with(ctx, ""),
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
         Scenario {
             name: "keys",
@@ -133,6 +138,17 @@ fn scenarios() -> Vec<Scenario> {
             },
             headers: bench_key_headers,
             byte_exact: true,
+            reload_every: None,
+        },
+        Scenario {
+            name: "reload",
+            about: "plain weir reloaded every 100 ms (two configs alternating) vs one never reloaded",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| plain_with(ctx, ""),
+            headers: no_headers,
+            byte_exact: true,
+            reload_every: Some(Duration::from_millis(100)),
         },
         Scenario {
             name: "observability",
@@ -181,6 +197,30 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
         },
     ]
+}
+
+/// Rewrites the feature weir's config every `every`, alternating `config` with a variant
+/// that adds a model, and sends SIGHUP after each write, until `stop` turns true.
+async fn reload_while(weir: &common::Weir, config: String, every: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+    let path = weir.config_path();
+    let server = std::fs::read_to_string(&path).expect("read config");
+    let server = server.split("backends:").next().expect("server section").to_owned();
+    let variant =
+        config.replacen("models:\n", "models:\n  reload-extra: { targets: [ { backend: upstream, model: x } ] }\n", 1);
+    assert_ne!(variant, config, "the reload scenario's config has a `models:` section");
+    let pid = weir.process.pid().to_string();
+    let mut turn = 0usize;
+    while !*stop.borrow() {
+        let body = if turn % 2 == 0 { &variant } else { &config };
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, format!("{server}{body}")).expect("write config");
+        std::fs::rename(&tmp, &path).expect("replace config");
+        let hup = tokio::process::Command::new("kill").args(["-HUP", &pid]).status().await;
+        assert!(hup.is_ok_and(|s| s.success()), "kill -HUP failed");
+        turn += 1;
+        tokio::time::sleep(every).await;
+    }
+    eprintln!("   {turn} reloads sent");
 }
 
 /// `sha256:` + hex of `key`, as `weir key hash` prints it.
@@ -303,7 +343,18 @@ async fn run_scenario(scenario: &Scenario, ctx: &Ctx, bodies: &common::Bodies, p
                 base.merge(s);
             } else {
                 let before = cpu_time(feature_pid);
-                let s = run_round(feature.addr, &feature_load, params.connections, params.duration).await;
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let reloads = async {
+                    if let Some(every) = scenario.reload_every {
+                        reload_while(&feature, (scenario.config)(ctx), every, stopped).await;
+                    }
+                };
+                let load = async {
+                    let s = run_round(feature.addr, &feature_load, params.connections, params.duration).await;
+                    let _ = stop.send(true);
+                    s
+                };
+                let (s, ()) = tokio::join!(load, reloads);
                 if let (Some(b), Some(a)) = (before, cpu_time(feature_pid)) {
                     feature_cpu += a.saturating_sub(b);
                 }

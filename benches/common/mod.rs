@@ -402,6 +402,13 @@ pub struct Weir {
     _dir: tempfile::TempDir,
 }
 
+impl Weir {
+    /// The config file it was started with (`weir.yaml` in its own directory).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("weir.yaml")
+    }
+}
+
 /// Starts the release-built `weir serve` against `upstream` (`auth: none`, one model
 /// `PUBLIC_MODEL` → `UPSTREAM_MODEL`) and waits until `/readyz` answers 200.
 pub async fn start_weir(upstream: SocketAddr) -> Weir {
