@@ -165,6 +165,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
         Scenario {
             name: "observability-sampled",
@@ -180,6 +181,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
         Scenario {
             name: "observability-stream",
@@ -195,6 +197,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
     ]
 }

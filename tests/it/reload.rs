@@ -88,6 +88,15 @@ async fn admin_config(gateway: &Gateway) -> Value {
     body
 }
 
+/// `weir_config_reloads_total{outcome}` as the admin port's `/metrics` shows it.
+async fn reloads_counted(gateway: &Gateway, outcome: &str) -> f64 {
+    let url = format!("http://{}/metrics", gateway.admin_addr());
+    let text = support::http().get(url).send().await.expect("metrics").text().await.expect("metrics body");
+    let series = format!("weir_config_reloads_total{{outcome=\"{outcome}\"}} ");
+    let line = text.lines().find_map(|line| line.strip_prefix(&series));
+    line.unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}")).trim().parse().expect("a number")
+}
+
 fn file_hash(path: &Path) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(path).expect("read config"))))
 }
@@ -231,6 +240,9 @@ async fn a_broken_file_is_rejected_with_its_places_and_the_old_config_keeps_serv
     }
     assert!(errors.iter().any(|e| e.contains("colour")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("nowhere")), "{errors:?}");
+    // The file watcher may have seen the broken write too: one or two failures.
+    assert!(reloads_counted(&fg.gateway, "failure").await >= 1.0);
+    assert_eq!(reloads_counted(&fg.gateway, "success").await, 0.0);
 
     let (status, headers, body) = chat(&fg.gateway, "chat").await;
     assert_eq!(status, 200, "{body}");
@@ -243,6 +255,7 @@ async fn a_broken_file_is_rejected_with_its_places_and_the_old_config_keeps_serv
     assert_eq!(status, 200, "{body}");
     assert!(["applied", "unchanged"].contains(&body["outcome"].as_str().expect("outcome")), "{body}");
     assert_eq!(admin_config(&fg.gateway).await["hash"], file_hash(&fg.path));
+    assert!(reloads_counted(&fg.gateway, "success").await >= 1.0);
     fg.gateway.shutdown().await;
 }
 
