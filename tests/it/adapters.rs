@@ -8,9 +8,8 @@
 use std::path::PathBuf;
 
 use async_openai::types::chat::{
-    ChatCompletionMessageToolCalls, ChatCompletionRequestUserMessage, ChatCompletionStreamOptions,
-    ChatCompletionTool, ChatCompletionTools, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
-    FinishReason, FunctionObject,
+    ChatCompletionMessageToolCalls, ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, ChatCompletionTool,
+    ChatCompletionTools, CreateChatCompletionRequest, CreateChatCompletionRequestArgs, FinishReason, FunctionObject,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -107,7 +106,10 @@ fn unsupported_parameters_are_refused_by_name() {
         assert_eq!(refusal.param, param);
     }
     let mut bad_image = object(base());
-    bad_image.insert("messages".into(), json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]));
+    bad_image.insert(
+        "messages".into(),
+        json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]),
+    );
     assert_eq!(translate(bad_image).unwrap_err().param, "messages[0].content[0].image_url.url");
     let mut bad_args = object(base());
     bad_args.insert(
@@ -129,16 +131,21 @@ fn response_translation_matches_the_golden_file() {
     let answer: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(answer, fixture_json("message_tool_use.openai.json"));
 
-    let text: Value = serde_json::from_slice(&completion(fixture("message_text.json").as_bytes(), CREATED).unwrap()).unwrap();
+    let text: Value =
+        serde_json::from_slice(&completion(fixture("message_text.json").as_bytes(), CREATED).unwrap()).unwrap();
     assert_eq!(text["choices"][0]["message"]["content"], "Hi! My name is Claude.");
     assert_eq!(text["choices"][0]["finish_reason"], "stop");
     assert!(text["choices"][0]["message"].get("tool_calls").is_none());
-    assert_eq!(text["usage"], json!({"prompt_tokens": 2095, "completion_tokens": 503, "total_tokens": 2598, "prompt_tokens_details": {"cached_tokens": 0}}));
+    assert_eq!(
+        text["usage"],
+        json!({"prompt_tokens": 2095, "completion_tokens": 503, "total_tokens": 2598, "prompt_tokens_details": {"cached_tokens": 0}})
+    );
 }
 
 #[test]
 fn error_bodies_become_openai_errors_with_the_message_kept() {
-    let body: Value = serde_json::from_slice(&error_body(fixture("error_invalid_request.json").as_bytes(), true)).unwrap();
+    let body: Value =
+        serde_json::from_slice(&error_body(fixture("error_invalid_request.json").as_bytes(), true)).unwrap();
     assert_eq!(body["error"]["message"], "messages: roles must alternate between \"user\" and \"assistant\"");
     assert_eq!(body["error"]["type"], "invalid_request_error");
     assert_eq!(body["error"]["code"], "invalid_request_error");
@@ -182,7 +189,9 @@ fn error_events_truncation_and_garbage_fail_cleanly() {
     assert!(matches!(end, Err(StreamError::Malformed(_))));
     assert!(!String::from_utf8_lossy(&out).contains("[DONE]"));
 
-    for garbage in [&b"data: {not json}\n\n"[..], b"data: {\"type\":\"content_block_delta\",\"index\":0}\n\n", b"\xff\xfe\n\n"] {
+    for garbage in
+        [&b"data: {not json}\n\n"[..], b"data: {\"type\":\"content_block_delta\",\"index\":0}\n\n", b"\xff\xfe\n\n"]
+    {
         let (out, end) = translate_stream(&[garbage], false);
         assert!(end.is_err(), "{:?}", String::from_utf8_lossy(garbage));
         assert!(!String::from_utf8_lossy(&out).contains("[DONE]"));
@@ -351,7 +360,8 @@ async fn streamed_tool_calls_through_the_anthropic_adapter() {
     request.stream_options = Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None });
 
     let mut stream = client.chat().create_stream(request).await.expect("stream starts");
-    let (mut text, mut arguments, mut names, mut finish, mut usage) = (String::new(), vec![String::new(); 2], Vec::new(), None, None);
+    let (mut text, mut arguments, mut names, mut finish, mut usage) =
+        (String::new(), vec![String::new(); 2], Vec::new(), None, None);
     while let Some(chunk) = tokio::time::timeout(support::DEADLINE, stream.next()).await.expect("chunk in time") {
         let chunk = chunk.expect("chunk parses");
         usage = usage.or(chunk.usage);
@@ -369,7 +379,10 @@ async fn streamed_tool_calls_through_the_anthropic_adapter() {
     }
     assert_eq!(text, "Okay, let's check the weather for San Francisco, CA:");
     assert_eq!(names, ["get_weather", "get_time"]);
-    assert_eq!(serde_json::from_str::<Value>(&arguments[0]).unwrap(), json!({"location": "San Francisco, CA", "unit": "fahrenheit"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments[0]).unwrap(),
+        json!({"location": "San Francisco, CA", "unit": "fahrenheit"})
+    );
     assert_eq!(serde_json::from_str::<Value>(&arguments[1]).unwrap(), json!({"timezone": "America/Los_Angeles"}));
     assert_eq!(finish, Some(FinishReason::ToolCalls));
     assert_eq!(usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((592, 89)));
