@@ -515,3 +515,40 @@ async fn azure_uses_deployment_urls_api_version_and_api_key() {
     assert_eq!(upstream.requests()[1].path, "/openai/deployments/gpt4o-deploy/embeddings");
     gateway.shutdown().await;
 }
+
+#[test]
+fn params_and_adapter_backends_are_validated_with_positions() {
+    let yaml = "\
+backends:
+  claude: { kind: anthropic, base_url: https://api.anthropic.com }
+  az: { kind: azure, base_url: https://x.openai.azure.com }
+models:
+  m:
+    targets:
+      - { backend: claude, model: c, params: { temperature: 3, stream: true } }
+    fallbacks:
+      - { backend: claude, model: c, params: [1] }
+auth: { mode: none }
+";
+    let err = weir::config::load_str(yaml, "w.yaml", &|_| None).expect_err("invalid");
+    let problems: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [
+            "w.yaml:3:3: azure backend `az` needs `api_version` (such as 2024-10-21)",
+            "w.yaml:7:61: `params.temperature` must be a number from 0 to 2",
+            "w.yaml:7:64: `stream` comes from the request and cannot be a default in `params`",
+            "w.yaml:9:46: `params` must be a mapping of request fields, such as { max_tokens: 1024 }",
+        ]
+    );
+    let valid = yaml
+        .replace("temperature: 3, stream: true", "temperature: 0.5, top_k: 40")
+        .replace("params: [1]", "params: {}");
+    let valid = valid.replace(
+        "base_url: https://x.openai.azure.com",
+        "base_url: https://x.openai.azure.com, api_version: 2024-10-21",
+    );
+    let config = weir::config::load_str(&valid, "w.yaml", &|_| None).expect("valid");
+    assert!(config.inactive.is_empty(), "adapter kinds are live: {:?}", config.inactive);
+    assert_eq!(config.models["m"].targets[0].params, object(json!({"temperature": 0.5, "top_k": 40})));
+}
