@@ -87,6 +87,14 @@ fn request_defaults_and_choices() {
     let value = serde_json::to_value(translate(object(bare)).unwrap().0).unwrap();
     assert_eq!(value["max_tokens"], DEFAULT_MAX_TOKENS);
     assert_eq!(value["tool_choice"], json!({"type": "none"}));
+
+    // Anthropic refuses empty text blocks: an empty tool result carries no content.
+    let empty = json!({"model": "m", "messages": [
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": ""}]});
+    let value = serde_json::to_value(translate(object(empty)).unwrap().0).unwrap();
+    assert_eq!(value["messages"][0]["content"], json!([{"type": "tool_use", "id": "c", "name": "f", "input": {}}]));
+    assert_eq!(value["messages"][1]["content"], json!([{"type": "tool_result", "tool_use_id": "c", "content": []}]));
 }
 
 #[test]

@@ -200,7 +200,11 @@ fn messages(value: &Value, out: &mut MessagesRequest) -> Result<(), Refusal> {
                     .get("tool_call_id")
                     .and_then(Value::as_str)
                     .ok_or_else(|| refuse(format!("{at}.tool_call_id"), "a tool message needs 'tool_call_id'"))?;
-                let texts = text_parts(content, &format!("{at}.content"))?;
+                // Anthropic refuses empty text blocks; an empty result is just no content.
+                let texts: Vec<Value> = text_parts(content, &format!("{at}.content"))?
+                    .into_iter()
+                    .filter(|block| block.get("text").and_then(Value::as_str).is_some_and(|t| !t.is_empty()))
+                    .collect();
                 let block = json!({"type": "tool_result", "tool_use_id": id, "content": texts});
                 push_turn(&mut out.messages, "user", vec![block]);
             }
