@@ -199,6 +199,39 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
             reload_every: None,
         },
+        Scenario {
+            name: "azure",
+            about: "kind: azure (deployment URL, api-version, api-key) vs kind: openai",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| {
+                format!(
+                    "backends:\n  upstream: {{ kind: azure, base_url: http://{}, api_key: k, api_version: 2024-10-21 }}\n\
+                     models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ] }}\n\
+                     auth: {{ mode: none }}\n",
+                    ctx.upstream,
+                )
+            },
+            headers: no_headers,
+            byte_exact: true,
+        },
+        Scenario {
+            name: "params",
+            about: "a target with params defaults spliced into every request vs none",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| {
+                format!(
+                    "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
+                     models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL}, \
+                     params: {{ max_tokens: 256, top_p: 0.9 }} }} ] }}\n\
+                     auth: {{ mode: none }}\n",
+                    ctx.upstream,
+                )
+            },
+            headers: no_headers,
+            byte_exact: true,
+        },
     ]
 }
 

@@ -58,6 +58,7 @@ impl Snapshot {
                     model: t.model.clone(),
                     variant: t.variant.clone(),
                     weight: t.weight,
+                    params: t.params.clone(),
                 });
             }
             models.insert(name.clone(), ModelRoute::new(model.clone(), targets));

@@ -64,6 +64,19 @@ pub enum UpstreamBody {
     Pooled(Incoming, super::pool::PooledConn),
     Generated(Pin<Box<dyn Stream<Item = Bytes> + Send>>),
     Full(Option<Bytes>),
+    /// A provider's answer turned into OpenAI's shape as it streams (see `anthropic`), so the
+    /// proxy and every tap downstream see OpenAI bytes.
+    Translated(Box<super::anthropic::TranslatedBody>),
+}
+
+/// Why a body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Transport(#[from] hyper::Error),
+    /// The upstream's answer could not be translated, or was itself an error event.
+    #[error("{0}")]
+    Translate(String),
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -73,32 +86,36 @@ impl std::fmt::Debug for UpstreamBody {
             UpstreamBody::Pooled(..) => "UpstreamBody::Pooled",
             UpstreamBody::Generated(_) => "UpstreamBody::Generated",
             UpstreamBody::Full(_) => "UpstreamBody::Full",
+            UpstreamBody::Translated(_) => "UpstreamBody::Translated",
         })
     }
 }
 
 impl UpstreamBody {
     /// Next data chunk; trailers and empty frames are skipped.
-    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         match self {
             UpstreamBody::Http(incoming) => loop {
                 match std::task::ready!(Pin::new(&mut *incoming).poll_frame(cx)) {
                     None => return Poll::Ready(None),
-                    Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                    Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(data))),
                         _ => continue,
                     },
                 }
             },
-            UpstreamBody::Pooled(body, conn) => super::pool::poll_body_chunk(body, conn, cx),
+            UpstreamBody::Pooled(body, conn) => {
+                super::pool::poll_body_chunk(body, conn, cx).map(|chunk| chunk.map(|r| r.map_err(BodyError::from)))
+            }
             UpstreamBody::Generated(stream) => stream.as_mut().poll_next(cx).map(|chunk| chunk.map(Ok)),
             UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
+            UpstreamBody::Translated(body) => body.poll_chunk(cx),
         }
     }
 
     /// Reads at most `limit` bytes (used for error bodies, which are small and needed whole).
-    pub async fn read_bounded(mut self, limit: usize) -> Result<Bytes, hyper::Error> {
+    pub async fn read_bounded(mut self, limit: usize) -> Result<Bytes, BodyError> {
         let mut collected = bytes::BytesMut::new();
         while let Some(chunk) = std::future::poll_fn(|cx| self.poll_chunk(cx)).await {
             let chunk = chunk?;

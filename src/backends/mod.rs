@@ -6,10 +6,14 @@
 //! Must not: choose targets, retry, or look at keys and limits (that is `router`, `auth` and
 //! `limits`), nor buffer a stream: bodies go back as they arrive.
 
+pub mod anthropic;
+mod azure;
 mod client;
 pub mod mock;
 mod openai;
+mod params;
 mod pool;
+mod transport;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{BackendConfig, BackendKind};
 use crate::proxy::Endpoint;
 
-pub use self::client::UpstreamBody;
+pub use self::client::{BodyError, UpstreamBody};
 
 /// A backend ready to take calls, built once per config snapshot and shared by its requests.
 #[derive(Debug)]
@@ -38,7 +42,21 @@ pub struct BackendRuntime {
 #[derive(Debug)]
 enum Backend {
     OpenAi(Box<openai::OpenAiBackend>),
+    Azure(Box<azure::AzureBackend>),
+    Anthropic(Box<anthropic::AnthropicBackend>),
     Mock(mock::MockBackend),
+}
+
+impl Backend {
+    /// The connection pool of a kind that calls out over HTTP.
+    fn transport(&self) -> Option<transport::Transport> {
+        match self {
+            Backend::OpenAi(b) => Some(b.transport()),
+            Backend::Azure(b) => Some(b.transport()),
+            Backend::Anthropic(b) => Some(b.transport()),
+            Backend::Mock(_) => None,
+        }
+    }
 }
 
 /// What the proxy hands a backend for one attempt.
@@ -47,6 +65,10 @@ pub struct BackendCall<'a> {
     pub endpoint: Endpoint,
     /// The request body, already carrying the upstream model name.
     pub body: Bytes,
+    /// The upstream model name (Azure's deployment).
+    pub model: &'a str,
+    /// The target's `params`: fields to fill in where the client did not set them.
+    pub params: &'a serde_json::Map<String, serde_json::Value>,
     pub stream: bool,
     pub auth: UpstreamAuth<'a>,
     pub request_id: &'a str,
@@ -109,6 +131,9 @@ pub enum BackendError {
     Rejected { backend: String, status: StatusCode, message: String, body: Bytes, retry_after: Option<HeaderValue> },
     #[error("backend `{backend}` failed: {detail}")]
     Protocol { backend: String, detail: String },
+    /// The request asks for something this backend's kind cannot do (checked before sending).
+    #[error("{message}")]
+    Unsupported { backend: String, param: Option<String>, message: String },
 }
 
 impl BackendError {
@@ -122,6 +147,7 @@ impl BackendError {
             BackendError::Rejected { status, .. } if status.is_server_error() => "status_5xx",
             BackendError::Rejected { .. } => "status_4xx",
             BackendError::Protocol { .. } => "protocol",
+            BackendError::Unsupported { .. } => "unsupported",
         }
     }
 }
@@ -152,26 +178,15 @@ impl BackendRuntime {
         config: BackendConfig,
         previous: Option<&BackendRuntime>,
     ) -> Result<BackendRuntime, BackendBuildError> {
+        // A reload keeps the connection pool when nothing about the connection changed.
+        let reuse = previous
+            .filter(|p| p.config.timeouts.connect == config.timeouts.connect && p.config.base_url == config.base_url)
+            .and_then(|p| p.kind.transport());
         let kind = match config.kind {
-            BackendKind::OpenAi => {
-                let reuse = previous.and_then(|p| match &p.kind {
-                    Backend::OpenAi(b)
-                        if p.config.timeouts.connect == config.timeouts.connect
-                            && p.config.base_url == config.base_url =>
-                    {
-                        Some(b.transport())
-                    }
-                    _ => None,
-                });
-                Backend::OpenAi(Box::new(openai::OpenAiBackend::new(&config, reuse)?))
-            }
+            BackendKind::OpenAi => Backend::OpenAi(Box::new(openai::OpenAiBackend::new(&config, reuse)?)),
+            BackendKind::Azure => Backend::Azure(Box::new(azure::AzureBackend::new(&config, reuse)?)),
+            BackendKind::Anthropic => Backend::Anthropic(Box::new(anthropic::AnthropicBackend::new(&config, reuse)?)),
             BackendKind::Mock => Backend::Mock(mock::MockBackend::new(config.mock)),
-            BackendKind::Azure | BackendKind::Anthropic => {
-                return Err(BackendBuildError::KindNotAvailable {
-                    backend: config.name.clone(),
-                    kind: config.kind.as_str(),
-                });
-            }
         };
         let inflight = match (config.max_inflight, previous) {
             (Some(limit), Some(p)) if p.config.max_inflight == Some(limit) => p.inflight.clone(),
@@ -199,6 +214,8 @@ impl BackendRuntime {
         let attempt = async {
             match &self.kind {
                 Backend::OpenAi(b) => b.send(&self.config, call).await,
+                Backend::Azure(b) => b.send(&self.config, call).await,
+                Backend::Anthropic(b) => b.send(&self.config, call).await,
                 Backend::Mock(b) => b.send(call).await,
             }
         };
@@ -229,11 +246,9 @@ impl BackendRuntime {
     }
 }
 
-/// A backend that cannot be built from a valid config (TLS roots missing, kind not built yet).
+/// A backend that cannot be built from a valid config.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendBuildError {
-    #[error("backend `{backend}`: kind `{kind}` is not available in this build")]
-    KindNotAvailable { backend: String, kind: &'static str },
     #[error("model `{model}` names backend `{backend}`, which does not exist")]
     UnknownBackend { model: String, backend: String },
     #[error("backend `{backend}`: invalid base_url: {detail}")]

@@ -81,13 +81,13 @@ impl H1Pool {
                 // The upstream closed the reused connection before answering: it did not
                 // process the request, so sending it again on a fresh connection is safe.
                 Err(err) if closed_before_answer(&err) => {}
-                Err(err) => return Err(PoolError { connect: false, detail: super::openai::error_chain(&err) }),
+                Err(err) => return Err(PoolError { connect: false, detail: super::transport::error_chain(&err) }),
             }
         }
         let conn = self.connect().await?;
         match exchange(conn, request()).await {
             Ok((response, conn)) => Ok((response, self.wrap(conn))),
-            Err(err) => Err(PoolError { connect: false, detail: super::openai::error_chain(&err) }),
+            Err(err) => Err(PoolError { connect: false, detail: super::transport::error_chain(&err) }),
         }
     }
 
@@ -120,7 +120,7 @@ impl H1Pool {
         let (send, io) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|err| connect_error(super::openai::error_chain(&err)))?;
+            .map_err(|err| connect_error(super::transport::error_chain(&err)))?;
         Ok(Conn { send, io: Box::pin(io), idle_since: Instant::now() })
     }
 

@@ -105,6 +105,8 @@ pub struct RawTarget {
     pub weight: Option<u64>,
     /// Variant name for experiments. Default: the backend's name.
     pub variant: Option<String>,
+    /// Request fields sent where the client did not set them (weir extension).
+    pub params: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,6 +114,8 @@ pub struct RawTarget {
 pub struct RawFallback {
     pub backend: String,
     pub model: String,
+    /// As a target's `params`.
+    pub params: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -132,6 +132,9 @@ pub struct TargetConfig {
     pub weight: u32,
     /// Defaults to the backend's name.
     pub variant: String,
+    /// Request fields filled in where the client did not set them (`params:`, a weir
+    /// extension). Empty by default.
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -122,6 +122,8 @@ async fn forward(
     let call = BackendCall {
         endpoint,
         body: head.body_for_upstream(&body, &target.model),
+        model: &target.model,
+        params: &target.params,
         stream: head.stream,
         auth,
         request_id: &exchange.request_id,

@@ -25,6 +25,8 @@ pub struct Target {
     pub model: String,
     pub variant: String,
     pub weight: u32,
+    /// Request fields filled in where the client did not set them (`params:`).
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -103,6 +103,12 @@ impl GatewayError {
                     plain(*status, "invalid_request_error", None)
                 }
                 BackendError::Rejected { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_error")),
+                BackendError::Unsupported { param, .. } => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("unsupported_parameter"),
+                    param: param.clone(),
+                },
             },
             GatewayError::NotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("unknown_url")),
             GatewayError::MethodNotAllowed { .. } => {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adapters;
 mod chat;
 mod cli;
 mod config;

@@ -30,9 +30,6 @@ impl Cx<'_> {
                 None
             }
         };
-        if let Some(k @ (BackendKind::Anthropic | BackendKind::Azure)) = kind {
-            self.inactive(&at("kind"), &format!("backend kind `{}` (backend `{name}`)", k.as_str()));
-        }
         let is_mock = kind == Some(BackendKind::Mock);
         let base_url = match raw.base_url.as_deref() {
             Some(url) => {

@@ -11,6 +11,7 @@ mod deserialize;
 mod keys;
 mod models;
 mod optional;
+mod params;
 mod schema;
 mod server;
 mod telemetry;

@@ -64,7 +64,8 @@ impl Cx<'_> {
                     format!("variant `{variant}` appears twice in model `{name}`: give each target its own `variant`"),
                 );
             }
-            targets.push(TargetConfig { backend: t.backend.clone(), model: t.model.clone(), weight, variant });
+            let params = self.params(&join_key(&tp, "params"), t.params.as_ref());
+            targets.push(TargetConfig { backend: t.backend.clone(), model: t.model.clone(), weight, variant, params });
         }
         if !raw.targets.is_empty() && total_weight == 0 {
             self.err(
@@ -79,12 +80,14 @@ impl Cx<'_> {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                self.target_ref(&join_index(&fallbacks_path, i), &f.backend, &f.model, config);
+                let fp = join_index(&fallbacks_path, i);
+                self.target_ref(&fp, &f.backend, &f.model, config);
                 TargetConfig {
                     backend: f.backend.clone(),
                     model: f.model.clone(),
                     weight: 1,
                     variant: f.backend.clone(),
+                    params: self.params(&join_key(&fp, "params"), f.params.as_ref()),
                 }
             })
             .collect();

@@ -39,6 +39,7 @@ fn model(name: &str, backend: &str, upstream: &str) -> (String, ModelConfig) {
             model: upstream.into(),
             weight: 1,
             variant: backend.into(),
+            params: Default::default(),
         }],
         experiment: None,
         sticky: Sticky::None,

@@ -36,6 +36,8 @@ pub enum Behavior {
     Hang,
     /// Reads the request and closes the connection without a response.
     Close,
+    /// A 200 `text/event-stream` answer sent as these separate body chunks.
+    Chunks(Vec<Bytes>),
 }
 
 /// How a stream cut short by `take` ends.
@@ -87,6 +89,7 @@ impl Behavior {
 pub struct Recorded {
     pub method: Method,
     pub path: String,
+    pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -188,6 +191,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let recorded = Recorded {
         method: parts.method,
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body: body.clone(),
     };
@@ -212,6 +216,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         // An error from the service makes hyper drop the connection without answering.
         Behavior::Close => Err(std::io::Error::other("closing without a response")),
         Behavior::Mock { gap, take, end } => Ok(mock_answer(&shared, &recorded, gap, take, end)),
+        Behavior::Chunks(chunks) => Ok(chunked(chunks)),
     }
 }
 
@@ -222,10 +227,11 @@ fn mock_answer(
     take: Option<usize>,
     end: End,
 ) -> Response<UpBody> {
+    // Suffixes, so Azure's `/openai/deployments/{name}/...` paths are served too.
     let endpoint = match request.path.as_str() {
-        "/v1/chat/completions" => Endpoint::ChatCompletions,
-        "/v1/completions" => Endpoint::Completions,
-        "/v1/embeddings" => Endpoint::Embeddings,
+        p if p.ends_with("/chat/completions") => Endpoint::ChatCompletions,
+        p if p.ends_with("/completions") => Endpoint::Completions,
+        p if p.ends_with("/embeddings") => Endpoint::Embeddings,
         other => {
             let body = format!(
                 r#"{{"error":{{"message":"no route {other}","type":"invalid_request_error","param":null,"code":null}}}}"#
@@ -288,6 +294,23 @@ fn mock_answer(
     let mut response = Response::new(BodyExt::boxed(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
     response.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Sends each chunk as its own body frame, a moment apart, so they reach the gateway apart.
+fn chunked(chunks: Vec<Bytes>) -> Response<UpBody> {
+    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    tokio::spawn(async move {
+        for chunk in chunks {
+            if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
     response
 }
 
