@@ -214,6 +214,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
         Scenario {
             name: "params",
@@ -231,6 +232,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             headers: no_headers,
             byte_exact: true,
+            reload_every: None,
         },
     ]
 }
