@@ -105,7 +105,7 @@ impl OpenAiBackend {
                 let (parts, body) = response.into_parts();
                 Ok(BackendResponse {
                     status: parts.status,
-                    headers: passed_on_headers(&parts.headers),
+                    headers: passed_on_headers(parts.status, &parts.headers),
                     body: UpstreamBody::Pooled(body, conn),
                     permit: None,
                 })
@@ -116,7 +116,7 @@ impl OpenAiBackend {
                 let (parts, body) = response.into_parts();
                 Ok(BackendResponse {
                     status: parts.status,
-                    headers: passed_on_headers(&parts.headers),
+                    headers: passed_on_headers(parts.status, &parts.headers),
                     body: UpstreamBody::Http(body),
                     permit: None,
                 })
@@ -163,13 +163,22 @@ impl OpenAiBackend {
 }
 
 /// Only headers that mean something to the client survive; hop-by-hop headers and the
-/// upstream's own rate-limit headers (weir sends the key's) do not.
-fn passed_on_headers(upstream: &HeaderMap) -> HeaderMap {
+/// upstream's own rate-limit headers (weir sends the key's) do not. A failed answer also
+/// keeps the upstream's rate-limit resets: the router reads them to know how long to leave
+/// the target alone (they are never relayed, error answers are rebuilt).
+fn passed_on_headers(status: http::StatusCode, upstream: &HeaderMap) -> HeaderMap {
     // Room for the headers the proxy adds, so they go in without a reallocation.
     let mut kept = HeaderMap::with_capacity(8);
     for name in [CONTENT_TYPE, RETRY_AFTER] {
         if let Some(value) = upstream.get(&name) {
             kept.insert(name, value.clone());
+        }
+    }
+    if !status.is_success() {
+        for name in crate::router::RETRY_HINT_HEADERS {
+            if let Some(value) = upstream.get(&name) {
+                kept.insert(name, value.clone());
+            }
         }
     }
     kept

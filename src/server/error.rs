@@ -87,6 +87,13 @@ impl GatewayError {
                     code: Some("model_not_found"),
                     param: Some("model".into()),
                 },
+                RouteError::UnknownVariant { .. } => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("variant_not_found"),
+                    param: Some("x-weir-variant".into()),
+                },
+                RouteError::NoHealthyTarget { .. } => plain(S::BAD_GATEWAY, "api_error", Some("no_healthy_target")),
             },
             GatewayError::Backend(err) => match err.as_ref() {
                 BackendError::Connect { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_connect_error")),

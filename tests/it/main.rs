@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod errors;
 mod pool;
+mod routing;
 mod streaming;
 mod telemetry;
 mod transport;
