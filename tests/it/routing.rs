@@ -33,12 +33,22 @@ async fn gateway(backends: &str, model: &str) -> Gateway {
 
 /// Sends one chat request; `user` goes in the body, `headers` on the request.
 async fn chat(gateway: &Gateway, user: Option<&str>, headers: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, Value) {
+    chat_with(&support::http(), gateway, user, headers).await
+}
+
+/// [`chat`] on a client that keeps its connections (for many requests).
+async fn chat_with(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    user: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, Value) {
     let body = match user {
         Some(user) => serde_json::json!({"model": "chat", "user": user, "messages": [{"role": "user", "content": "hi"}]})
             .to_string(),
         None => CHAT.to_owned(),
     };
-    let mut request = support::http()
+    let mut request = client
         .post(format!("http://{}/v1/chat/completions", gateway.addr()))
         .header("content-type", "application/json")
         .body(body);
@@ -54,10 +64,12 @@ fn header<'h>(headers: &'h http::HeaderMap, name: &str) -> &'h str {
 
 /// The variant of each of `n` requests, sent 32 at a time; `user(i)` names request i's user.
 async fn variants_of(gateway: &Gateway, n: usize, user: impl Fn(usize) -> Option<String>) -> Vec<String> {
+    let client = support::http();
     let requests = (0..n).map(|i| {
         let user = user(i);
+        let client = &client;
         async move {
-            let (status, headers, body) = chat(gateway, user.as_deref(), &[]).await;
+            let (status, headers, body) = chat_with(client, gateway, user.as_deref(), &[]).await;
             assert_eq!(status, StatusCode::OK, "{body}");
             header(&headers, "x-weir-variant").to_owned()
         }
@@ -120,13 +132,14 @@ async fn a_sticky_header_and_a_pin_choose_the_variant() {
       - { backend: mb, model: b, weight: 50, variant: candidate }
 ";
     let gateway = gateway(MOCKS, model).await;
+    let client = support::http();
     let mut seen = HashMap::new();
     for session in 0..40 {
         let session = format!("s{session}");
-        let (_, headers, _) = chat(&gateway, None, &[("x-session", &session)]).await;
+        let (_, headers, _) = chat_with(&client, &gateway, None, &[("x-session", &session)]).await;
         let variant = header(&headers, "x-weir-variant").to_owned();
         for _ in 0..3 {
-            let (_, again, _) = chat(&gateway, None, &[("x-session", &session)]).await;
+            let (_, again, _) = chat_with(&client, &gateway, None, &[("x-session", &session)]).await;
             assert_eq!(header(&again, "x-weir-variant"), variant, "session {session}");
         }
         *seen.entry(variant).or_insert(0) += 1;
@@ -134,12 +147,12 @@ async fn a_sticky_header_and_a_pin_choose_the_variant() {
     assert_eq!(seen.len(), 2, "sessions spread over both variants: {seen:?}");
 
     for _ in 0..20 {
-        let (status, headers, _) = chat(&gateway, None, &[("x-weir-variant", "candidate")]).await;
+        let (status, headers, _) = chat_with(&client, &gateway, None, &[("x-weir-variant", "candidate")]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(header(&headers, "x-weir-variant"), "candidate");
         assert_eq!(header(&headers, "x-weir-backend"), "mb");
     }
-    let (status, _, body) = chat(&gateway, None, &[("x-weir-variant", "nope")]).await;
+    let (status, _, body) = chat_with(&client, &gateway, None, &[("x-weir-variant", "nope")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["param"], "x-weir-variant");
     assert!(body["error"]["message"].as_str().unwrap().contains("control, candidate"), "{body}");
@@ -220,7 +233,8 @@ async fn a_stream_cut_after_its_first_byte_is_not_retried() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let events = support::sse_events(&support::read_sse(response).await);
-    assert_eq!(events.len(), 3, "two chunks and the error: {events:?}");
+    assert!(events.len() >= 2, "a chunk, then the error: {events:?}");
+    assert!(events[0].contains("chat.completion.chunk"), "{events:?}");
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert!(last["error"]["message"].is_string(), "{last}");
     assert!(!events.iter().any(|e| e == "[DONE]"));
@@ -308,7 +322,11 @@ async fn a_target_that_cannot_be_reached_moves_on_to_the_other_of_its_variant() 
       - { backend: dead, model: d, variant: pool }
 ";
     let gateway = gateway(&backends, model).await;
-    let variants = variants_of(&gateway, 40, |_| None).await;
-    assert!(variants.iter().all(|v| v == "pool"));
+    let client = support::http();
+    for _ in 0..40 {
+        let (status, headers, body) = chat_with(&client, &gateway, None, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(header(&headers, "x-weir-backend"), "ma");
+    }
     assert!(dead.requests().len() <= weir::router::CONSECUTIVE_FAILURES as usize, "ejected after a few failures");
 }
