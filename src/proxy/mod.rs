@@ -23,8 +23,8 @@ use crate::auth::Identity;
 use crate::backends::{BackendResponse, UpstreamAuth};
 use crate::config::AuthMode;
 use crate::headers::{X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT};
-use crate::server::body::{self, Body};
 use crate::router::{self, Outbound, Pick};
+use crate::server::body::{self, Body};
 use crate::server::error::GatewayError;
 use crate::snapshot::Snapshot;
 
@@ -120,7 +120,12 @@ async fn forward(
     let outbound = Outbound { endpoint, head: &head, body: &body, auth };
     let dispatched = router::dispatch(route, pick, outbound, exchange).await?;
     exchange.target_hold = Some(dispatched.hold);
-    Ok(Answer { upstream: dispatched.response, sent: dispatched.sent, stream: head.stream, backend: dispatched.backend })
+    Ok(Answer {
+        upstream: dispatched.response,
+        sent: dispatched.sent,
+        stream: head.stream,
+        backend: dispatched.backend,
+    })
 }
 
 impl Answer {

@@ -83,7 +83,8 @@ pub async fn dispatch(
 ) -> Result<Dispatched, GatewayError> {
     let mut last: Option<BackendError> = None;
     let mut first_kind = AttemptKind::Primary;
-    if let Some((variant, first)) = route.choose(pick, tokio::time::Instant::now()) {
+    let chosen = route.choose(pick, tokio::time::Instant::now());
+    if let Some((variant, first)) = chosen.clone() {
         let siblings = variant.filter(|&i| i != first);
         for index in std::iter::once(first).chain(siblings) {
             match try_target(route, &route.targets[index], first_kind, outbound, exchange).await {
@@ -97,7 +98,12 @@ pub async fn dispatch(
             }
         }
     }
+    let tried = chosen.map_or(&[][..], |(variant, _)| &route.targets[variant]);
     for target in &route.fallbacks {
+        // A fallback that is one of the targets just tried would only fail the same way.
+        if tried.iter().any(|t| Arc::ptr_eq(&t.health, &target.health)) {
+            continue;
+        }
         match try_target(route, target, AttemptKind::Fallback, outbound, exchange).await {
             Outcome::Answered(answer) => return Ok(answer),
             Outcome::Relay(err) => return Err(err.into()),
@@ -170,9 +176,8 @@ async fn try_target(
         if !classified.move_on {
             return Outcome::Relay(err);
         }
-        let again = classified.retry
-            && number + 1 < retry.attempts
-            && !matches!(classified.verdict, Verdict::RateLimited(_));
+        let again =
+            classified.retry && number + 1 < retry.attempts && !matches!(classified.verdict, Verdict::RateLimited(_));
         tracing::info!(
             request_id = %exchange.request_id, backend = target.backend.name(), model = %target.model,
             variant = %target.variant, attempt = number + 1, error = %err,

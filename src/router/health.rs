@@ -244,7 +244,8 @@ impl TargetHealth {
         let requests = requests.max(state.window_failures);
         if consecutive >= CONSECUTIVE_FAILURES {
             self.eject(&mut state, now, "consecutive failures");
-        } else if requests >= RATIO_MIN_REQUESTS && f64::from(state.window_failures) >= FAILURE_RATIO * f64::from(requests)
+        } else if requests >= RATIO_MIN_REQUESTS
+            && f64::from(state.window_failures) >= FAILURE_RATIO * f64::from(requests)
         {
             self.eject(&mut state, now, "failure ratio");
         }

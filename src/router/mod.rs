@@ -187,8 +187,8 @@ impl ModelRoute {
         let b = sticky::weighted_random(total, targets.iter().map(weight)).unwrap_or(a);
         let (ta, tb) = (&targets[a], &targets[b]);
         // inflight_a / weight_a > inflight_b / weight_b, without dividing.
-        let a_busier = ta.health.inflight() as u128 * u128::from(tb.weight)
-            > tb.health.inflight() as u128 * u128::from(ta.weight);
+        let a_busier =
+            ta.health.inflight() as u128 * u128::from(tb.weight) > tb.health.inflight() as u128 * u128::from(ta.weight);
         Some(range.start + if a_busier { b } else { a })
     }
 }

@@ -24,7 +24,12 @@ fn backend(name: &str) -> Arc<BackendRuntime> {
 fn route(targets: &[(&str, &str, u32)], sticky: Sticky) -> ModelRoute {
     let configs: Vec<TargetConfig> = targets
         .iter()
-        .map(|(b, v, w)| TargetConfig { backend: (*b).into(), model: format!("up-{b}"), weight: *w, variant: (*v).into() })
+        .map(|(b, v, w)| TargetConfig {
+            backend: (*b).into(),
+            model: format!("up-{b}"),
+            weight: *w,
+            variant: (*v).into(),
+        })
         .collect();
     let live = configs
         .iter()
@@ -49,7 +54,7 @@ fn route(targets: &[(&str, &str, u32)], sticky: Sticky) -> ModelRoute {
     ModelRoute::new(config, live, Vec::new())
 }
 
-fn chosen<'r>(route: &'r ModelRoute, pick: Pick) -> Option<&'r Target> {
+fn chosen(route: &ModelRoute, pick: Pick) -> Option<&Target> {
     route.choose(pick, Instant::now()).map(|(_, i)| &route.targets[i])
 }
 

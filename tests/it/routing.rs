@@ -44,8 +44,10 @@ async fn chat_with(
     headers: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, Value) {
     let body = match user {
-        Some(user) => serde_json::json!({"model": "chat", "user": user, "messages": [{"role": "user", "content": "hi"}]})
-            .to_string(),
+        Some(user) => {
+            serde_json::json!({"model": "chat", "user": user, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string()
+        }
         None => CHAT.to_owned(),
     };
     let mut request = client
