@@ -111,9 +111,15 @@ pub async fn dispatch(
             Outcome::Skipped => {}
         }
     }
+    let model = || route.config.name.clone();
     Err(match last {
         Some(err) => err.into(),
-        None => RouteError::NoHealthyTarget { model: route.config.name.clone() }.into(),
+        None => match route.rate_limited_for(tokio::time::Instant::now()) {
+            // Whole seconds, rounded up, as `Retry-After` takes them.
+            Some(wait) => RouteError::RateLimited { model: model(), retry_after: wait.max(Duration::from_secs(1)) },
+            None => RouteError::NoHealthyTarget { model: model() },
+        }
+        .into(),
     })
 }
 

@@ -74,6 +74,8 @@ struct State {
     /// Ejections in a row, for the growing interval.
     ejections: u32,
     last_restored: Option<Instant>,
+    /// The current ejection is the upstream's own rate limit (clients are told to wait).
+    rate_limited: bool,
 }
 
 /// Whether a target may take a request now.
@@ -158,6 +160,7 @@ impl TargetHealth {
                 probing: false,
                 ejections: 0,
                 last_restored: None,
+                rate_limited: false,
             }),
         }
     }
@@ -177,6 +180,16 @@ impl TargetHealth {
             _ if state.probing => Availability::Out,
             _ => Availability::Probe,
         }
+    }
+
+    /// How long until a target the upstream rate-limited is back, while it is out for that.
+    pub fn rate_limited_for(&self, now: Instant) -> Option<Duration> {
+        if !self.out.load(Ordering::Acquire) {
+            return None;
+        }
+        let state = self.lock();
+        let until = state.ejected_until.filter(|_| state.rate_limited)?;
+        (until > now).then(|| until - now)
     }
 
     /// Takes a place on this target for one attempt, or `None` when it is out (ejected, or
@@ -264,6 +277,7 @@ impl TargetHealth {
             seconds = interval.as_secs_f64(), "target ejected"
         );
         self.take_out(state, now, interval);
+        state.rate_limited = false;
     }
 
     /// Ejects for exactly `wait`, as the upstream asked; the growing interval is untouched.
@@ -278,6 +292,7 @@ impl TargetHealth {
             "target rate limited upstream: out of rotation for the time it asked"
         );
         self.take_out(&mut state, now, wait);
+        state.rate_limited = true;
     }
 
     fn take_out(&self, state: &mut State, now: Instant, interval: Duration) {

@@ -80,6 +80,8 @@ pub enum RouteError {
     UnknownVariant { model: String, variant: String, known: String },
     #[error("every target of model `{model}` is ejected after recent failures and no fallback is available")]
     NoHealthyTarget { model: String },
+    #[error("every target of model `{model}` is rate limited upstream; retry after {} s", retry_after.as_secs_f64().ceil())]
+    RateLimited { model: String, retry_after: std::time::Duration },
 }
 
 // === impl ModelRoute ===
@@ -168,6 +170,12 @@ impl ModelRoute {
             }
         }?;
         self.variants.get(index)
+    }
+
+    /// When nothing could be tried: how long until the first rate-limited target is back,
+    /// if rate limits (rather than failures) are what keeps them out.
+    fn rate_limited_for(&self, now: Instant) -> Option<std::time::Duration> {
+        self.targets.iter().chain(&self.fallbacks).filter_map(|t| t.health.rate_limited_for(now)).min()
     }
 
     fn in_rotation(&self, range: Range<usize>, now: Instant) -> bool {

@@ -272,17 +272,18 @@ async fn a_rate_limited_target_is_out_for_the_time_it_asked_and_back_after_a_pro
     // Out of rotation: the split sends everything to `a`, a pin to `b` fails fast.
     let variants = variants_of(&gateway, 20, |_| None).await;
     assert!(variants.iter().all(|v| v == "a"), "{variants:?}");
-    let (status, _, body) = chat(&gateway, None, &pin).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(body["error"]["code"], "no_healthy_target");
+    let (status, headers, body) = chat(&gateway, None, &pin).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "out for a rate limit: the client is told to wait");
+    assert_eq!(body["error"]["code"], "upstream_rate_limited");
+    assert_eq!(header(&headers, "retry-after"), "1");
     assert_eq!(b.requests().len(), 1, "no traffic while ejected");
 
     // After the second: one probe, which is rate limited again (for 600 ms).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, _, _) = chat(&gateway, None, &pin).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    let (status, _, _) = chat(&gateway, None, &pin).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "the failed probe put it back out");
+    let (status, _, body) = chat(&gateway, None, &pin).await;
+    assert_eq!(body["error"]["code"], "upstream_rate_limited", "the failed probe put it back out");
     assert_eq!(b.requests().len(), 2);
 
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -22,6 +22,7 @@ async fn consecutive_failures_eject_then_one_probe_restores() {
     assert_eq!(t.availability(now()), Availability::Ready);
     attempt(&t, Verdict::Failure);
     assert_eq!(t.availability(now()), Availability::Out);
+    assert_eq!(t.rate_limited_for(now()), None, "out for failures, not a rate limit");
     assert!(t.admit(now()).is_none(), "ejected targets take nothing");
 
     tokio::time::advance(BASE_EJECTION - Duration::from_millis(1)).await;
@@ -112,6 +113,7 @@ async fn a_rate_limit_hint_ejects_for_exactly_that_long() {
     let t = target();
     attempt(&t, Verdict::RateLimited(Duration::from_millis(1500)));
     assert_eq!(t.availability(now()), Availability::Out);
+    assert_eq!(t.rate_limited_for(now()), Some(Duration::from_millis(1500)));
     tokio::time::advance(Duration::from_millis(1499)).await;
     assert_eq!(t.availability(now()), Availability::Out);
     tokio::time::advance(Duration::from_millis(1)).await;
