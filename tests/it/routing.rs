@@ -283,6 +283,7 @@ async fn a_rate_limited_target_is_out_for_the_time_it_asked_and_back_after_a_pro
     let (status, _, _) = chat(&gateway, None, &pin).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (status, _, body) = chat(&gateway, None, &pin).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["error"]["code"], "upstream_rate_limited", "the failed probe put it back out");
     assert_eq!(b.requests().len(), 2);
 
