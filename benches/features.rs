@@ -234,6 +234,30 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
             reload_every: None,
         },
+        Scenario {
+            name: "split3",
+            about: "3-target weighted split (60/30/10, three backends, retry and a fallback configured) vs one target",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| split3_config(ctx, "none"),
+            headers: no_headers,
+            byte_exact: true,
+            reload_every: None,
+        },
+        Scenario {
+            name: "split3-sticky",
+            about: "split3 with `sticky: header:x-user` (rendezvous hash per request) vs one target",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| split3_config(ctx, "header:x-user"),
+            headers: || {
+                let mut headers = HeaderMap::new();
+                headers.insert("x-user", HeaderValue::from_static("user-1234"));
+                headers
+            },
+            byte_exact: true,
+            reload_every: None,
+        },
     ]
 }
 
@@ -259,6 +283,27 @@ async fn reload_while(weir: &common::Weir, config: String, every: Duration, stop
         tokio::time::sleep(every).await;
     }
     eprintln!("   {turn} reloads sent");
+}
+
+/// Three backends on the bench upstream (separate pools), split 60/30/10 by variant.
+fn split3_config(ctx: &Ctx, sticky: &str) -> String {
+    let upstream = ctx.upstream;
+    format!(
+        "backends:\n\
+         \x20 u1: {{ kind: openai, base_url: http://{upstream}/v1 }}\n\
+         \x20 u2: {{ kind: openai, base_url: http://{upstream}/v1 }}\n\
+         \x20 u3: {{ kind: openai, base_url: http://{upstream}/v1 }}\n\
+         models:\n\
+         \x20 {PUBLIC_MODEL}:\n\
+         \x20   sticky: \"{sticky}\"\n\
+         \x20   targets:\n\
+         \x20     - {{ backend: u1, model: {UPSTREAM_MODEL}, weight: 60, variant: a }}\n\
+         \x20     - {{ backend: u2, model: {UPSTREAM_MODEL}, weight: 30, variant: b }}\n\
+         \x20     - {{ backend: u3, model: {UPSTREAM_MODEL}, weight: 10, variant: c }}\n\
+         \x20   fallbacks: [ {{ backend: u1, model: {UPSTREAM_MODEL} }} ]\n\
+         \x20   retry: {{ attempts: 2, on: [500, 502, 503, connect] }}\n\
+         auth: {{ mode: none }}\n"
+    )
 }
 
 /// `sha256:` + hex of `key`, as `weir key hash` prints it.

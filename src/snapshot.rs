@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
-use crate::config::{Config, SourceInfo};
-use crate::router::{ModelRoute, RouteError, Target};
+use crate::config::{Config, SourceInfo, TargetConfig};
+use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracer;
 
@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub metrics: Arc<Metrics>,
     /// Span export, when `telemetry.otlp` is set; carried while its config is unchanged.
     pub tracer: Option<Arc<Tracer>>,
+    /// Per-upstream health and in-flight counts, carried over for upstreams that remain.
+    pub health: Health,
     pub loaded_at: SystemTime,
     /// Where the config came from, its hash and masked view; set by whoever loaded it.
     pub source: Arc<SourceInfo>,
@@ -44,34 +46,48 @@ impl Snapshot {
             };
             backends.insert(name.clone(), runtime);
         }
+        let mut health = Health::carry(previous.map(|p| &p.health));
         let mut models = HashMap::with_capacity(config.models.len());
         for (name, model) in &config.models {
-            let mut targets = Vec::with_capacity(model.targets.len());
-            for t in &model.targets {
-                // Validation already checked the name; this keeps a hand-built Config honest.
-                let backend = backends.get(&t.backend).ok_or_else(|| BackendBuildError::UnknownBackend {
-                    model: name.clone(),
-                    backend: t.backend.clone(),
-                })?;
-                targets.push(Target {
-                    backend: Arc::clone(backend),
-                    model: t.model.clone(),
-                    variant: t.variant.clone(),
-                    weight: t.weight,
-                    params: t.params.clone(),
-                });
-            }
-            models.insert(name.clone(), ModelRoute::new(model.clone(), targets));
+            let mut resolve = |targets: &[TargetConfig]| -> Result<Vec<Target>, BackendBuildError> {
+                targets.iter().map(|t| resolve_target(name, t, &backends, &mut health)).collect()
+            };
+            let targets = resolve(&model.targets)?;
+            let fallbacks = resolve(&model.fallbacks)?;
+            models.insert(name.clone(), ModelRoute::new(model.clone(), targets, fallbacks));
         }
+        let health = health.build();
         let keys = KeyTable::new(config.auth, config.keys.clone());
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
         let source = Arc::new(SourceInfo::in_memory());
-        Ok(Snapshot { config, backends, models, keys, metrics, tracer, loaded_at: SystemTime::now(), source })
+        Ok(Snapshot { config, backends, models, keys, metrics, tracer, health, loaded_at: SystemTime::now(), source })
     }
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {
         self.models.get(model).ok_or_else(|| RouteError::UnknownModel { model: model.to_owned() })
     }
+}
+
+/// A config target bound to its live backend and its health record.
+fn resolve_target(
+    model: &str,
+    target: &TargetConfig,
+    backends: &HashMap<String, Arc<BackendRuntime>>,
+    health: &mut HealthBuilder<'_>,
+) -> Result<Target, BackendBuildError> {
+    // Validation already checked the name; this keeps a hand-built Config honest.
+    let backend = backends.get(&target.backend).ok_or_else(|| BackendBuildError::UnknownBackend {
+        model: model.to_owned(),
+        backend: target.backend.clone(),
+    })?;
+    Ok(Target {
+        health: health.record(&target.backend, &backend.config.base_url, &target.model),
+        backend: Arc::clone(backend),
+        model: target.model.clone(),
+        variant: target.variant.clone(),
+        weight: target.weight,
+        params: target.params.clone(),
+    })
 }

@@ -108,13 +108,13 @@ impl HttpUpstream {
                     false => BackendError::Protocol { backend: backend.to_owned(), detail: err.detail },
                 })?;
                 let (parts, body) = response.into_parts();
-                let headers = passed_on_headers(&parts.headers);
+                let headers = passed_on_headers(parts.status, &parts.headers);
                 Ok(Answered { status: parts.status, headers, body: UpstreamBody::Pooled(body, conn) })
             }
             Transport::Tls(client) => {
                 let response = client.request(build()).await.map_err(|err| classify_client_error(backend, &err))?;
                 let (parts, body) = response.into_parts();
-                let headers = passed_on_headers(&parts.headers);
+                let headers = passed_on_headers(parts.status, &parts.headers);
                 Ok(Answered { status: parts.status, headers, body: UpstreamBody::Http(body) })
             }
         }
@@ -158,12 +158,21 @@ pub fn parse_url(config: &BackendConfig, path: &str) -> Result<Uri, super::Backe
 
 /// Only headers that mean something to the client survive; hop-by-hop headers and the
 /// upstream's own rate-limit headers (weir sends the key's) do not.
-pub fn passed_on_headers(upstream: &HeaderMap) -> HeaderMap {
+pub fn passed_on_headers(status: http::StatusCode, upstream: &HeaderMap) -> HeaderMap {
     // Room for the headers the proxy adds, so they go in without a reallocation.
     let mut kept = HeaderMap::with_capacity(8);
     for name in [CONTENT_TYPE, RETRY_AFTER] {
         if let Some(value) = upstream.get(&name) {
             kept.insert(name, value.clone());
+        }
+    }
+    // A failed answer also keeps the upstream's rate-limit resets: the router reads them to
+    // know how long to leave the target alone (never relayed: error answers are rebuilt).
+    if !status.is_success() {
+        for name in crate::router::RETRY_HINT_HEADERS {
+            if let Some(value) = upstream.get(&name) {
+                kept.insert(name, value.clone());
+            }
         }
     }
     kept

@@ -13,7 +13,6 @@ mod response;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -21,18 +20,16 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::auth::Identity;
-use crate::backends::{BackendCall, BackendError, BackendResponse, UpstreamAuth};
+use crate::backends::{BackendResponse, UpstreamAuth};
 use crate::config::AuthMode;
 use crate::headers::{X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT};
+use crate::router::{self, Outbound, Pick};
 use crate::server::body::{self, Body};
-use crate::server::error::{GatewayError, upstream_message};
+use crate::server::error::GatewayError;
 use crate::snapshot::Snapshot;
 
 pub use record::{Attempt, AttemptKind, CAPTURE_LIMIT, CacheStatus, Exchange, Outcome};
 pub use request::{RequestError, RequestHead, parse_head};
-
-/// Upstream error bodies are read whole up to this size to relay their message.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// The OpenAI endpoints weir forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,60 +108,24 @@ async fn forward(
         return Err(crate::auth::AuthError::ModelNotAllowed { model: head.model }.into());
     }
     exchange.experiment.clone_from(&route.config.experiment);
-    let target = route.pick();
-    exchange.backend.clone_from(&target.backend.config.name);
-    exchange.variant.clone_from(&target.variant);
+    let pick = Pick {
+        pinned: route.pinned(parts.headers.get(X_WEIR_VARIANT))?,
+        sticky: route.sticky_hash(identity.name(), head.user.as_deref(), &parts.headers),
+    };
 
     let auth = match snapshot.keys.mode() {
         AuthMode::Passthrough => UpstreamAuth::Client(parts.headers.get(AUTHORIZATION)),
         AuthMode::Keys | AuthMode::None => UpstreamAuth::Backend,
     };
-    let call = BackendCall {
-        endpoint,
-        body: head.body_for_upstream(&body, &target.model),
-        model: &target.model,
-        params: &target.params,
+    let outbound = Outbound { endpoint, head: &head, body: &body, auth };
+    let dispatched = router::dispatch(route, pick, outbound, exchange).await?;
+    exchange.target_hold = Some(dispatched.hold);
+    Ok(Answer {
+        upstream: dispatched.response,
+        sent: dispatched.sent,
         stream: head.stream,
-        auth,
-        request_id: &exchange.request_id,
-        traceparent: exchange.trace.upstream_header(exchange.attempts.len()),
-    };
-    let sent = tokio::time::Instant::now();
-    let offset = exchange.started.elapsed();
-    let result = target.backend.send(call).await;
-    exchange.backend_wait = sent.elapsed();
-    exchange.attempts.push(Attempt {
-        kind: AttemptKind::Primary,
-        backend: target.backend.config.name.clone(),
-        model: target.model.clone(),
-        variant: target.variant.clone(),
-        offset,
-        duration: exchange.backend_wait,
-        status: result.as_ref().ok().map(|r| r.status.as_u16()),
-        error: result.as_ref().err().map(ToString::to_string),
-    });
-    if let Err(err) = &result {
-        snapshot.metrics.backend_error(target.backend.name(), err.reason());
-    }
-    let upstream = result?;
-    if !upstream.status.is_success() {
-        let err = rejected(target.backend.name(), upstream, target.backend.config.timeouts.idle).await;
-        snapshot.metrics.backend_error(target.backend.name(), err.reason());
-        return Err(err.into());
-    }
-    Ok(Answer { upstream, sent, stream: head.stream, backend: Arc::clone(&target.backend) })
-}
-
-/// Reads a failed upstream answer's (small) body to relay its status and message.
-async fn rejected(backend: &str, upstream: BackendResponse, wait: std::time::Duration) -> BackendError {
-    let status = upstream.status;
-    let retry_after = upstream.headers.get(http::header::RETRY_AFTER).cloned();
-    let body = match tokio::time::timeout(wait, upstream.body.read_bounded(ERROR_BODY_LIMIT)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) | Err(_) => Bytes::new(),
-    };
-    let message = upstream_message(&body);
-    BackendError::Rejected { backend: backend.to_owned(), status, message, body, retry_after }
+        backend: dispatched.backend,
+    })
 }
 
 impl Answer {

@@ -126,6 +126,9 @@ pub struct Exchange {
     pub wants_assembly: bool,
     /// Upstream calls in order; empty when none was made (cache hit, early error).
     pub attempts: Vec<Attempt>,
+    /// The answering target's in-flight place (least-loaded choice, health), released when
+    /// the exchange finishes; a stream that broke counts against the target.
+    pub target_hold: Option<crate::router::InFlight>,
     /// Filled in by [`Exchange::finish`] from the capture.
     pub assembled: Option<Assembled>,
     pub usage: Option<Usage>,
@@ -165,6 +168,7 @@ impl Exchange {
             capture: None,
             wants_assembly: false,
             attempts: Vec::new(),
+            target_hold: None,
             assembled: None,
             usage: None,
             cost_usd: None,
@@ -197,6 +201,9 @@ impl Exchange {
             return;
         }
         self.duration = self.started.elapsed();
+        if let Some(hold) = self.target_hold.take() {
+            hold.finish(outcome == Outcome::Failed);
+        }
         self.read_back(outcome);
         let snapshot = Arc::clone(&self.snapshot);
         snapshot.metrics.record_exchange(self, outcome);

@@ -1,21 +1,45 @@
-//! Router: which target serves a request for a public model.
+//! Router: which upstream serves a request for a public model, and what happens when it fails.
 //!
-//! Owns: a model's targets resolved to live backends, and the choice among them.
-//! Today the choice is weighted random; sticky assignment, pinning, health and the
-//! retry/fallback loop belong here too as they are built.
-//! Must not: send anything upstream (that is `backends`) or know about keys.
+//! Owns: a model's targets resolved to live backends; the variant choice (weights, sticky
+//! rendezvous hashing, `x-weir-variant` pinning); least-loaded choice among a variant's
+//! targets; per-target health and ejection; and the retry/fallback loop that calls backends
+//! until one answers.
+//! Must not: speak a provider's protocol (that is `backends`), know about keys beyond the
+//! sticky value, or touch a response body after its headers: once an answer is handed back,
+//! weir is committed to it.
 
+mod dispatch;
+mod health;
+mod hints;
+mod sticky;
+
+use std::ops::Range;
 use std::sync::Arc;
 
+use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
 use crate::backends::BackendRuntime;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Sticky};
+
+pub use dispatch::{Dispatched, Outbound, dispatch};
+pub use health::{
+    Availability, BASE_EJECTION, CONSECUTIVE_FAILURES, FAILURE_RATIO, Health, HealthBuilder, InFlight, MAX_EJECTION,
+    RATIO_MIN_REQUESTS, RATIO_WINDOW, TargetHealth, Verdict,
+};
+pub use hints::{RETRY_HINT_HEADERS, parse_go_duration, parse_retry_after, retry_hint};
+pub use sticky::stable_hash;
 
 /// A public model with its targets resolved against the snapshot's backends.
 #[derive(Debug)]
 pub struct ModelRoute {
     pub config: ModelConfig,
+    /// Grouped by variant (variants in the order the config first names them), so each
+    /// variant's targets are one contiguous range.
     pub targets: Vec<Target>,
-    total_weight: u64,
+    /// Tried in order after the chosen variant's targets gave up.
+    pub fallbacks: Vec<Target>,
+    variants: Vec<Variant>,
 }
 
 #[derive(Debug)]
@@ -27,34 +51,157 @@ pub struct Target {
     pub weight: u32,
     /// Request fields filled in where the client did not set them (`params:`).
     pub params: serde_json::Map<String, serde_json::Value>,
+    pub health: Arc<TargetHealth>,
+}
+
+#[derive(Debug)]
+struct Variant {
+    name: String,
+    /// Its identity in the rendezvous hash: a stable hash of (model, variant), so the same
+    /// user lands independently in different experiments.
+    seed: u64,
+    /// The sum of its targets' weights.
+    weight: u64,
+    targets: Range<usize>,
+}
+
+/// How a request asks to be placed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pick {
+    /// Index of the variant `x-weir-variant` named.
+    pub pinned: Option<usize>,
+    /// Stable hash of the sticky value, when the model is sticky and the request has one.
+    pub sticky: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
     #[error("the model `{model}` does not exist")]
     UnknownModel { model: String },
+    #[error("model `{model}` has no variant `{variant}` (x-weir-variant); its variants: {known}")]
+    UnknownVariant { model: String, variant: String, known: String },
+    #[error("every target of model `{model}` is ejected after recent failures and no fallback is available")]
+    NoHealthyTarget { model: String },
+    #[error("every target of model `{model}` is rate limited upstream; retry after {} s", retry_after.as_secs_f64().ceil())]
+    RateLimited { model: String, retry_after: std::time::Duration },
 }
+
+// === impl ModelRoute ===
 
 impl ModelRoute {
-    pub fn new(config: ModelConfig, targets: Vec<Target>) -> ModelRoute {
-        let total_weight = targets.iter().map(|t| u64::from(t.weight)).sum();
-        ModelRoute { config, targets, total_weight }
+    pub fn new(config: ModelConfig, mut targets: Vec<Target>, fallbacks: Vec<Target>) -> ModelRoute {
+        let mut names: Vec<&str> = Vec::new();
+        for t in &config.targets {
+            if !names.contains(&t.variant.as_str()) {
+                names.push(&t.variant);
+            }
+        }
+        // Stable: targets of one variant keep their config order.
+        targets.sort_by_key(|t| names.iter().position(|n| *n == t.variant));
+        let mut variants: Vec<Variant> = Vec::with_capacity(names.len());
+        for (i, target) in targets.iter().enumerate() {
+            match variants.last_mut() {
+                Some(v) if v.name == target.variant => {
+                    v.weight += u64::from(target.weight);
+                    v.targets.end = i + 1;
+                }
+                _ => variants.push(Variant {
+                    name: target.variant.clone(),
+                    seed: stable_hash(&[config.name.as_bytes(), target.variant.as_bytes()]),
+                    weight: u64::from(target.weight),
+                    targets: i..i + 1,
+                }),
+            }
+        }
+        ModelRoute { config, targets, fallbacks, variants }
     }
 
-    /// Picks a target by weight. Validation guarantees at least one target and a positive
-    /// total weight.
-    pub fn pick(&self) -> &Target {
-        if self.targets.len() == 1 || self.total_weight == 0 {
-            return &self.targets[0];
+    /// The variant an `x-weir-variant` header pins, if any. An empty header pins nothing.
+    pub fn pinned(&self, header: Option<&HeaderValue>) -> Result<Option<usize>, RouteError> {
+        let Some(value) = header.map(HeaderValue::as_bytes).filter(|v| !v.is_empty()) else { return Ok(None) };
+        match self.variants.iter().position(|v| v.name.as_bytes() == value) {
+            Some(i) => Ok(Some(i)),
+            None => Err(RouteError::UnknownVariant {
+                model: self.config.name.clone(),
+                variant: String::from_utf8_lossy(value).into_owned(),
+                known: self.variants.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", "),
+            }),
         }
-        let mut point = rand::random_range(0..self.total_weight);
-        for target in &self.targets {
-            let weight = u64::from(target.weight);
-            if point < weight {
-                return target;
+    }
+
+    /// The hash of the request's sticky value under the model's `sticky` setting: the virtual
+    /// key's name, the body's `user`, or a header. `None` (random placement) when the model
+    /// is not sticky, has a single variant, or the request lacks the value.
+    pub fn sticky_hash(&self, key: &str, user: Option<&str>, headers: &HeaderMap) -> Option<u64> {
+        if self.variants.len() < 2 {
+            return None;
+        }
+        let value: &[u8] = match &self.config.sticky {
+            Sticky::None => return None,
+            Sticky::Key => key.as_bytes(),
+            Sticky::User => user?.as_bytes(),
+            Sticky::Header(name) => headers.get(name)?.as_bytes(),
+        };
+        (!value.is_empty()).then(|| stable_hash(&[value]))
+    }
+
+    /// The first target to try: the pinned or chosen variant, then its least-loaded target.
+    /// `None` when that variant (or, unpinned, every variant) has nothing in rotation.
+    fn choose(&self, pick: Pick, now: Instant) -> Option<(Range<usize>, usize)> {
+        let variant = match pick.pinned {
+            Some(i) => self.variants.get(i)?,
+            None => self.choose_variant(pick.sticky, now)?,
+        };
+        let first = self.least_loaded(variant.targets.clone(), now)?;
+        Some((variant.targets.clone(), first))
+    }
+
+    /// Weighted over the variants that have a target in rotation: rendezvous hashing for a
+    /// sticky value, random otherwise. Ejected variants drop out and their share spreads
+    /// over the rest by weight.
+    fn choose_variant(&self, sticky: Option<u64>, now: Instant) -> Option<&Variant> {
+        if let [only] = self.variants.as_slice() {
+            return Some(only);
+        }
+        let weight = |v: &Variant| if self.in_rotation(v.targets.clone(), now) { v.weight } else { 0 };
+        let index = match sticky {
+            Some(key) => sticky::rendezvous(key, self.variants.iter().map(|v| (v.seed, weight(v)))),
+            None => {
+                let total = self.variants.iter().map(weight).sum();
+                sticky::weighted_random(total, self.variants.iter().map(weight))
             }
-            point -= weight;
+        }?;
+        self.variants.get(index)
+    }
+
+    /// When nothing could be tried: how long until the first rate-limited target is back,
+    /// if rate limits (rather than failures) are what keeps them out.
+    fn rate_limited_for(&self, now: Instant) -> Option<std::time::Duration> {
+        self.targets.iter().chain(&self.fallbacks).filter_map(|t| t.health.rate_limited_for(now)).min()
+    }
+
+    fn in_rotation(&self, range: Range<usize>, now: Instant) -> bool {
+        self.targets[range].iter().any(|t| t.health.availability(now) != Availability::Out)
+    }
+
+    /// Power of two choices: two weighted draws among the targets in rotation, and the one
+    /// with fewer requests in flight per unit of weight.
+    fn least_loaded(&self, range: Range<usize>, now: Instant) -> Option<usize> {
+        let targets = &self.targets[range.clone()];
+        if let [only] = targets {
+            return (only.health.availability(now) != Availability::Out).then_some(range.start);
         }
-        &self.targets[self.targets.len() - 1]
+        let weight = |t: &Target| if t.health.availability(now) != Availability::Out { u64::from(t.weight) } else { 0 };
+        let total: u64 = targets.iter().map(weight).sum();
+        let a = sticky::weighted_random(total, targets.iter().map(weight))?;
+        let b = sticky::weighted_random(total, targets.iter().map(weight)).unwrap_or(a);
+        let (ta, tb) = (&targets[a], &targets[b]);
+        // inflight_a / weight_a > inflight_b / weight_b, without dividing.
+        let a_busier =
+            ta.health.inflight() as u128 * u128::from(tb.weight) > tb.health.inflight() as u128 * u128::from(ta.weight);
+        Some(range.start + if a_busier { b } else { a })
     }
 }
+
+#[cfg(test)]
+mod tests;

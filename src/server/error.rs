@@ -91,6 +91,16 @@ impl GatewayError {
                     code: Some("model_not_found"),
                     param: Some("model".into()),
                 },
+                RouteError::UnknownVariant { .. } => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("variant_not_found"),
+                    param: Some("x-weir-variant".into()),
+                },
+                RouteError::NoHealthyTarget { .. } => plain(S::BAD_GATEWAY, "api_error", Some("no_healthy_target")),
+                RouteError::RateLimited { .. } => {
+                    plain(S::TOO_MANY_REQUESTS, "rate_limit_error", Some("upstream_rate_limited"))
+                }
             },
             GatewayError::Backend(err) => match err.as_ref() {
                 BackendError::Connect { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_connect_error")),
@@ -152,6 +162,10 @@ impl GatewayError {
             && matches!(backend.as_ref(), BackendError::Saturated { .. })
         {
             response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        if let GatewayError::Route(RouteError::RateLimited { retry_after, .. }) = self {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from(seconds));
         }
         response
     }

@@ -252,16 +252,17 @@ async fn upstream_4xx_answers_pass_through_with_status_and_message() {
         assert_eq!(body["error"]["message"], text.as_str());
     }
 
+    // A 4xx whose body is not OpenAI-shaped still reaches the client in OpenAI's shape.
+    upstream.set(Behavior::reply(422, "unprocessable: bad tool schema").with_header("content-type", "text/plain"));
+    let error = expect_error(post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), CHAT).await, 422, None).await;
+    assert!(message(&error).contains("unprocessable: bad tool schema"), "{error}");
+
+    // Last: a 429 with a hint also takes the target out of rotation for that long.
     upstream.set(Behavior::error(429, "slow down").with_header("retry-after", "7"));
     let response = post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), CHAT).await;
     assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
     let error = expect_error(response, 429, None).await;
     assert_eq!(message(&error), "slow down");
-
-    // A 4xx whose body is not OpenAI-shaped still reaches the client in OpenAI's shape.
-    upstream.set(Behavior::reply(422, "unprocessable: bad tool schema").with_header("content-type", "text/plain"));
-    let error = expect_error(post(&gateway, "/v1/chat/completions", Some(TEAM_KEY), CHAT).await, 422, None).await;
-    assert!(message(&error).contains("unprocessable: bad tool schema"), "{error}");
     gateway.shutdown().await;
 }
 

@@ -10,6 +10,7 @@ mod config;
 mod errors;
 mod pool;
 mod reload;
+mod routing;
 mod streaming;
 mod telemetry;
 mod transport;

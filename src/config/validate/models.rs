@@ -1,7 +1,7 @@
 //! Checks each entry of `models:`: targets and fallbacks refer to defined backends, weights
 //! and variants make a valid split, and `sticky`, `retry`, `cache` and `price` are well formed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -38,7 +38,9 @@ impl Cx<'_> {
             self.key_err(&path, format!("model `{name}` needs at least one entry in `targets`"));
         }
         let mut targets = Vec::new();
-        let mut variants: HashSet<String> = HashSet::new();
+        // Variant name -> whether every target so far named it explicitly.
+        let mut variants: HashMap<String, bool> = HashMap::new();
+        let mut upstreams: HashSet<(&str, &str)> = HashSet::new();
         let mut total_weight = 0u64;
         for (i, t) in raw.targets.iter().enumerate() {
             let tp = join_index(&targets_path, i);
@@ -57,12 +59,27 @@ impl Cx<'_> {
                 Some(v) => v.to_string(),
                 None => t.backend.clone(),
             };
-            if !variants.insert(variant.clone()) {
-                let at = if t.variant.is_some() { join_key(&tp, "variant") } else { tp.clone() };
-                self.err(
-                    &at,
-                    format!("variant `{variant}` appears twice in model `{name}`: give each target its own `variant`"),
-                );
+            // Several targets may share a variant (weir balances load among them), but only
+            // when each names it: two targets that merely default to their backend's name
+            // are more likely a forgotten `variant` than a pool.
+            let named = t.variant.is_some();
+            match variants.get(&variant) {
+                Some(all_named) if !(named && *all_named) => {
+                    let at = if named { join_key(&tp, "variant") } else { tp.clone() };
+                    self.err(
+                        &at,
+                        format!(
+                            "variant `{variant}` appears twice in model `{name}`: give each target its own `variant`, \
+                             or name the same `variant` on each to balance load between them"
+                        ),
+                    );
+                }
+                _ => {
+                    variants.insert(variant.clone(), named);
+                }
+            }
+            if !upstreams.insert((t.backend.as_str(), t.model.as_str())) {
+                self.err(&tp, format!("model `{name}` lists backend `{}` with model `{}` twice", t.backend, t.model));
             }
             let params = self.params(&join_key(&tp, "params"), t.params.as_ref());
             targets.push(TargetConfig { backend: t.backend.clone(), model: t.model.clone(), weight, variant, params });

@@ -3,6 +3,7 @@
 //! It records every request (method, path, headers, body) and counts streams that ended
 //! because the client (the gateway) went away, which is how tests see cancellation.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,8 @@ impl Recorded {
 #[derive(Debug)]
 struct Shared {
     behavior: Mutex<Behavior>,
+    /// One-off behaviours for the next requests, before `behavior` applies again.
+    queued: Mutex<VecDeque<Behavior>>,
     requests: Mutex<Vec<Recorded>>,
     /// Streams whose receiver went away before the stream ended.
     cancelled: AtomicUsize,
@@ -129,6 +132,7 @@ impl MockUpstream {
         let addr = listener.local_addr().expect("mock upstream address");
         let shared = Arc::new(Shared {
             behavior: Mutex::new(behavior),
+            queued: Mutex::new(VecDeque::new()),
             requests: Mutex::new(Vec::new()),
             cancelled: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
@@ -158,6 +162,12 @@ impl MockUpstream {
 
     pub fn set(&self, behavior: Behavior) {
         *self.shared.behavior.lock().expect("behavior lock") = behavior;
+    }
+
+    /// The next request (after any queued before) gets `behavior`; then the standing one
+    /// applies again. How tests make an upstream fail once.
+    pub fn queue(&self, behavior: Behavior) {
+        self.shared.queued.lock().expect("queue lock").push_back(behavior);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -196,7 +206,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         body: body.clone(),
     };
     shared.requests.lock().expect("requests lock").push(recorded.clone());
-    let behavior = shared.behavior.lock().expect("behavior lock").clone();
+    let queued = shared.queued.lock().expect("queue lock").pop_front();
+    let behavior = queued.unwrap_or_else(|| shared.behavior.lock().expect("behavior lock").clone());
     match behavior {
         Behavior::Reply { status, headers, body } => {
             let mut response = Response::new(full(body));
