@@ -124,6 +124,9 @@ pub struct Exchange {
     /// Set by a tap that needs the whole answer (cache fill, datasets, content on spans);
     /// otherwise only the usage is read back, which is cheaper.
     pub wants_assembly: bool,
+    /// The cache's fill of this request's answer (and the flight it leads), when the
+    /// cache step sent it upstream; completed in [`Exchange::finish`].
+    pub cache_fill: Option<crate::cache::Fill>,
     /// Upstream calls in order; empty when none was made (cache hit, early error).
     pub attempts: Vec<Attempt>,
     /// Filled in by [`Exchange::finish`] from the capture.
@@ -164,6 +167,7 @@ impl Exchange {
             sse: false,
             capture: None,
             wants_assembly: false,
+            cache_fill: None,
             attempts: Vec::new(),
             assembled: None,
             usage: None,
@@ -185,6 +189,9 @@ impl Exchange {
         if let Some(capture) = &mut self.capture {
             capture.push(chunk);
         }
+        if let Some(fill) = &self.cache_fill {
+            fill.observe(chunk, self);
+        }
     }
 
     /// Time spent in weir itself so far: everything but the wait for the backend.
@@ -197,9 +204,11 @@ impl Exchange {
             return;
         }
         self.duration = self.started.elapsed();
+        let cache_answer = crate::cache::raw_answer(self, outcome);
         self.read_back(outcome);
         let snapshot = Arc::clone(&self.snapshot);
         snapshot.metrics.record_exchange(self, outcome);
+        crate::cache::complete(self, outcome, cache_answer);
         if let Some(tracer) = &snapshot.tracer {
             tracer.record(self, outcome);
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::support;
 
 /// Kills the child when the test ends, however it ends.
-struct ServeGuard {
+pub(crate) struct ServeGuard {
     child: Child,
     stderr_path: std::path::PathBuf,
 }
@@ -18,7 +18,7 @@ impl ServeGuard {
         Self::spawn_with_env(cwd, args, &[])
     }
 
-    fn spawn_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> ServeGuard {
+    pub(crate) fn spawn_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> ServeGuard {
         let stderr_path = cwd.join("weir.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -37,13 +37,13 @@ impl ServeGuard {
         ServeGuard { child, stderr_path }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// Waits until `addr` accepts connections; fails clearly if the process exits or the
     /// deadline passes.
-    fn wait_listening(&mut self, addr: SocketAddr) {
+    pub(crate) fn wait_listening(&mut self, addr: SocketAddr) {
         let deadline = Instant::now() + support::DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -81,7 +81,7 @@ impl Drop for ServeGuard {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cache;
 mod chat;
 mod cli;
 mod config;
