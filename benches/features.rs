@@ -258,6 +258,24 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
             reload_every: None,
         },
+        Scenario {
+            name: "cache-hit",
+            about: "the same request repeated with `cache` on (all hits after the first) vs the upstream itself",
+            baseline: Baseline::Direct,
+            shape: Shape::Json,
+            config: |ctx| {
+                format!(
+                    "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
+                     models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ], cache: {{ ttl: 10m }} }}\n\
+                     auth: {{ mode: none }}\ncache: {{ max_size: 64MiB }}\n",
+                    ctx.upstream,
+                )
+            },
+            headers: no_headers,
+            // A JSON hit is the upstream's answer byte for byte.
+            byte_exact: true,
+            reload_every: None,
+        },
     ]
 }
 

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod backends;
+pub mod cache;
 pub mod config;
 pub mod gateway;
 pub mod headers;

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
+use crate::cache::Cache;
 use crate::config::{Config, SourceInfo, TargetConfig};
 use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub backends: HashMap<String, Arc<BackendRuntime>>,
     pub models: HashMap<String, ModelRoute>,
     pub keys: KeyTable,
+    /// Carried from `previous` while the `cache` section is unchanged, so entries survive.
+    pub cache: Arc<Cache>,
     /// Process-wide: carried from snapshot to snapshot so counters survive reloads.
     pub metrics: Arc<Metrics>,
     /// Span export, when `telemetry.otlp` is set; carried while its config is unchanged.
@@ -61,8 +64,23 @@ impl Snapshot {
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
+        let cache = match previous {
+            Some(p) if p.config.cache == config.cache => Arc::clone(&p.cache),
+            _ => Arc::new(Cache::new(&config.cache)),
+        };
         let source = Arc::new(SourceInfo::in_memory());
-        Ok(Snapshot { config, backends, models, keys, metrics, tracer, health, loaded_at: SystemTime::now(), source })
+        Ok(Snapshot {
+            config,
+            backends,
+            models,
+            keys,
+            cache,
+            metrics,
+            tracer,
+            health,
+            loaded_at: SystemTime::now(),
+            source,
+        })
     }
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {

@@ -23,6 +23,8 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     pub auth: AuthMode,
     pub telemetry: TelemetryConfig,
+    /// The response cache shared by models with `cache.ttl`.
+    pub cache: CacheConfig,
     /// Sections accepted by the schema whose features this build does not act on yet,
     /// as `(path, line, col)`; `weir check` and `serve` warn about each one.
     pub inactive: Vec<String>,
@@ -254,4 +256,39 @@ pub enum OtlpProtocol {
     Grpc,
     /// HTTP with protobuf bodies (`http/protobuf`).
     Http,
+}
+
+/// The top-level `cache` section. Caching itself is switched on per model (`cache.ttl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Upper bound of the local store, in bytes of cached answers. Default 512 MiB.
+    pub max_size: u64,
+    /// Default `memory`.
+    pub store: CacheStore,
+    /// Default `key`.
+    pub scope: CacheScope,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { max_size: 512 * 1024 * 1024, store: CacheStore::Memory, scope: CacheScope::Key }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheStore {
+    /// This process only.
+    Memory,
+    /// Shared with other replicas through Redis at this URL (`redis://` or `rediss://`),
+    /// with the in-memory store in front.
+    Redis(String),
+}
+
+/// Who may receive an entry someone else's request filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Only requests made with the same virtual key: one tenant never sees another's answers.
+    Key,
+    /// Every key that may use the model.
+    Global,
 }

@@ -6,6 +6,7 @@
 //! Must not: decide routing policy (`router`), speak a provider's protocol (`backends`), or
 //! map errors to statuses (`server::error`).
 
+mod cached;
 mod record;
 mod request;
 mod response;
@@ -62,12 +63,14 @@ pub async fn handle(
     exchange.endpoint = Some(endpoint);
     crate::telemetry::trace::begin(&mut exchange, request.headers());
     match forward(&snapshot, request, endpoint, &mut exchange).await {
-        Ok(answer) => answer.into_response(exchange),
+        Ok(Reply::Upstream(answer)) => answer.into_response(exchange),
+        Ok(Reply::Cache(served)) => cached::response(served, exchange),
         Err(err) => {
             let mut response = err.to_response();
             exchange.status = response.status().as_u16();
             exchange.error = Some(err.to_string());
             set_overhead(response.headers_mut(), &mut exchange);
+            response.headers_mut().insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
             // Known once a target was picked; errors before that have no backend to name.
             if !exchange.backend.is_empty() {
                 set_header(response.headers_mut(), X_WEIR_BACKEND, &exchange.backend);
@@ -77,6 +80,13 @@ pub async fn handle(
             response
         }
     }
+}
+
+/// What `forward` found to send back.
+enum Reply {
+    Upstream(Answer),
+    /// Served by the cache: an entry, or another identical request's answer in flight.
+    Cache(crate::cache::Served),
 }
 
 /// An upstream answer ready to stream to the client.
@@ -93,7 +103,7 @@ async fn forward(
     request: Request<Incoming>,
     endpoint: Endpoint,
     exchange: &mut Exchange,
-) -> Result<Answer, GatewayError> {
+) -> Result<Reply, GatewayError> {
     let (parts, incoming) = request.into_parts();
     let identity = snapshot.keys.authenticate(&parts.headers)?;
     exchange.key = identity.name().to_owned();
@@ -106,6 +116,23 @@ async fn forward(
     let route = snapshot.route(&head.model)?;
     if !identity.may_use(&head.model) {
         return Err(crate::auth::AuthError::ModelNotAllowed { model: head.model }.into());
+    }
+    // Limits admission goes here, before the cache step: a cache hit still spends the key's
+    // request rate, and a rejected request must not lead a flight others wait on.
+    if let Some(ttl) = route.config.cache_ttl {
+        let scope = cached::scope(snapshot, &identity, &parts.headers);
+        let lookup = crate::cache::CacheRequest {
+            endpoint,
+            key_name: &scope,
+            model: &head.model,
+            body: &body,
+            stream: head.stream,
+            ttl,
+            headers: &parts.headers,
+        };
+        if let Some(served) = snapshot.cache.begin(lookup, exchange).await {
+            return Ok(Reply::Cache(served));
+        }
     }
     exchange.experiment.clone_from(&route.config.experiment);
     let pick = Pick {
@@ -120,12 +147,12 @@ async fn forward(
     let outbound = Outbound { endpoint, head: &head, body: &body, auth };
     let dispatched = router::dispatch(route, pick, outbound, exchange).await?;
     exchange.target_hold = Some(dispatched.hold);
-    Ok(Answer {
+    Ok(Reply::Upstream(Answer {
         upstream: dispatched.response,
         sent: dispatched.sent,
         stream: head.stream,
         backend: dispatched.backend,
-    })
+    }))
 }
 
 impl Answer {

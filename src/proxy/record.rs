@@ -124,6 +124,9 @@ pub struct Exchange {
     /// Set by a tap that needs the whole answer (cache fill, datasets, content on spans);
     /// otherwise only the usage is read back, which is cheaper.
     pub wants_assembly: bool,
+    /// The cache's fill of this request's answer (and the flight it leads), when the
+    /// cache step sent it upstream; completed in [`Exchange::finish`].
+    pub cache_fill: Option<crate::cache::Fill>,
     /// Upstream calls in order; empty when none was made (cache hit, early error).
     pub attempts: Vec<Attempt>,
     /// The answering target's in-flight place (least-loaded choice, health), released when
@@ -167,6 +170,7 @@ impl Exchange {
             sse: false,
             capture: None,
             wants_assembly: false,
+            cache_fill: None,
             attempts: Vec::new(),
             target_hold: None,
             assembled: None,
@@ -189,6 +193,9 @@ impl Exchange {
         if let Some(capture) = &mut self.capture {
             capture.push(chunk);
         }
+        if let Some(fill) = &self.cache_fill {
+            fill.observe(chunk, self);
+        }
     }
 
     /// Time spent in weir itself so far: everything but the wait for the backend.
@@ -204,9 +211,11 @@ impl Exchange {
         if let Some(hold) = self.target_hold.take() {
             hold.finish(outcome == Outcome::Failed);
         }
+        let cache_answer = crate::cache::raw_answer(self, outcome);
         self.read_back(outcome);
         let snapshot = Arc::clone(&self.snapshot);
         snapshot.metrics.record_exchange(self, outcome);
+        crate::cache::complete(self, outcome, cache_answer);
         if let Some(tracer) = &snapshot.tracer {
             tracer.record(self, outcome);
         }

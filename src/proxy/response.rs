@@ -124,6 +124,22 @@ impl Body for ProxyBody {
     }
 }
 
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The client left mid-stream; identical requests reading this stream through the
+        // cache get the rest of it instead of a cut.
+        if let Some(fill) = self.exchange.cache_fill.take_if(|fill| fill.has_stream_followers()) {
+            let upstream = std::mem::replace(&mut self.upstream, UpstreamBody::Full(None));
+            let origin =
+                crate::cache::Origin { backend: self.exchange.backend.clone(), variant: self.exchange.variant.clone() };
+            crate::cache::finish_for_followers(fill, upstream, self.idle, self.deadline, self._permit.take(), origin);
+        }
+    }
+}
+
 /// Which limit has passed, if any, at `now`.
 fn timed_out(now: Instant, deadline: Instant, idle_limit: Instant) -> Option<TimeoutPhase> {
     if now >= deadline {

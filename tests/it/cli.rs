@@ -18,7 +18,7 @@ impl ServeGuard {
         Self::spawn_with_env(cwd, args, &[])
     }
 
-    fn spawn_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> ServeGuard {
+    pub(crate) fn spawn_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> ServeGuard {
         let stderr_path = cwd.join("weir.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -4,6 +4,7 @@
 mod support;
 
 mod adapters;
+mod cache;
 mod chat;
 mod cli;
 mod config;

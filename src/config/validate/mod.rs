@@ -7,6 +7,7 @@
 //! Must not: read files (TLS certificates, datasets) or touch the network.
 
 mod backends;
+mod cache;
 mod deserialize;
 mod keys;
 mod models;
@@ -104,8 +105,9 @@ impl Cx<'_> {
         let keys = self.keys(raw);
         let auth = self.auth(raw);
         let telemetry = self.telemetry(raw.telemetry.as_ref());
+        let cache = self.cache(raw);
         self.optional_sections(raw);
-        Config { server, backends, models, keys, auth, telemetry, inactive: Vec::new() }
+        Config { server, backends, models, keys, auth, telemetry, cache, inactive: Vec::new() }
     }
 }
 

@@ -111,7 +111,6 @@ impl Cx<'_> {
         let retry = self.retry(&join_key(&path, "retry"), raw);
         let cache_ttl = raw.cache.as_ref().map(|cache| {
             let cache_path = join_key(&path, "cache");
-            self.inactive(&cache_path, &format!("`cache` of model `{name}`"));
             if cache.ttl.is_none() {
                 self.key_err(&cache_path, "`cache` needs a `ttl` such as 10m");
             }

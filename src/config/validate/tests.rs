@@ -101,22 +101,24 @@ fn spec_example_validates_without_env() {
     assert_eq!(config.auth, AuthMode::Keys);
     let inactive = config.inactive.join("\n");
     for expected in [
-        "w.yaml:23:5: `cache` of model `chat-default`",
         "w.yaml:24:5: `price` of model",
         "w.yaml:30:5: `rate` of key",
         "w.yaml:31:5: `budget` of key",
-        "w.yaml:33:1: `cache` is accepted but not active in this build",
         "w.yaml:34:1: `state`",
         "w.yaml:39:5: dataset `all`",
         "w.yaml:40:5: dataset `candidate`",
     ] {
         assert!(inactive.contains(expected), "missing {expected:?} in:\n{inactive}");
     }
-    assert_eq!(config.inactive.len(), 8, "{inactive}");
+    assert_eq!(config.inactive.len(), 6, "{inactive}");
     let otlp = config.telemetry.otlp.as_ref().expect("otlp");
     assert_eq!((otlp.endpoint.as_str(), otlp.protocol), ("http://127.0.0.1:4317", crate::config::OtlpProtocol::Grpc));
     assert!(!config.telemetry.capture_content);
     assert_eq!(config.telemetry.sample_ratio, 1.0);
+    assert!(!inactive.contains("`cache`"), "cache is live: {inactive}");
+    assert_eq!(config.cache.max_size, 512 * 1024 * 1024);
+    assert_eq!(config.cache.store, crate::config::CacheStore::Memory);
+    assert_eq!(config.cache.scope, crate::config::CacheScope::Key);
 }
 
 #[test]

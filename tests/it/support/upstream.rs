@@ -39,6 +39,8 @@ pub enum Behavior {
     Close,
     /// A 200 `text/event-stream` answer sent as these separate body chunks.
     Chunks(Vec<Bytes>),
+    /// Waits this long after reading the request, then behaves as the inner behaviour.
+    Delayed(Duration, Box<Behavior>),
 }
 
 /// How a stream cut short by `take` ends.
@@ -75,6 +77,12 @@ impl Behavior {
     pub fn error(status: u16, message: &str) -> Behavior {
         let body = serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "upstream_code"}});
         Behavior::reply(status, body.to_string())
+    }
+
+    /// The same behaviour, answering only `delay` after the request arrived (so concurrent
+    /// requests overlap).
+    pub fn delayed(self, delay: Duration) -> Behavior {
+        Behavior::Delayed(delay, Box::new(self))
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Behavior {
@@ -207,7 +215,11 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     };
     shared.requests.lock().expect("requests lock").push(recorded.clone());
     let queued = shared.queued.lock().expect("queue lock").pop_front();
-    let behavior = queued.unwrap_or_else(|| shared.behavior.lock().expect("behavior lock").clone());
+    let mut behavior = queued.unwrap_or_else(|| shared.behavior.lock().expect("behavior lock").clone());
+    while let Behavior::Delayed(delay, inner) = behavior {
+        tokio::time::sleep(delay).await;
+        behavior = *inner;
+    }
     match behavior {
         Behavior::Reply { status, headers, body } => {
             let mut response = Response::new(full(body));
@@ -228,6 +240,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         Behavior::Close => Err(std::io::Error::other("closing without a response")),
         Behavior::Mock { gap, take, end } => Ok(mock_answer(&shared, &recorded, gap, take, end)),
         Behavior::Chunks(chunks) => Ok(chunked(chunks)),
+        Behavior::Delayed(..) => unreachable!("unwrapped above"),
     }
 }
 

@@ -1,0 +1,373 @@
+//! Cache: exact-match response cache with streaming replay and request coalescing.
+//!
+//! Owns: the [`Cache`] handle on the snapshot (carried across reloads while the `cache`
+//! section is unchanged), the lookup step of the request path ([`Cache::begin`]), and the
+//! fill tap run when a request's exchange finishes ([`complete`]). Entries are answers in
+//! the non-streamed JSON shape; one entry serves JSON and streaming clients alike.
+//! Must not: fail or slow a request because of the cache (a broken store is a miss), store
+//! anything but a whole, successful answer, or serve one key's entries to another under
+//! `scope: key`.
+
+mod coalesce;
+mod drain;
+mod key;
+mod redis;
+mod replay;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::CACHE_CONTROL;
+use serde_json::Value;
+
+use crate::config::{CacheConfig, CacheScope, CacheStore};
+use crate::proxy::{CAPTURE_LIMIT, CacheStatus, Endpoint, Exchange, Outcome};
+use crate::telemetry::metrics::CacheResult;
+
+pub use coalesce::{Follower, Next, Origin};
+pub use drain::finish_for_followers;
+pub use key::CacheKey;
+pub use store::Entry;
+
+use coalesce::{FlightEnd, Flights, Join, Shape, Wait};
+use redis::SharedStore;
+use store::Store;
+
+/// The response cache of one `cache` config, shared by every model with `cache.ttl`.
+#[derive(Debug)]
+pub struct Cache {
+    config: CacheConfig,
+    store: Store,
+    flights: Flights,
+    shared: Option<SharedStore>,
+}
+
+/// What the cache needs to know about a request.
+#[derive(Debug)]
+pub struct CacheRequest<'a> {
+    pub endpoint: Endpoint,
+    /// The virtual key's name (the scope under `scope: key`).
+    pub key_name: &'a str,
+    /// The public model, after resolution.
+    pub model: &'a str,
+    /// The client's body as received.
+    pub body: &'a [u8],
+    pub stream: bool,
+    /// The model's `cache.ttl`.
+    pub ttl: Duration,
+    pub headers: &'a HeaderMap,
+}
+
+/// An answer the cache serves instead of an upstream call.
+pub enum Served {
+    /// A whole answer: the stored JSON bytes, or the SSE replay of them.
+    Whole { body: Bytes, sse: bool, origin: Origin },
+    /// Another request's stream, as it arrives.
+    Shared { follower: Follower, origin: Origin },
+}
+
+/// The cache's part in a request that went upstream: carried on its exchange, completed by
+/// [`complete`] when the exchange finishes.
+#[derive(Debug)]
+pub struct Fill {
+    cache: Arc<Cache>,
+    key: CacheKey,
+    ttl: Duration,
+    /// `Some` when this request leads a flight other requests may be following.
+    flight: Option<Arc<coalesce::Flight>>,
+}
+
+/// The client's `Cache-Control` directives that concern us.
+#[derive(Debug, Clone, Copy, Default)]
+struct Control {
+    /// Do not answer from the cache.
+    no_cache: bool,
+    /// Do not store this answer.
+    no_store: bool,
+}
+
+// === impl Cache ===
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Cache {
+        let shared = match &config.store {
+            CacheStore::Memory => None,
+            CacheStore::Redis(url) => Some(SharedStore::new(url)),
+        };
+        Cache { config: config.clone(), store: Store::new(config.max_size), flights: Flights::default(), shared }
+    }
+
+    /// `(entries, bytes)` held in this process after pending evictions.
+    pub fn usage(&self) -> (u64, u64) {
+        self.store.usage()
+    }
+
+    /// Requests currently leading a flight.
+    pub fn in_flight(&self) -> usize {
+        self.flights.count()
+    }
+
+    /// The cache step of a request whose model has caching on: an answer to serve, or
+    /// `None` to go upstream (with the exchange set up to fill the cache when it finishes).
+    /// Sets `exchange.cache` and reports `weir_cache_requests_total`.
+    pub async fn begin(self: &Arc<Self>, request: CacheRequest<'_>, exchange: &mut Exchange) -> Option<Served> {
+        let control = Control::of(request.headers);
+        // parse_head accepted this body as a JSON object; the full parse happens only here,
+        // for models with caching on.
+        let json: Value = serde_json::from_slice(request.body).ok()?;
+        let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+        let scope = match self.config.scope {
+            CacheScope::Key => Some(request.key_name),
+            CacheScope::Global => None,
+        };
+        let key = CacheKey::new(request.endpoint, scope, request.model, &json);
+        drop(json);
+        let shape = Shape { stream: request.stream, include_usage };
+
+        if control.no_cache {
+            self.account(exchange, request.model, CacheStatus::Bypass);
+            if !control.no_store {
+                self.plan_fill(exchange, key, request.ttl, None);
+            }
+            return None;
+        }
+        if let Some(served) = self.store.get(&key).and_then(|entry| self.hit(&entry, shape, &request, exchange)) {
+            return Some(served);
+        }
+        if control.no_store {
+            // Looks up, but never leads: nothing this request receives may be stored.
+            if let Some(entry) = self.shared_get(&key).await {
+                if let Some(served) = self.hit(&entry, shape, &request, exchange) {
+                    return Some(served);
+                }
+            }
+            self.account(exchange, request.model, CacheStatus::Miss);
+            return None;
+        }
+        match self.flights.join(key, shape, CAPTURE_LIMIT) {
+            Join::Lead(flight) => self.lead(flight, key, shape, &request, exchange).await,
+            Join::Follow(follower) => self.follow(follower, key, shape, &request, exchange).await,
+        }
+    }
+
+    /// First of its key in flight: check the stores once more, then go upstream.
+    async fn lead(
+        self: &Arc<Self>,
+        flight: Arc<coalesce::Flight>,
+        key: CacheKey,
+        shape: Shape,
+        request: &CacheRequest<'_>,
+        exchange: &mut Exchange,
+    ) -> Option<Served> {
+        // A flight for this key may have ended (and stored) between our lookup and joining.
+        let found = match self.store.get(&key) {
+            Some(entry) => Some(entry),
+            None => self.shared_get(&key).await,
+        };
+        if let Some(entry) = found {
+            flight.end(&self.flights, FlightEnd::Stored(Arc::clone(&entry)));
+            if let Some(served) = self.hit(&entry, shape, request, exchange) {
+                return Some(served);
+            }
+            self.account(exchange, request.model, CacheStatus::Miss);
+            self.plan_fill(exchange, key, request.ttl, None);
+            return None;
+        }
+        self.account(exchange, request.model, CacheStatus::Miss);
+        self.plan_fill(exchange, key, request.ttl, Some(flight));
+        None
+    }
+
+    /// Waits on the request already in flight for this key.
+    async fn follow(
+        self: &Arc<Self>,
+        mut follower: Follower,
+        key: CacheKey,
+        shape: Shape,
+        request: &CacheRequest<'_>,
+        exchange: &mut Exchange,
+    ) -> Option<Served> {
+        // The leader's bytes suit a follower that asked for the very same stream.
+        let raw = shape.stream && follower.leader_shape() == shape;
+        match follower.wait(raw).await {
+            Wait::Streaming(origin) => {
+                self.account(exchange, request.model, CacheStatus::Hit);
+                Some(Served::Shared { follower, origin })
+            }
+            Wait::Stored(entry) => {
+                if let Some(served) = self.hit(&entry, shape, request, exchange) {
+                    return Some(served);
+                }
+                self.account(exchange, request.model, CacheStatus::Miss);
+                self.plan_fill(exchange, key, request.ttl, None);
+                None
+            }
+            // The leader failed or its answer was not cacheable: go upstream alone.
+            Wait::Nothing => {
+                self.account(exchange, request.model, CacheStatus::Miss);
+                self.plan_fill(exchange, key, request.ttl, None);
+                None
+            }
+        }
+    }
+
+    /// Serves `entry` in the shape the request wants; `None` when it cannot (a stream
+    /// asked of an answer that has no streamed form).
+    fn hit(&self, entry: &Entry, shape: Shape, request: &CacheRequest<'_>, exchange: &mut Exchange) -> Option<Served> {
+        let body = if shape.stream { replay::to_sse(&entry.body, shape.include_usage)? } else { entry.body.clone() };
+        self.account(exchange, request.model, CacheStatus::Hit);
+        let origin = Origin { backend: entry.backend.clone(), variant: entry.variant.clone() };
+        Some(Served::Whole { body, sse: shape.stream, origin })
+    }
+
+    /// The shared store's entry, kept locally for what is left of its life.
+    async fn shared_get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let entry = Arc::new(self.shared.as_ref()?.get(key).await?);
+        self.store.insert(*key, Arc::clone(&entry));
+        Some(entry)
+    }
+
+    fn account(&self, exchange: &mut Exchange, model: &str, status: CacheStatus) {
+        exchange.cache = status;
+        let result = match status {
+            CacheStatus::Hit => CacheResult::Hit,
+            CacheStatus::Miss => CacheResult::Miss,
+            CacheStatus::Bypass => CacheResult::Bypass,
+        };
+        exchange.snapshot.metrics.cache_request(model, result);
+    }
+
+    fn plan_fill(
+        self: &Arc<Self>,
+        exchange: &mut Exchange,
+        key: CacheKey,
+        ttl: Duration,
+        flight: Option<Arc<coalesce::Flight>>,
+    ) {
+        exchange.wants_assembly = true;
+        exchange.cache_fill = Some(Fill { cache: Arc::clone(self), key, ttl, flight });
+    }
+
+    fn insert(&self, key: CacheKey, entry: &Arc<Entry>) {
+        self.store.insert(key, Arc::clone(entry));
+        if let Some(shared) = &self.shared {
+            shared.put(&key, entry);
+        }
+    }
+}
+
+// === impl Fill ===
+
+impl Fill {
+    /// The leader's chunk on its way to the client: shared with followers of its stream.
+    pub fn observe(&self, chunk: &Bytes, exchange: &Exchange) {
+        let Some(flight) = &self.flight else { return };
+        if exchange.sse && exchange.status == 200 {
+            flight.push(&self.cache.flights, chunk, || Origin {
+                backend: exchange.backend.clone(),
+                variant: exchange.variant.clone(),
+            });
+        }
+    }
+}
+
+impl Fill {
+    /// Whether other requests are reading this request's stream as it arrives.
+    pub fn has_stream_followers(&self) -> bool {
+        self.flight.as_ref().is_some_and(|flight| flight.has_stream_followers())
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // Normally `complete` has ended the flight; this covers any path that did not.
+        if let Some(flight) = self.flight.take() {
+            flight.end(&self.cache.flights, FlightEnd::Failed("the request leading this answer ended early".into()));
+        }
+    }
+}
+
+/// What the fill needs from the capture before the exchange reads it back: a JSON answer's
+/// exact bytes (a JSON hit returns them as they came), or — for a stream whose client hung up
+/// right after `data: [DONE]`, as SDKs do — the stream assembled, since read-back assembles
+/// only completed exchanges. `None` when nothing will be stored from this exchange.
+pub fn raw_answer(exchange: &Exchange, outcome: Outcome) -> Option<Bytes> {
+    exchange.cache_fill.as_ref()?;
+    if exchange.status != 200 {
+        return None;
+    }
+    let capture = exchange.capture.as_ref()?;
+    match (exchange.sse, outcome) {
+        (false, Outcome::Completed) => capture.bytes(),
+        (true, Outcome::ClientGone) => {
+            let assembled = capture.assemble(true).filter(|a| a.complete)?;
+            serde_json::to_vec(&assembled.body).ok().map(Bytes::from)
+        }
+        _ => None,
+    }
+}
+
+/// The fill tap, run when the exchange finishes: stores a whole, successful answer and ends
+/// the flight (if this request led one) so its followers are served or go upstream.
+pub fn complete(exchange: &mut Exchange, outcome: Outcome, raw: Option<Bytes>) {
+    let Some(mut fill) = exchange.cache_fill.take() else { return };
+    let entry = cacheable_body(exchange, outcome, raw).map(|body| {
+        Arc::new(Entry { body, backend: exchange.backend.clone(), variant: exchange.variant.clone(), ttl: fill.ttl })
+    });
+    if let Some(entry) = &entry {
+        fill.cache.insert(fill.key, entry);
+    }
+    let Some(flight) = fill.flight.take() else { return };
+    let end = match entry {
+        Some(entry) => FlightEnd::Stored(entry),
+        None if outcome == Outcome::Completed && exchange.status == 200 => FlightEnd::Unstored,
+        None => {
+            let reason = match outcome {
+                Outcome::ClientGone => "the request leading this answer went away",
+                Outcome::Failed | Outcome::Completed => "the request leading this answer failed",
+            };
+            FlightEnd::Failed(exchange.error.clone().unwrap_or_else(|| reason.to_owned()))
+        }
+    };
+    flight.end(&fill.cache.flights, end);
+}
+
+/// The body to store: only a whole 200 answer (for streams, one that reached `[DONE]`).
+fn cacheable_body(exchange: &Exchange, outcome: Outcome, raw: Option<Bytes>) -> Option<Bytes> {
+    if exchange.status != 200 {
+        return None;
+    }
+    match (exchange.sse, outcome) {
+        // Read-back assembled it: that proves the bytes are a whole JSON answer.
+        (false, Outcome::Completed) => raw.filter(|_| exchange.assembled.is_some()),
+        (true, Outcome::Completed) => {
+            let assembled = exchange.assembled.as_ref().filter(|a| a.complete)?;
+            serde_json::to_vec(&assembled.body).ok().map(Bytes::from)
+        }
+        // Assembled (and checked complete) by `raw_answer`.
+        (true, Outcome::ClientGone) => raw,
+        _ => None,
+    }
+}
+
+// === impl Control ===
+
+impl Control {
+    fn of(headers: &HeaderMap) -> Control {
+        let mut control = Control::default();
+        for value in headers.get_all(CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else { continue };
+            for directive in value.split(',').map(str::trim) {
+                if directive.eq_ignore_ascii_case("no-cache") {
+                    control.no_cache = true;
+                } else if directive.eq_ignore_ascii_case("no-store") {
+                    control.no_store = true;
+                }
+            }
+        }
+        control
+    }
+}

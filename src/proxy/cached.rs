@@ -1,0 +1,129 @@
+//! Answers weir serves itself from the cache: a stored entry (JSON as stored, or replayed as
+//! SSE) or another identical request's stream as it arrives.
+//!
+//! Owns: the response head of such answers (the same headers an upstream answer gets) and
+//! [`CachedBody`], which reports every chunk to the [`Exchange`] and finishes it exactly once.
+//! Must not: call a backend, or end a shared stream that broke with anything but one SSE
+//! error event (never a made-up finish).
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+
+use super::record::{Exchange, Outcome};
+use super::{X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_VARIANT, set_header, set_overhead};
+use crate::auth::Identity;
+use crate::cache::{Next, Served};
+use crate::config::AuthMode;
+use crate::server::body::Body;
+use crate::snapshot::Snapshot;
+
+/// Whose entries a request may see under `scope: key`: the virtual key's name; with
+/// `auth: passthrough` (every client is `anonymous`), a digest of the client's own credential.
+pub fn scope<'a>(snapshot: &Snapshot, identity: &'a Identity<'_>, headers: &HeaderMap) -> Cow<'a, str> {
+    match snapshot.keys.mode() {
+        AuthMode::Passthrough => {
+            let credential = headers.get(AUTHORIZATION).map_or(&[][..], HeaderValue::as_bytes);
+            Cow::Owned(format!("passthrough:{}", hex::encode(Sha256::digest(credential))))
+        }
+        AuthMode::Keys | AuthMode::None => Cow::Borrowed(identity.name()),
+    }
+}
+
+/// The response for an answer the cache serves.
+pub fn response(served: Served, mut exchange: Exchange) -> Response<Body> {
+    let (source, sse, origin) = match served {
+        Served::Whole { body, sse, origin } => (Source::Whole(Some(body)), sse, origin),
+        Served::Shared { follower, origin } => (Source::Shared(Box::pin(follower.into_stream())), true, origin),
+    };
+    exchange.backend = origin.backend;
+    exchange.variant = origin.variant;
+    exchange.status = StatusCode::OK.as_u16();
+    exchange.sse = sse;
+    let mut headers = HeaderMap::new();
+    if sse {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    } else {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    set_header(&mut headers, X_WEIR_BACKEND, &exchange.backend);
+    set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
+    headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
+    set_overhead(&mut headers, &mut exchange);
+    let body = CachedBody { source, exchange, done: false };
+    let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
+    *response.headers_mut() = headers;
+    response
+}
+
+enum Source {
+    Whole(Option<Bytes>),
+    Shared(Pin<Box<dyn Stream<Item = Next> + Send>>),
+}
+
+/// Error type of [`CachedBody`]; it never fails (a broken shared stream ends with an event).
+#[derive(Debug, thiserror::Error)]
+#[error("cached body")]
+pub struct Never;
+
+struct CachedBody {
+    source: Source,
+    exchange: Exchange,
+    done: bool,
+}
+
+impl http_body::Body for CachedBody {
+    type Data = Bytes;
+    type Error = Never;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let next = match &mut this.source {
+            Source::Whole(body) => body.take().map(Next::Chunk),
+            Source::Shared(stream) => std::task::ready!(stream.as_mut().poll_next(cx)),
+        };
+        match next {
+            Some(Next::Chunk(chunk)) => {
+                this.exchange.observe_chunk(&chunk);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Some(Next::Failed(message)) => {
+                this.done = true;
+                this.exchange.error = Some(message.clone());
+                this.exchange.finish(Outcome::Failed);
+                let event = serde_json::json!({"error": {"message": message, "type": "api_error", "code": "upstream_error", "param": null}});
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))))
+            }
+            Some(Next::Done) | None => {
+                this.done = true;
+                this.exchange.finish(Outcome::Completed);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Whole(Some(body)) => SizeHint::with_exact(body.len() as u64),
+            Source::Whole(None) => SizeHint::with_exact(0),
+            Source::Shared(_) => SizeHint::default(),
+        }
+    }
+}
