@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::router::{ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracer;
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub backends: HashMap<String, Arc<BackendRuntime>>,
     pub models: HashMap<String, ModelRoute>,
     pub keys: KeyTable,
+    /// Rate limits and budgets; counters carried from the previous snapshot by key name.
+    pub limits: Limits,
     /// Process-wide: carried from snapshot to snapshot so counters survive reloads.
     pub metrics: Arc<Metrics>,
     /// Span export, when `telemetry.otlp` is set; carried while its config is unchanged.
@@ -61,10 +64,11 @@ impl Snapshot {
             models.insert(name.clone(), ModelRoute::new(model.clone(), targets));
         }
         let keys = KeyTable::new(config.auth, config.keys.clone());
+        let limits = Limits::build(&config, previous.map(|p| &p.limits));
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
-        Ok(Snapshot { config, backends, models, keys, metrics, tracer, loaded_at: SystemTime::now() })
+        Ok(Snapshot { config, backends, models, keys, limits, metrics, tracer, loaded_at: SystemTime::now() })
     }
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {

@@ -9,6 +9,7 @@
 mod record;
 mod request;
 mod response;
+mod sse_filter;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,6 +72,9 @@ pub async fn handle(
             exchange.status = response.status().as_u16();
             exchange.error = Some(err.to_string());
             set_overhead(response.headers_mut(), &mut exchange);
+            if let Some(admission) = &exchange.admission {
+                admission.view.apply(response.headers_mut());
+            }
             // Known once a target was picked; errors before that have no backend to name.
             if !exchange.backend.is_empty() {
                 set_header(response.headers_mut(), X_WEIR_BACKEND, &exchange.backend);
@@ -88,6 +92,8 @@ struct Answer {
     /// When the upstream request was sent; the `total` timeout counts from here.
     sent: tokio::time::Instant,
     stream: bool,
+    /// weir asked upstream for the usage chunk; the client did not.
+    strip_usage: bool,
     backend: Arc<crate::backends::BackendRuntime>,
 }
 
@@ -110,6 +116,9 @@ async fn forward(
     if !identity.may_use(&head.model) {
         return Err(crate::auth::AuthError::ModelNotAllowed { model: head.model }.into());
     }
+    // Limits: once the key may use the model, before anything is looked up or sent. A
+    // response cache's lookup comes after this, so hits count against the key's limits too.
+    exchange.admission = snapshot.limits.admit(&snapshot.metrics, &exchange.key, endpoint, route, &body).await?;
     exchange.experiment.clone_from(&route.config.experiment);
     let target = route.pick();
     exchange.backend.clone_from(&target.backend.config.name);
@@ -150,7 +159,8 @@ async fn forward(
         snapshot.metrics.backend_error(target.backend.name(), err.reason());
         return Err(err.into());
     }
-    Ok(Answer { upstream, sent, stream: head.stream, backend: Arc::clone(&target.backend) })
+    let strip_usage = head.injects_usage;
+    Ok(Answer { upstream, sent, stream: head.stream, strip_usage, backend: Arc::clone(&target.backend) })
 }
 
 /// Reads a failed upstream answer's (small) body to relay its status and message.
@@ -185,10 +195,16 @@ impl Answer {
         set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
         headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
         set_overhead(&mut headers, &mut exchange);
+        if let Some(admission) = &exchange.admission {
+            admission.view.apply(&mut headers);
+        }
 
         let timeouts = self.backend.config.timeouts;
         let deadline = self.sent + timeouts.total;
-        let body = response::ProxyBody::new(upstream.body, sse, timeouts.idle, deadline, upstream.permit, exchange);
+        let mut body = response::ProxyBody::new(upstream.body, sse, timeouts.idle, deadline, upstream.permit, exchange);
+        if self.strip_usage && sse {
+            body = body.strip_usage_chunk();
+        }
         let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
         *response.status_mut() = upstream.status;
         *response.headers_mut() = headers;

@@ -23,10 +23,51 @@ pub async fn route(state: &AppState, request: Request<Incoming>) -> Response<Bod
                     r#"{"error":{"message":"admin routes need `Authorization: Bearer <server.admin_token>`","type":"invalid_request_error","code":"invalid_admin_token","param":null}}"#,
                 );
             }
-            GatewayError::NotFound(path.to_owned()).to_response()
+            match (request.method(), key_usage_name(path)) {
+                (&Method::GET, Some(name)) => key_usage(state, &name).await,
+                _ => GatewayError::NotFound(path.to_owned()).to_response(),
+            }
         }
         _ => GatewayError::NotFound(path.to_owned()).to_response(),
     }
+}
+
+/// `GET /admin/keys/{name}/usage`: the key's windows, budget and totals; 404 for a key the
+/// config does not have.
+async fn key_usage(state: &AppState, name: &str) -> Response<Body> {
+    let snapshot = state.snapshot();
+    match snapshot.limits.usage(name).await {
+        Some(usage) => body::json(StatusCode::OK, usage.to_string()),
+        None => body::json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": {"message": format!("no key named `{name}` in the config"), "type": "invalid_request_error", "code": "key_not_found", "param": null}}).to_string(),
+        ),
+    }
+}
+
+/// The percent-decoded `{name}` of `/admin/keys/{name}/usage`.
+fn key_usage_name(path: &str) -> Option<String> {
+    let encoded = path.strip_prefix("/admin/keys/")?.strip_suffix("/usage")?;
+    if encoded.is_empty() || encoded.contains('/') {
+        return None;
+    }
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%').then(|| bytes.get(i + 1..i + 3)).flatten();
+        match hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Constant-time check of the bearer token; no token configured means nobody is admitted.

@@ -7,6 +7,7 @@ mod chat;
 mod cli;
 mod config;
 mod errors;
+mod limits;
 mod pool;
 mod streaming;
 mod telemetry;

@@ -13,6 +13,7 @@ mod models;
 mod optional;
 mod schema;
 mod server;
+mod state;
 mod telemetry;
 mod values;
 
@@ -103,8 +104,9 @@ impl Cx<'_> {
         let keys = self.keys(raw);
         let auth = self.auth(raw);
         let telemetry = self.telemetry(raw.telemetry.as_ref());
+        let state = self.state(raw);
         self.optional_sections(raw);
-        Config { server, backends, models, keys, auth, telemetry, inactive: Vec::new() }
+        Config { server, backends, models, keys, auth, telemetry, state, inactive: Vec::new() }
     }
 }
 

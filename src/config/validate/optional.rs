@@ -1,5 +1,5 @@
-//! Checks the sections this build accepts but does not act on yet (`cache`, `state`,
-//! `datasets`) for obvious mistakes, and lists each one in `Config::inactive`.
+//! Checks the sections this build accepts but does not act on yet (`cache`, `datasets`)
+//! for obvious mistakes, and lists each one in `Config::inactive`.
 
 use std::collections::HashSet;
 
@@ -21,10 +21,6 @@ impl Cx<'_> {
                 self.one_of("cache.scope", "scope", scope, &["key", "global"]);
             }
         }
-        if let Some(state) = &raw.state {
-            self.inactive("state", "`state`");
-            self.store("state.store", state.store.as_deref());
-        }
         let mut names = HashSet::new();
         for (i, d) in raw.datasets.iter().enumerate() {
             let dp = join_index("datasets", i);
@@ -38,7 +34,7 @@ impl Cx<'_> {
         }
     }
 
-    fn store(&mut self, path: &str, store: Option<&str>) {
+    pub(super) fn store(&mut self, path: &str, store: Option<&str>) {
         let Some(store) = store else { return };
         if store != "memory" && !store.starts_with("redis://") && !store.starts_with("rediss://") {
             self.err(path, format!("invalid `store` `{store}`: expected memory or a redis:// URL"));
