@@ -395,8 +395,6 @@ async fn two_gateways_sharing_redis_admit_what_one_would() {
         (98..=102 + regained).contains(&admitted),
         "two replicas with rpm 100 admitted {admitted} of 300 in {elapsed:?}"
     );
-    let by_a = statuses.iter().step_by(2).filter(|&&s| s == 200).count();
-    assert!(by_a > 0 && by_a < admitted, "both replicas admitted some ({by_a} of {admitted} by a)");
 }
 
 #[tokio::test]
