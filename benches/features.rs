@@ -276,6 +276,26 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
             reload_every: None,
         },
+        Scenario {
+            name: "limits",
+            about: "the key with rpm/tpm/concurrent (never reached; memory store) vs auth: none",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| {
+                format!(
+                    "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
+                     models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ] }}\n\
+                     keys:\n  - {{ name: bench, key: \"{}\", rate: {{ rpm: 100000000, tpm: 100000000000, concurrent: 100000 }} }}\n\
+                     auth: {{ mode: keys }}\n",
+                    ctx.upstream,
+                    key_hash("sk-bench"),
+                )
+            },
+            headers: bench_key_headers,
+            // The rate headers are added, the body is the upstream's.
+            byte_exact: true,
+            reload_every: None,
+        },
     ]
 }
 

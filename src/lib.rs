@@ -3,6 +3,7 @@
 //! The request path, module by module:
 //! `server` (listeners, routes, errors) → `auth` (virtual keys) → `proxy` (parse once,
 //! pick, forward, stream back) → `router` (which target) → `backends` (one upstream call).
+//! `limits` admits each request of a limited key and settles it when it ends.
 //! `config` reads and validates the file; `snapshot` compiles it into the live state that
 //! `gateway` holds in an `ArcSwap`; `reload` swaps it when the file changes; `telemetry` owns
 //! logs.
@@ -13,6 +14,7 @@ pub mod cache;
 pub mod config;
 pub mod gateway;
 pub mod headers;
+pub mod limits;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -13,6 +13,7 @@ use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::cache::Cache;
 use crate::config::{Config, SourceInfo, TargetConfig};
+use crate::limits::Limits;
 use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracer;
@@ -25,6 +26,8 @@ pub struct Snapshot {
     pub keys: KeyTable,
     /// Carried from `previous` while the `cache` section is unchanged, so entries survive.
     pub cache: Arc<Cache>,
+    /// Rate limits and budgets; counters carried from the previous snapshot by key name.
+    pub limits: Limits,
     /// Process-wide: carried from snapshot to snapshot so counters survive reloads.
     pub metrics: Arc<Metrics>,
     /// Span export, when `telemetry.otlp` is set; carried while its config is unchanged.
@@ -61,6 +64,7 @@ impl Snapshot {
         }
         let health = health.build();
         let keys = KeyTable::new(config.auth, config.keys.clone());
+        let limits = Limits::build(&config, previous.map(|p| &p.limits));
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
@@ -75,6 +79,7 @@ impl Snapshot {
             models,
             keys,
             cache,
+            limits,
             metrics,
             tracer,
             health,

@@ -189,7 +189,14 @@ pub struct RawCache {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct RawState {
+    /// `memory | redis://... | rediss://...`.
     pub store: Option<String>,
+    /// `open | closed`: what limits do while a Redis store is unreachable.
+    pub on_error: Option<String>,
+    /// Deadline of one Redis round trip, such as `100ms`.
+    pub timeout: Option<String>,
+    /// Completion tokens assumed at admission when a request sets no `max_tokens`.
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -25,6 +25,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The response cache shared by models with `cache.ttl`.
     pub cache: CacheConfig,
+    /// Where limit counters and budgets live (`state:`).
+    pub state: StateConfig,
     /// Sections accepted by the schema whose features this build does not act on yet,
     /// as `(path, line, col)`; `weir check` and `serve` warn about each one.
     pub inactive: Vec<String>,
@@ -211,6 +213,47 @@ pub struct BudgetConfig {
 pub enum BudgetPeriod {
     Day,
     Month,
+}
+
+/// `state:`: the store shared by limits and budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// Default `memory` (per process).
+    pub store: StateStore,
+    /// Default `open`: while Redis is unreachable, each replica limits on its own.
+    pub on_error: FailMode,
+    /// Deadline of one Redis round trip. Default 100ms.
+    pub timeout: Duration,
+    /// Completion tokens reserved at admission when a request sets neither `max_tokens` nor
+    /// `max_completion_tokens`. Default 256.
+    pub default_max_tokens: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            store: StateStore::Memory,
+            on_error: FailMode::Open,
+            timeout: Duration::from_millis(100),
+            default_max_tokens: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateStore {
+    Memory,
+    /// A `redis://` or `rediss://` URL.
+    Redis(String),
+}
+
+/// What a limit does when its shared store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Admit on local (per-replica) counters.
+    Open,
+    /// Refuse the request (503).
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

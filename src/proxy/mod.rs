@@ -10,6 +10,7 @@ mod cached;
 mod record;
 mod request;
 mod response;
+mod sse_filter;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,6 +72,9 @@ pub async fn handle(
             exchange.error = Some(err.to_string());
             set_overhead(response.headers_mut(), &mut exchange);
             response.headers_mut().insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
+            if let Some(admission) = &exchange.admission {
+                admission.view.apply(response.headers_mut());
+            }
             // Known once a target was picked; errors before that have no backend to name.
             if !exchange.backend.is_empty() {
                 set_header(response.headers_mut(), X_WEIR_BACKEND, &exchange.backend);
@@ -95,6 +99,8 @@ struct Answer {
     /// When the upstream request was sent; the `total` timeout counts from here.
     sent: tokio::time::Instant,
     stream: bool,
+    /// weir asked upstream for the usage chunk; the client did not.
+    strip_usage: bool,
     backend: Arc<crate::backends::BackendRuntime>,
 }
 
@@ -117,8 +123,9 @@ async fn forward(
     if !identity.may_use(&head.model) {
         return Err(crate::auth::AuthError::ModelNotAllowed { model: head.model }.into());
     }
-    // Limits admission goes here, before the cache step: a cache hit still spends the key's
-    // request rate, and a rejected request must not lead a flight others wait on.
+    // Limits: once the key may use the model, before anything is looked up or sent. A
+    // response cache's lookup comes after this, so hits count against the key's limits too.
+    exchange.admission = snapshot.limits.admit(&snapshot.metrics, &exchange.key, endpoint, route, &body).await?;
     if let Some(ttl) = route.config.cache_ttl {
         let scope = cached::scope(snapshot, &identity, &parts.headers);
         let lookup = crate::cache::CacheRequest {
@@ -151,6 +158,7 @@ async fn forward(
         upstream: dispatched.response,
         sent: dispatched.sent,
         stream: head.stream,
+        strip_usage: head.injects_usage,
         backend: dispatched.backend,
     }))
 }
@@ -175,10 +183,16 @@ impl Answer {
         set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
         headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
         set_overhead(&mut headers, &mut exchange);
+        if let Some(admission) = &exchange.admission {
+            admission.view.apply(&mut headers);
+        }
 
         let timeouts = self.backend.config.timeouts;
         let deadline = self.sent + timeouts.total;
-        let body = response::ProxyBody::new(upstream.body, sse, timeouts.idle, deadline, upstream.permit, exchange);
+        let mut body = response::ProxyBody::new(upstream.body, sse, timeouts.idle, deadline, upstream.permit, exchange);
+        if self.strip_usage && sse {
+            body = body.strip_usage_chunk();
+        }
         let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
         *response.status_mut() = upstream.status;
         *response.headers_mut() = headers;

@@ -136,6 +136,8 @@ pub struct Exchange {
     pub assembled: Option<Assembled>,
     pub usage: Option<Usage>,
     pub cost_usd: Option<f64>,
+    /// The key's limits reservation, settled when the exchange finishes.
+    pub admission: Option<crate::limits::Admission>,
     /// Total time, fixed when the exchange finishes.
     pub duration: Duration,
     /// Time spent in weir itself, as reported in `x-weir-overhead-ms`.
@@ -176,6 +178,7 @@ impl Exchange {
             assembled: None,
             usage: None,
             cost_usd: None,
+            admission: None,
             duration: Duration::ZERO,
             weir_time: None,
             trace: TraceContext::None,
@@ -219,6 +222,7 @@ impl Exchange {
         if let Some(tracer) = &snapshot.tracer {
             tracer.record(self, outcome);
         }
+        snapshot.limits.finish(self);
         self.log(outcome);
     }
 

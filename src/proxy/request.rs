@@ -40,6 +40,12 @@ pub struct RequestHead {
     model_span: Range<usize>,
     pub stream: bool,
     pub user: Option<String>,
+    /// Set for streamed chat requests that did not ask for `stream_options.include_usage`:
+    /// weir asks for it upstream (limits and metrics need the usage) and takes the extra
+    /// usage-only chunk out of the client's stream.
+    pub injects_usage: bool,
+    /// The edit that asks for usage: where in the body, and the bytes that go there.
+    usage_splice: Option<(Range<usize>, Vec<u8>)>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +64,13 @@ struct WireHead<'a> {
     n: Option<u32>,
     #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
+    /// Kept raw (even `null`) to know where it is when usage must be asked for.
+    #[serde(borrow, default, deserialize_with = "raw_even_null")]
+    stream_options: Option<&'a RawValue>,
+}
+
+fn raw_even_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -132,28 +145,66 @@ pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, Reques
         return Err(RequestError::InvalidField { param: "n".into(), message: "'n' must be at least 1".into() });
     }
     let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
+    let stream = wire.stream.unwrap_or(false) && endpoint != Endpoint::Embeddings;
+    let usage_splice = match endpoint {
+        Endpoint::ChatCompletions if stream => usage_splice(body, wire.stream_options),
+        _ => None,
+    };
     Ok(RequestHead {
         model,
         model_span: start..start + raw_model.get().len(),
-        stream: wire.stream.unwrap_or(false) && endpoint != Endpoint::Embeddings,
+        stream,
         user: wire.user.map(Cow::into_owned),
+        injects_usage: usage_splice.is_some(),
+        usage_splice,
     })
 }
 
 impl RequestHead {
     /// The body to send upstream: the original bytes when the upstream model name is the
     /// public one, else the same bytes with only the `model` value replaced (no re-serialising).
+    /// The usage request of a streamed chat is spliced in the same way.
     pub fn body_for_upstream(&self, body: &Bytes, upstream_model: &str) -> Bytes {
-        if upstream_model == self.model {
+        let quoted = (upstream_model != self.model)
+            .then(|| serde_json::Value::String(upstream_model.to_owned()).to_string().into_bytes());
+        let model_edit = quoted.as_deref().map(|q| (self.model_span.clone(), q));
+        let usage_edit = self.usage_splice.as_ref().map(|(span, text)| (span.clone(), text.as_slice()));
+        let mut edits: Vec<(Range<usize>, &[u8])> = model_edit.into_iter().chain(usage_edit).collect();
+        if edits.is_empty() {
             return body.clone();
         }
-        let quoted = serde_json::Value::String(upstream_model.to_owned()).to_string();
-        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
-        out.extend_from_slice(&body[..self.model_span.start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&body[self.model_span.end..]);
+        edits.sort_by_key(|(span, _)| span.start);
+        let added: usize = edits.iter().map(|(_, text)| text.len()).sum();
+        let mut out = BytesMut::with_capacity(body.len() + added);
+        let mut at = 0;
+        for (span, text) in edits {
+            out.extend_from_slice(&body[at..span.start]);
+            out.extend_from_slice(text);
+            at = span.end;
+        }
+        out.extend_from_slice(&body[at..]);
         out.freeze()
     }
+}
+
+/// Where and what to write so that a streamed chat request asks for usage; `None` when the
+/// client asked already. An absent `stream_options` is added first thing in the object; a
+/// present one is rewritten with `include_usage: true` and its other fields kept.
+fn usage_splice(body: &[u8], stream_options: Option<&RawValue>) -> Option<(Range<usize>, Vec<u8>)> {
+    let Some(raw) = stream_options else {
+        let open = body.iter().position(|&b| b == b'{')? + 1;
+        return Some((open..open, br#""stream_options":{"include_usage":true},"#.to_vec()));
+    };
+    let mut options = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Object(options)) => options,
+        _ => serde_json::Map::new(),
+    };
+    if options.get("include_usage").and_then(serde_json::Value::as_bool) == Some(true) {
+        return None;
+    }
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    Some((start..start + raw.get().len(), serde_json::Value::Object(options).to_string().into_bytes()))
 }
 
 /// Re-parses a body that failed, tracking the path, to say which field is at fault.
@@ -208,9 +259,42 @@ mod tests {
         let out = h.body_for_upstream(&body, "gpt-4o \"mini\"");
         assert_eq!(
             &out[..],
-            br#"{ "messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o \"mini\"", "stream":true}"#
+            br#"{"stream_options":{"include_usage":true}, "messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o \"mini\"", "stream":true}"#
         );
-        assert_eq!(h.body_for_upstream(&body, "chat").as_ptr(), body.as_ptr());
+        let plain = Bytes::from_static(br#"{"messages":[{"role":"user","content":"hi"}],"model":"chat"}"#);
+        let h = head(std::str::from_utf8(&plain).unwrap()).unwrap();
+        assert_eq!(h.body_for_upstream(&plain, "chat").as_ptr(), plain.as_ptr());
+    }
+
+    #[test]
+    fn streamed_chat_asks_for_usage_unless_the_client_did() {
+        let cases = [
+            (
+                r#"{"model":"m","messages":[],"stream":true}"#,
+                Some(r#"{"stream_options":{"include_usage":true},"model":"u","messages":[],"stream":true}"#),
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"x":1},"messages":[]}"#,
+                Some(r#"{"model":"u","stream":true,"stream_options":{"include_usage":true,"x":1},"messages":[]}"#),
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":null,"messages":[]}"#,
+                Some(r#"{"model":"u","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#),
+            ),
+            (r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#, None),
+            (r#"{"model":"m","messages":[]}"#, None),
+        ];
+        for (body, expected) in cases {
+            let body = Bytes::from(body.replace("[]", r#"[{"role":"user"}]"#));
+            let h = head(std::str::from_utf8(&body).unwrap()).unwrap();
+            assert_eq!(h.injects_usage, expected.is_some(), "{body:?}");
+            if let Some(expected) = expected {
+                let out = h.body_for_upstream(&body, "u");
+                assert_eq!(std::str::from_utf8(&out).unwrap(), expected.replace("[]", r#"[{"role":"user"}]"#));
+            }
+        }
+        let embed = parse_head(Endpoint::Completions, br#"{"model":"m","prompt":"p","stream":true}"#).unwrap();
+        assert!(!embed.injects_usage);
     }
 
     #[test]

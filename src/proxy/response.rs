@@ -4,6 +4,8 @@
 //! end of a failed SSE stream as one `data: {"error": ...}` event (never a made-up finish),
 //! the backend's in-flight place held until the last byte, and the [`Exchange`] finished
 //! when the body ends or is dropped. It looks at each chunk without copying or delaying it.
+//! When weir asked upstream for a stream's usage on the client's behalf, the usage-only
+//! chunk is taken out after the capture has seen it ([`UsageChunkFilter`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::record::{Exchange, Outcome};
+use super::sse_filter::UsageChunkFilter;
 use crate::backends::{InflightPermit, TimeoutPhase, UpstreamBody};
 
 /// Error type of a response body that had to be cut (non-SSE only; SSE ends with an event).
@@ -36,6 +39,10 @@ pub struct ProxyBody {
     /// Kept only to be released when the body is done.
     _permit: Option<InflightPermit>,
     exchange: Exchange,
+    /// Set only when weir injected `include_usage`; the usual path never touches it.
+    usage_filter: Option<Box<UsageChunkFilter>>,
+    /// The upstream ended; only the filter's leftover may still be sent.
+    upstream_ended: bool,
     done: bool,
 }
 
@@ -50,7 +57,31 @@ impl ProxyBody {
     ) -> ProxyBody {
         let now = Instant::now();
         let timer = None;
-        ProxyBody { upstream, sse, idle, deadline, last_chunk: now, timer, _permit: permit, exchange, done: false }
+        ProxyBody {
+            upstream,
+            sse,
+            idle,
+            deadline,
+            last_chunk: now,
+            timer,
+            _permit: permit,
+            exchange,
+            usage_filter: None,
+            upstream_ended: false,
+            done: false,
+        }
+    }
+
+    /// Takes the usage-only chunk out of what the client receives (the capture still sees it).
+    pub fn strip_usage_chunk(mut self) -> ProxyBody {
+        self.usage_filter = Some(Box::default());
+        self
+    }
+
+    fn end(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+        self.done = true;
+        self.exchange.finish(Outcome::Completed);
+        Poll::Ready(None)
     }
 
     /// Ends the body after an upstream failure: an SSE error event for streams, a cut
@@ -77,10 +108,22 @@ impl Body for ProxyBody {
         if this.done {
             return Poll::Ready(None);
         }
+        if this.upstream_ended {
+            return this.end();
+        }
         match this.upstream.poll_chunk(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.exchange.observe_chunk(&chunk);
                 this.last_chunk = Instant::now();
+                let chunk = match &mut this.usage_filter {
+                    Some(filter) => filter.filter(chunk),
+                    None => chunk,
+                };
+                if chunk.is_empty() {
+                    // Nothing for the client in this one: ask for the next chunk at once.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(Some(Err(err))) => {
@@ -88,9 +131,12 @@ impl Body for ProxyBody {
                 this.fail("upstream_error", message)
             }
             Poll::Ready(None) => {
-                this.done = true;
-                this.exchange.finish(Outcome::Completed);
-                Poll::Ready(None)
+                let rest = this.usage_filter.as_mut().map(|filter| filter.finish()).unwrap_or_default();
+                if rest.is_empty() {
+                    return this.end();
+                }
+                this.upstream_ended = true;
+                Poll::Ready(Some(Ok(Frame::data(rest))))
             }
             Poll::Pending => {
                 let next_limit = (this.last_chunk + this.idle).min(this.deadline);

@@ -36,6 +36,14 @@ pub async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Respons
 /// `/admin/*` once the token was checked.
 async fn admin_route(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
+    if let Some(name) = key_usage_name(path) {
+        return match *request.method() {
+            Method::GET => key_usage(state, &name).await,
+            ref method => {
+                GatewayError::MethodNotAllowed { method: method.clone(), path: path.to_owned() }.to_response()
+            }
+        };
+    }
     match (request.method(), path) {
         (&Method::POST, "/admin/reload") => match reload::reload(state, Trigger::Admin).await {
             Ok(outcome) => body::json(StatusCode::OK, reload::outcome_json(outcome, &state.snapshot()).to_string()),
@@ -49,6 +57,44 @@ async fn admin_route(state: &Arc<AppState>, request: Request<Incoming>) -> Respo
         }
         _ => GatewayError::NotFound(path.to_owned()).to_response(),
     }
+}
+
+/// `GET /admin/keys/{name}/usage`: the key's windows, budget and totals; 404 for a key the
+/// config does not have.
+async fn key_usage(state: &AppState, name: &str) -> Response<Body> {
+    let snapshot = state.snapshot();
+    match snapshot.limits.usage(name).await {
+        Some(usage) => body::json(StatusCode::OK, usage.to_string()),
+        None => body::json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": {"message": format!("no key named `{name}` in the config"), "type": "invalid_request_error", "code": "key_not_found", "param": null}}).to_string(),
+        ),
+    }
+}
+
+/// The percent-decoded `{name}` of `/admin/keys/{name}/usage`.
+fn key_usage_name(path: &str) -> Option<String> {
+    let encoded = path.strip_prefix("/admin/keys/")?.strip_suffix("/usage")?;
+    if encoded.is_empty() || encoded.contains('/') {
+        return None;
+    }
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%').then(|| bytes.get(i + 1..i + 3)).flatten();
+        match hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Constant-time check of the bearer token; no token configured means nobody is admitted.

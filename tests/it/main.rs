@@ -9,6 +9,7 @@ mod chat;
 mod cli;
 mod config;
 mod errors;
+mod limits;
 mod pool;
 mod reload;
 mod routing;

@@ -62,7 +62,6 @@ impl Cx<'_> {
         let Some(r) = &k.rate else {
             return RateConfig::default();
         };
-        self.inactive(path, &format!("`rate` of key `{}`", k.name));
         for (field, value) in [("rpm", r.rpm), ("tpm", r.tpm), ("concurrent", r.concurrent)] {
             if value == Some(0) {
                 self.err(&join_key(path, field), format!("`{field}` must be at least 1"));
@@ -73,7 +72,6 @@ impl Cx<'_> {
 
     fn budget(&mut self, path: &str, k: &RawKey) -> Option<BudgetConfig> {
         let b = k.budget.as_ref()?;
-        self.inactive(path, &format!("`budget` of key `{}`", k.name));
         if b.usd.is_none() {
             self.key_err(path, "`budget` needs `usd` (the spending limit in USD)");
         }

@@ -15,6 +15,7 @@ mod optional;
 mod params;
 mod schema;
 mod server;
+mod state;
 mod telemetry;
 mod values;
 
@@ -106,8 +107,9 @@ impl Cx<'_> {
         let auth = self.auth(raw);
         let telemetry = self.telemetry(raw.telemetry.as_ref());
         let cache = self.cache(raw);
+        let state = self.state(raw);
         self.optional_sections(raw);
-        Config { server, backends, models, keys, auth, telemetry, cache, inactive: Vec::new() }
+        Config { server, backends, models, keys, auth, telemetry, cache, state, inactive: Vec::new() }
     }
 }
 

@@ -118,7 +118,6 @@ impl Cx<'_> {
         });
         let price = raw.price.as_ref().map(|p| {
             let pp = join_key(&path, "price");
-            self.inactive(&pp, &format!("`price` of model `{name}`"));
             let input = self.non_negative(&join_key(&pp, "input_per_mtok"), "input_per_mtok", p.input_per_mtok);
             let output = self.non_negative(&join_key(&pp, "output_per_mtok"), "output_per_mtok", p.output_per_mtok);
             let cached = match p.cached_input_per_mtok {

@@ -1,4 +1,4 @@
-//! Checks the sections this build accepts but does not act on yet (`state`, `datasets`)
+//! Checks the sections this build accepts but does not act on yet (`datasets`)
 //! for obvious mistakes, and lists each one in `Config::inactive`.
 
 use std::collections::HashSet;
@@ -13,10 +13,6 @@ impl Cx<'_> {
     /// Sections the schema accepts but this build does not act on yet: checked for obvious
     /// mistakes and listed in `Config::inactive`. Remove a section here once it is live.
     pub(super) fn optional_sections(&mut self, raw: &RawConfig) {
-        if let Some(state) = &raw.state {
-            self.inactive("state", "`state`");
-            self.store("state.store", state.store.as_deref());
-        }
         let mut names = HashSet::new();
         for (i, d) in raw.datasets.iter().enumerate() {
             let dp = join_index("datasets", i);

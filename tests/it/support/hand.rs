@@ -106,6 +106,7 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         auth: AuthMode::Keys,
         telemetry: Default::default(),
         cache: weir::config::CacheConfig::default(),
+        state: weir::config::StateConfig::default(),
         inactive: Vec::new(),
     }
 }

@@ -1,0 +1,518 @@
+//! Limits: per-key rate limits (`rpm`, `tpm`, `concurrent`) and cost budgets.
+//!
+//! Owns: admission before the upstream call ([`Limits::admit`] → an [`Admission`] that
+//! reserves one request, the estimated tokens, a place in flight and the estimated cost) and
+//! reconciliation when the request ends ([`Limits::finish`], a tap of `Exchange::finish`:
+//! the reservation is traded for the real usage and cost, or released when no upstream call
+//! answered). The state lives in memory ([`memory`]) or in Redis ([`redis`]), where every
+//! replica shares it through one atomic script per admission and one per settlement.
+//! Must not: authenticate (that is `auth`), map its errors to HTTP (`server::error`), or
+//! delay a request on a slow store for longer than `state.timeout`.
+//!
+//! A key with no `rate` and no `budget` costs nothing here: no parse, no admission.
+
+pub mod budget;
+pub mod headers;
+pub mod memory;
+pub mod redis;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use self::budget::{Clock, ClockCell, Period, nanos_to_usd, per_str, usd_to_nanos};
+use self::headers::{RateView, Window, format_reset};
+use self::memory::LocalKey;
+use self::redis::{RedisStore, StoreDown};
+use self::tokens::{Counter, Estimate};
+use crate::config::{BudgetConfig, Config, FailMode, RateConfig, StateStore};
+use crate::proxy::{Endpoint, Exchange};
+use crate::router::ModelRoute;
+use crate::telemetry::metrics::Metrics;
+use crate::wire::Usage;
+
+/// Which limit refused a request: the `limit` label of `weir_ratelimit_rejections_total`.
+pub const LIMIT_LABELS: [&str; 5] = ["requests", "tokens", "concurrent", "budget", "unavailable"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error(
+        "Rate limit reached for key `{key}` on requests per min (RPM): Limit {limit}. Please try again in {}.",
+        format_reset(*retry_after)
+    )]
+    Requests { key: String, limit: u64, retry_after: Duration, view: RateView },
+    #[error(
+        "Rate limit reached for key `{key}` on tokens per min (TPM): Limit {limit}, Requested {requested}. Please try again in {}.",
+        format_reset(*retry_after)
+    )]
+    Tokens { key: String, limit: u64, requested: u64, retry_after: Duration, view: RateView },
+    #[error("Too many concurrent requests for key `{key}`: Limit {limit}. Please try again when one has finished.")]
+    Concurrent { key: String, limit: u64, view: RateView },
+    #[error(
+        "Budget exceeded for key `{key}`: ${spent:.6} of ${usd} per {per} used, and this request may cost up to ${cost:.6}. The budget renews at the start of the next {per} (UTC), in {}.",
+        format_reset(*retry_after)
+    )]
+    Budget { key: String, usd: f64, per: &'static str, spent: f64, cost: f64, retry_after: Duration, view: RateView },
+    #[error(
+        "Limits for key `{key}` cannot be checked right now: the shared state store is unreachable (state.on_error: closed)"
+    )]
+    Unavailable { key: String },
+}
+
+impl LimitError {
+    /// The `limit` label this refusal counts under.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            LimitError::Requests { .. } => LIMIT_LABELS[0],
+            LimitError::Tokens { .. } => LIMIT_LABELS[1],
+            LimitError::Concurrent { .. } => LIMIT_LABELS[2],
+            LimitError::Budget { .. } => LIMIT_LABELS[3],
+            LimitError::Unavailable { .. } => LIMIT_LABELS[4],
+        }
+    }
+
+    /// How long the client should wait before trying again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            LimitError::Requests { retry_after, .. }
+            | LimitError::Tokens { retry_after, .. }
+            | LimitError::Budget { retry_after, .. } => *retry_after,
+            LimitError::Concurrent { .. } | LimitError::Unavailable { .. } => Duration::from_secs(1),
+        }
+    }
+
+    pub fn view(&self) -> Option<&RateView> {
+        match self {
+            LimitError::Requests { view, .. }
+            | LimitError::Tokens { view, .. }
+            | LimitError::Concurrent { view, .. }
+            | LimitError::Budget { view, .. } => Some(view),
+            LimitError::Unavailable { .. } => None,
+        }
+    }
+}
+
+/// What one request asks of its key's limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Demand {
+    /// Tokens to reserve in the `tpm` window: estimated prompt plus allowed completion.
+    pub tokens: u64,
+    /// Estimated cost in nano-USD.
+    pub cost: i64,
+    pub budget: Option<BudgetDemand>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetDemand {
+    pub period: Period,
+    /// The budget in nano-USD.
+    pub limit: i64,
+}
+
+/// Why a store refused; [`Limits::admit`] turns it into a [`LimitError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Requests {
+        wait: Duration,
+    },
+    Tokens {
+        wait: Duration,
+    },
+    Concurrent,
+    /// `spent`: nano-USD already spent this period.
+    Budget {
+        spent: i64,
+    },
+}
+
+/// One configured key's limits and counters.
+#[derive(Debug)]
+pub struct KeyLimits {
+    pub name: String,
+    pub rate: RateConfig,
+    pub budget: Option<BudgetConfig>,
+    local: Arc<LocalKey>,
+    totals: Arc<Totals>,
+}
+
+impl KeyLimits {
+    fn limited(&self) -> bool {
+        self.rate != RateConfig::default() || self.budget.is_some()
+    }
+
+    fn needs_estimate(&self) -> bool {
+        self.rate.tpm.is_some() || self.budget.is_some()
+    }
+}
+
+/// What a key used since this process started (or since the key was added).
+#[derive(Debug)]
+struct Totals {
+    since: SystemTime,
+    requests: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    cost_nanos: AtomicI64,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            since: SystemTime::now(),
+            requests: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
+            cost_nanos: AtomicI64::new(0),
+        }
+    }
+}
+
+/// The limits of one snapshot. Counters live in `Arc`s carried from the previous snapshot,
+/// so a reload keeps them for keys that still exist.
+#[derive(Debug)]
+pub struct Limits {
+    keys: HashMap<String, Arc<KeyLimits>>,
+    redis: Option<Arc<RedisStore>>,
+    on_error: FailMode,
+    default_max_tokens: u64,
+    clock: Arc<ClockCell>,
+}
+
+impl Limits {
+    pub fn build(config: &Config, previous: Option<&Limits>) -> Limits {
+        let mut keys = HashMap::with_capacity(config.keys.len());
+        for key in &config.keys {
+            let old = previous.and_then(|p| p.keys.get(&key.name));
+            let limits = KeyLimits {
+                name: key.name.clone(),
+                rate: key.rate,
+                budget: key.budget,
+                local: LocalKey::carry(key.rate, old.map(|o| &o.local)),
+                totals: old.map_or_else(Arc::default, |o| Arc::clone(&o.totals)),
+            };
+            keys.insert(key.name.clone(), Arc::new(limits));
+        }
+        if keys.values().any(|k| k.needs_estimate()) {
+            tokens::warm();
+        }
+        let redis = match &config.state.store {
+            StateStore::Memory => None,
+            StateStore::Redis(url) => Some(match previous.and_then(|p| p.redis.as_ref()) {
+                Some(old) if old.same_as(url, config.state.timeout) => Arc::clone(old),
+                _ => Arc::new(RedisStore::new(url, config.state.timeout)),
+            }),
+        };
+        Limits {
+            keys,
+            redis,
+            on_error: config.state.on_error,
+            default_max_tokens: config.state.default_max_tokens,
+            clock: previous.map_or_else(Arc::default, |p| Arc::clone(&p.clock)),
+        }
+    }
+
+    /// Replaces the wall clock budgets read (tests cross period boundaries with this).
+    pub fn set_clock(&self, clock: Box<dyn Clock>) {
+        self.clock.set(clock);
+    }
+
+    /// Admits one request of key `key` for public model `model`, reserving what it may use;
+    /// `None` when the key has no limits. `body` is only parsed when tokens or cost matter.
+    pub async fn admit(
+        &self,
+        metrics: &Metrics,
+        key: &str,
+        endpoint: Endpoint,
+        route: &ModelRoute,
+        body: &[u8],
+    ) -> Result<Option<Admission>, LimitError> {
+        let Some(limits) = self.keys.get(key).filter(|k| k.limited()) else { return Ok(None) };
+        let demand = self.demand(limits, endpoint, route, body);
+        let result = self.admit_demand(metrics, limits, &demand).await;
+        result.inspect_err(|err| metrics.ratelimit_rejection(&limits.name, err.limit())).map(Some)
+    }
+
+    fn demand(&self, limits: &KeyLimits, endpoint: Endpoint, route: &ModelRoute, body: &[u8]) -> Demand {
+        if !limits.needs_estimate() {
+            return Demand::default();
+        }
+        let models = std::iter::once(route.config.name.as_str()).chain(route.targets.iter().map(|t| t.model.as_str()));
+        let estimate = tokens::estimate(endpoint, body, Counter::for_models(models), self.default_max_tokens);
+        let budget = limits
+            .budget
+            .map(|b| BudgetDemand { period: Period::at(b.per, self.clock.now()), limit: usd_to_nanos(b.usd) });
+        let cost = match (budget, route.config.price) {
+            (Some(_), Some(price)) => usd_to_nanos(price.cost(&estimate_usage(estimate))),
+            _ => 0,
+        };
+        Demand { tokens: estimate.total(), cost, budget }
+    }
+
+    async fn admit_demand(
+        &self,
+        metrics: &Metrics,
+        limits: &Arc<KeyLimits>,
+        demand: &Demand,
+    ) -> Result<Admission, LimitError> {
+        let mut via = Via::Local;
+        let result = match &self.redis {
+            None => limits.local.admit(demand),
+            Some(redis) => {
+                let member = format!("{:016x}", rand::random::<u64>());
+                match redis.admit(limits, demand, &member).await {
+                    Ok(result) => {
+                        via = Via::Redis { store: Arc::clone(redis), member };
+                        result
+                    }
+                    Err(StoreDown) if self.on_error == FailMode::Open => {
+                        metrics.state_store_error("fallback");
+                        limits.local.admit(demand)
+                    }
+                    Err(StoreDown) => {
+                        metrics.state_store_error("rejected");
+                        return Err(LimitError::Unavailable { key: limits.name.clone() });
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(view) => Ok(Admission {
+                key: Arc::clone(limits),
+                via,
+                tokens: demand.tokens,
+                cost: demand.cost,
+                period: demand.budget.map(|b| b.period),
+                view,
+                settled: false,
+            }),
+            Err(refusal) => Err(self.refused(limits, demand, refusal, &via)),
+        }
+    }
+
+    fn refused(&self, limits: &KeyLimits, demand: &Demand, refusal: Refusal, via: &Via) -> LimitError {
+        // The headers of a refusal show the windows as they stand; a Redis refusal shows the
+        // limits with nothing to spare in the window that refused.
+        let mut view = match via {
+            Via::Local => limits.local.view(),
+            Via::Redis { .. } => RateView {
+                requests: limits.rate.rpm.map(|rpm| Window { limit: rpm, remaining: rpm, reset: Duration::ZERO }),
+                tokens: limits.rate.tpm.map(|tpm| Window { limit: tpm, remaining: tpm, reset: Duration::ZERO }),
+            },
+        };
+        let key = limits.name.clone();
+        match refusal {
+            Refusal::Requests { wait } => {
+                let limit = limits.rate.rpm.unwrap_or(0);
+                if let Some(w) = &mut view.requests {
+                    w.remaining = 0;
+                    w.reset = w.reset.max(wait);
+                }
+                LimitError::Requests { key, limit, retry_after: wait, view }
+            }
+            Refusal::Tokens { wait } => {
+                let limit = limits.rate.tpm.unwrap_or(0);
+                if let Some(w) = &mut view.tokens {
+                    w.remaining = w.remaining.min(demand.tokens.saturating_sub(1));
+                    w.reset = w.reset.max(wait);
+                }
+                LimitError::Tokens { key, limit, requested: demand.tokens, retry_after: wait, view }
+            }
+            Refusal::Concurrent => LimitError::Concurrent { key, limit: limits.rate.concurrent.unwrap_or(0), view },
+            Refusal::Budget { spent } => {
+                let (usd, per) = limits.budget.map_or((0.0, "month"), |b| (b.usd, per_str(b.per)));
+                let retry_after = demand.budget.map_or(Duration::ZERO, |b| b.period.remaining(self.clock.now()));
+                LimitError::Budget {
+                    key,
+                    usd,
+                    per,
+                    spent: nanos_to_usd(spent),
+                    cost: nanos_to_usd(demand.cost),
+                    retry_after,
+                    view,
+                }
+            }
+        }
+    }
+
+    /// The tap at `Exchange::finish`: counts the key's totals and settles its admission.
+    pub fn finish(&self, exchange: &mut Exchange) {
+        let admission = exchange.admission.take();
+        if let Some(limits) = self.keys.get(&exchange.key) {
+            limits.totals.requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(usage) = exchange.usage {
+                limits.totals.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+                limits.totals.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
+            }
+            if let Some(cost) = exchange.cost_usd {
+                limits.totals.cost_nanos.fetch_add(usd_to_nanos(cost), Ordering::Relaxed);
+            }
+        }
+        let Some(admission) = admission else { return };
+        // Without reported usage, an answer that came back keeps its estimate (we cannot
+        // know better); one that never reached a backend, or was refused by it, used nothing.
+        let answered = !exchange.attempts.is_empty() && (200..300).contains(&exchange.status);
+        let tokens = match exchange.usage {
+            Some(usage) => usage.total(),
+            None if answered => admission.tokens,
+            None => 0,
+        };
+        let cost = match exchange.cost_usd {
+            Some(cost) => usd_to_nanos(cost),
+            None if answered => admission.cost,
+            None => 0,
+        };
+        admission.settle(tokens, cost);
+    }
+
+    /// `GET /admin/keys/{name}/usage`: `None` for a key not in the config.
+    pub async fn usage(&self, name: &str) -> Option<Value> {
+        let limits = self.keys.get(name)?;
+        let period = limits.budget.map(|b| Period::at(b.per, self.clock.now()));
+        let mut store = if self.redis.is_some() { "redis" } else { "memory" };
+        let mut local = limits.local.usage(period);
+        if let Some(redis) = &self.redis {
+            match redis.usage(limits, period).await {
+                Ok(remote) => {
+                    local.view = remote.view;
+                    local.inflight = remote.inflight;
+                    local.budget = remote.budget;
+                }
+                Err(StoreDown) => store = "redis (unreachable: showing this replica's fallback counters)",
+            }
+        }
+        let window = |w: Option<Window>| {
+            w.map(|w| json!({"limit": w.limit, "remaining": w.remaining, "used": w.limit - w.remaining.min(w.limit), "reset": format_reset(w.reset)}))
+        };
+        let budget = match (limits.budget, period) {
+            (Some(b), Some(p)) => {
+                let spent = nanos_to_usd(local.budget.spent);
+                json!({
+                    "usd": b.usd, "per": per_str(b.per), "period": p.label(),
+                    "spent_usd": spent, "reserved_usd": nanos_to_usd(local.budget.reserved),
+                    "remaining_usd": (b.usd - spent).max(0.0),
+                    "resets_in": format_reset(p.remaining(self.clock.now())),
+                })
+            }
+            _ => Value::Null,
+        };
+        let totals = &limits.totals;
+        Some(json!({
+            "key": limits.name,
+            "store": store,
+            "limits": {
+                "rpm": limits.rate.rpm, "tpm": limits.rate.tpm, "concurrent": limits.rate.concurrent,
+                "budget": limits.budget.map(|b| json!({"usd": b.usd, "per": per_str(b.per)})),
+            },
+            "requests": window(local.view.requests),
+            "tokens": window(local.view.tokens),
+            "concurrent": {"limit": limits.rate.concurrent, "in_flight": local.inflight},
+            "budget": budget,
+            "totals": {
+                "since": totals.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "requests": totals.requests.load(Ordering::Relaxed),
+                "prompt_tokens": totals.prompt_tokens.load(Ordering::Relaxed),
+                "completion_tokens": totals.completion_tokens.load(Ordering::Relaxed),
+                "cost_usd": nanos_to_usd(totals.cost_nanos.load(Ordering::Relaxed)),
+            },
+        }))
+    }
+}
+
+fn estimate_usage(estimate: Estimate) -> Usage {
+    Usage { prompt_tokens: estimate.prompt, completion_tokens: estimate.completion, cached_tokens: 0 }
+}
+
+/// Where an admission's reservation was made, so it is settled there.
+#[derive(Debug)]
+enum Via {
+    Local,
+    Redis { store: Arc<RedisStore>, member: String },
+}
+
+/// A request's reservation. Settled exactly once: by [`Limits::finish`] with what the
+/// request used, or on drop with nothing used, so its place in flight is always freed.
+#[derive(Debug)]
+pub struct Admission {
+    key: Arc<KeyLimits>,
+    via: Via,
+    tokens: u64,
+    cost: i64,
+    period: Option<Period>,
+    /// The rate headers for this response.
+    pub view: RateView,
+    settled: bool,
+}
+
+impl Admission {
+    fn settle(mut self, tokens: u64, cost: i64) {
+        self.settle_once(tokens, cost);
+    }
+
+    fn settle_once(&mut self, tokens: u64, cost: i64) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        match &self.via {
+            Via::Local => self.key.local.settle(self.tokens, tokens, self.period, self.cost, cost),
+            Via::Redis { store, member } => {
+                let settlement = redis::Settlement {
+                    member: member.clone(),
+                    reserved_tokens: self.tokens,
+                    used_tokens: tokens,
+                    period: self.period,
+                    reserved: self.cost,
+                    spent: cost,
+                };
+                store.settle(&self.key, settlement);
+            }
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.settle_once(0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rate: &str) -> Config {
+        let yaml = format!(
+            "backends:\n  m: {{ kind: mock }}\nmodels:\n  m: {{ targets: [ {{ backend: m, model: m }} ] }}\n\
+             keys:\n  - {{ name: a, key: \"{}\", rate: {rate} }}\n  - {{ name: b, key: \"{}\" }}\n\
+             state: {{ store: memory, on_error: closed, default_max_tokens: 16 }}\n",
+            crate::auth::hash_key("ka"),
+            crate::auth::hash_key("kb"),
+        );
+        match crate::config::load_str(&yaml, "t.yaml", &|_| None) {
+            Ok(config) => config,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    #[test]
+    fn reload_keeps_counters_and_rebuilds_only_changed_rates() {
+        let first = Limits::build(&config("{ rpm: 5 }"), None);
+        assert_eq!(first.default_max_tokens, 16);
+        assert_eq!(first.on_error, FailMode::Closed);
+        assert!(first.keys["a"].limited() && !first.keys["b"].limited());
+        let same = Limits::build(&config("{ rpm: 5 }"), Some(&first));
+        assert!(Arc::ptr_eq(&first.keys["a"].local, &same.keys["a"].local));
+        assert!(Arc::ptr_eq(&first.keys["a"].totals, &same.keys["a"].totals));
+        assert!(Arc::ptr_eq(&first.clock, &same.clock));
+        let changed = Limits::build(&config("{ rpm: 6 }"), Some(&same));
+        assert!(!Arc::ptr_eq(&same.keys["a"].local, &changed.keys["a"].local));
+        assert!(Arc::ptr_eq(&same.keys["a"].totals, &changed.keys["a"].totals));
+        // In-flight counts and spend go on across the rebuild.
+        let admitted = same.keys["a"].local.admit(&Demand::default());
+        assert!(admitted.is_ok());
+        assert_eq!(changed.keys["a"].local.usage(None).inflight, 1);
+    }
+}

@@ -1,0 +1,402 @@
+//! The Redis store: limits and budgets shared by every replica.
+//!
+//! Owns: three Lua scripts run with `EVALSHA` (loaded on first use), each atomic on the
+//! server, so N replicas together admit what one would. Time inside the scripts is the
+//! Redis server's `TIME`, so replicas' clocks need not agree.
+//! - admit (one round trip, bounded by `state.timeout`): checks concurrency, the `tpm`
+//!   bucket, the budget and the `rpm` GCRA, and only if all pass takes all four;
+//! - settle (one round trip, spawned off the request): frees the place in flight and trades
+//!   reserved tokens and cost for the real ones;
+//! - peek (read-only, for `/admin/keys/{name}/usage`).
+//!
+//! Keys, hash-tagged by key name so a key's state sits in one cluster slot:
+//! `weir:rl:{NAME}:rpm` (GCRA theoretical arrival time, ms), `weir:rl:{NAME}:tpm` (hash
+//! `level`, `at`), `weir:rl:{NAME}:inflight` (sorted set of admissions by lease expiry) and
+//! `weir:budget:{NAME}:PERIOD` (hash `spent`, `reserved` in nano-USD, expiring a week after
+//! the period ends). Spend therefore survives a gateway restart.
+//!
+//! Must not: hold the request for longer than `state.timeout`, or hammer a Redis that is
+//! down: after a failure the store is skipped for [`RETRY_AFTER_FAILURE`], and the outage
+//! is logged once when it starts and once when it ends.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+
+use super::budget::Period;
+use super::headers::{RateView, Window};
+use super::memory::BudgetWindow;
+use super::{Demand, KeyLimits, Refusal};
+
+/// A dead replica's places in flight free themselves after this.
+const LEASE: Duration = Duration::from_secs(15 * 60);
+/// How long a failed store is left alone before it is tried again.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Settlements run off the request path and may wait longer than admissions.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+const SETTLE_ATTEMPTS: u32 = 3;
+/// Budget hashes outlive their period by this, for `/admin` and audits.
+const BUDGET_RETENTION: u64 = 7 * 86_400;
+
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local conc, member, lease = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local limit, cost, expire_at = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if conc > 0 and redis.call('ZCARD', KEYS[3]) >= conc then return {0, 3, 1000, 0} end
+
+local level = 0
+if tpm > 0 then
+  local b = redis.call('HMGET', KEYS[2], 'level', 'at')
+  level = tonumber(b[1]) or tpm
+  local at = tonumber(b[2]) or now
+  level = math.min(tpm, level + math.max(0, now - at) * tpm / 60000)
+  local need = math.min(tokens, tpm)
+  if level < need then return {0, 2, math.ceil((need - level) * 60000 / tpm), 0} end
+end
+
+if limit >= 0 then
+  local b = redis.call('HMGET', KEYS[4], 'spent', 'reserved')
+  local spent, reserved = tonumber(b[1]) or 0, tonumber(b[2]) or 0
+  if spent + reserved >= limit or spent + reserved + cost > limit then return {0, 4, 0, spent} end
+end
+
+local tat = now
+if rpm > 0 then
+  local interval = 60000 / rpm
+  tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
+  local allow_at = tat + interval - 60000
+  if allow_at > now then return {0, 1, math.ceil(allow_at - now), 0} end
+  tat = tat + interval
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+end
+
+redis.call('ZADD', KEYS[3], now + lease, member)
+redis.call('PEXPIRE', KEYS[3], lease)
+if tpm > 0 then
+  level = level - tokens
+  redis.call('HSET', KEYS[2], 'level', tostring(level), 'at', now)
+  redis.call('PEXPIRE', KEYS[2], 120000)
+end
+if limit >= 0 and cost > 0 then
+  redis.call('HINCRBY', KEYS[4], 'reserved', cost)
+  redis.call('EXPIREAT', KEYS[4], expire_at)
+end
+local rpm_remaining, rpm_reset = 0, 0
+if rpm > 0 then
+  local interval = 60000 / rpm
+  rpm_remaining = math.floor((now + 60000 - tat) / interval)
+  rpm_reset = math.ceil(tat - now)
+end
+local tpm_remaining, tpm_reset = 0, 0
+if tpm > 0 then
+  tpm_remaining = math.floor(math.max(level, 0))
+  tpm_reset = math.ceil((tpm - level) * 60000 / tpm)
+end
+return {1, rpm_remaining, rpm_reset, tpm_remaining, tpm_reset}
+";
+
+const SETTLE: &str = r"
+redis.call('ZREM', KEYS[2], ARGV[3])
+local tpm, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tpm > 0 and delta ~= 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local b = redis.call('HMGET', KEYS[1], 'level', 'at')
+  local level = tonumber(b[1]) or tpm
+  local at = tonumber(b[2]) or now
+  level = math.min(tpm, level + math.max(0, now - at) * tpm / 60000)
+  level = math.min(tpm, level - delta)
+  redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', now)
+  redis.call('PEXPIRE', KEYS[1], 120000)
+end
+local reserved, spent, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if expire_at > 0 and (reserved ~= 0 or spent ~= 0) then
+  if reserved ~= 0 and redis.call('HINCRBY', KEYS[3], 'reserved', -reserved) < 0 then
+    redis.call('HSET', KEYS[3], 'reserved', 0)
+  end
+  if spent ~= 0 then redis.call('HINCRBY', KEYS[3], 'spent', spent) end
+  redis.call('EXPIREAT', KEYS[3], expire_at)
+end
+return 1
+";
+
+const PEEK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rpm_remaining, rpm_reset = rpm, 0
+if rpm > 0 then
+  local interval = 60000 / rpm
+  local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
+  rpm_remaining = math.min(rpm, math.floor((now + 60000 - tat) / interval))
+  rpm_reset = math.ceil(tat - now)
+end
+local level, tpm_reset = tpm, 0
+if tpm > 0 then
+  local b = redis.call('HMGET', KEYS[2], 'level', 'at')
+  level = tonumber(b[1]) or tpm
+  local at = tonumber(b[2]) or now
+  level = math.min(tpm, level + math.max(0, now - at) * tpm / 60000)
+  tpm_reset = math.ceil((tpm - level) * 60000 / tpm)
+end
+local inflight = redis.call('ZCOUNT', KEYS[3], now, '+inf')
+local b = redis.call('HMGET', KEYS[4], 'spent', 'reserved')
+return {rpm_remaining, rpm_reset, math.floor(math.max(level, 0)), tpm_reset, inflight, tonumber(b[1]) or 0, tonumber(b[2]) or 0}
+";
+
+/// The store could not answer in time (down, unreachable, or too slow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreDown;
+
+/// What a finished request hands back to the store.
+#[derive(Debug)]
+pub struct Settlement {
+    pub member: String,
+    pub reserved_tokens: u64,
+    pub used_tokens: u64,
+    pub period: Option<Period>,
+    pub reserved: i64,
+    pub spent: i64,
+}
+
+/// A key's windows as Redis holds them.
+#[derive(Debug)]
+pub struct RemoteUsage {
+    pub view: RateView,
+    pub inflight: u64,
+    pub budget: BudgetWindow,
+}
+
+#[derive(Debug)]
+pub struct RedisStore {
+    url: String,
+    timeout: Duration,
+    /// Created on first use (it needs the runtime); `Err` when the URL is unusable.
+    connection: OnceLock<Result<ConnectionManager, String>>,
+    admit: Script,
+    settle: Script,
+    peek: Script,
+    epoch: Instant,
+    /// Milliseconds after `epoch` before which the store is not tried.
+    skip_until: AtomicU64,
+    down: AtomicBool,
+}
+
+impl RedisStore {
+    pub fn new(url: &str, timeout: Duration) -> RedisStore {
+        RedisStore {
+            url: url.to_owned(),
+            timeout,
+            connection: OnceLock::new(),
+            admit: Script::new(ADMIT),
+            settle: Script::new(SETTLE),
+            peek: Script::new(PEEK),
+            epoch: Instant::now(),
+            skip_until: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn same_as(&self, url: &str, timeout: Duration) -> bool {
+        self.url == url && self.timeout == timeout
+    }
+
+    /// Runs the admission script; `Err` when the store did not answer in time.
+    pub async fn admit(
+        &self,
+        key: &KeyLimits,
+        demand: &Demand,
+        member: &str,
+    ) -> Result<Result<RateView, Refusal>, StoreDown> {
+        let mut connection = self.connection()?;
+        let names = KeyNames::new(&key.name, demand.budget.map(|b| b.period));
+        let (limit, expire_at) = demand.budget.map_or((-1, 0), |b| (b.limit, budget_expiry(b.period)));
+        let mut call = self.admit.prepare_invoke();
+        call.key(&names.rpm).key(&names.tpm).key(&names.inflight).key(&names.budget);
+        call.arg(key.rate.rpm.unwrap_or(0)).arg(key.rate.tpm.unwrap_or(0)).arg(demand.tokens);
+        call.arg(key.rate.concurrent.unwrap_or(0)).arg(member).arg(LEASE.as_millis() as u64);
+        call.arg(limit).arg(demand.cost).arg(expire_at);
+        let reply: Vec<i64> = self.run(call.invoke_async(&mut connection), self.timeout).await?;
+        let at = |i: usize| reply.get(i).copied().unwrap_or(0);
+        let millis = |i: usize| Duration::from_millis(at(i).max(0) as u64);
+        if at(0) == 1 {
+            let requests =
+                key.rate.rpm.map(|rpm| Window { limit: rpm, remaining: at(1).max(0) as u64, reset: millis(2) });
+            let tokens =
+                key.rate.tpm.map(|tpm| Window { limit: tpm, remaining: at(3).max(0) as u64, reset: millis(4) });
+            return Ok(Ok(RateView { requests, tokens }));
+        }
+        Ok(Err(match at(1) {
+            1 => Refusal::Requests { wait: millis(2) },
+            2 => Refusal::Tokens { wait: millis(2) },
+            3 => Refusal::Concurrent,
+            _ => Refusal::Budget { spent: at(3) },
+        }))
+    }
+
+    /// Settles in a task of its own: the request does not wait for it. It is tried a few
+    /// times, even while admissions skip the store, because a lost settlement keeps its place
+    /// in flight until the lease ends; after the last try its reservation stays.
+    pub fn settle(self: &Arc<Self>, key: &KeyLimits, settlement: Settlement) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let store = Arc::clone(self);
+        let names = KeyNames::new(&key.name, settlement.period);
+        let tpm = key.rate.tpm.unwrap_or(0);
+        runtime.spawn(async move {
+            let delta = settlement.used_tokens as i64 - settlement.reserved_tokens as i64;
+            let expire_at = settlement.period.map_or(0, budget_expiry);
+            let mut call = store.settle.prepare_invoke();
+            call.key(&names.tpm).key(&names.inflight).key(&names.budget);
+            call.arg(tpm).arg(delta).arg(&settlement.member);
+            call.arg(settlement.reserved).arg(settlement.spent).arg(expire_at);
+            for attempt in 0..SETTLE_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+                }
+                let Ok(mut connection) = store.manager() else { return };
+                let settled: Result<i64, StoreDown> =
+                    store.run(call.invoke_async(&mut connection), SETTLE_TIMEOUT).await;
+                if settled.is_ok() {
+                    return;
+                }
+            }
+            tracing::warn!(key = %names.inflight, "limits: a settlement could not reach Redis; its reservation stays");
+        });
+    }
+
+    pub async fn usage(&self, key: &KeyLimits, period: Option<Period>) -> Result<RemoteUsage, StoreDown> {
+        let mut connection = self.connection()?;
+        let names = KeyNames::new(&key.name, period);
+        let mut call = self.peek.prepare_invoke();
+        call.key(&names.rpm).key(&names.tpm).key(&names.inflight).key(&names.budget);
+        call.arg(key.rate.rpm.unwrap_or(0)).arg(key.rate.tpm.unwrap_or(0));
+        let reply: Vec<i64> = self.run(call.invoke_async(&mut connection), SETTLE_TIMEOUT).await?;
+        let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
+        let view = RateView {
+            requests: key.rate.rpm.map(|rpm| Window {
+                limit: rpm,
+                remaining: at(0),
+                reset: Duration::from_millis(at(1)),
+            }),
+            tokens: key.rate.tpm.map(|tpm| Window {
+                limit: tpm,
+                remaining: at(2),
+                reset: Duration::from_millis(at(3)),
+            }),
+        };
+        let budget = BudgetWindow { period: period.map_or(0, |p| p.id), spent: at(5) as i64, reserved: at(6) as i64 };
+        Ok(RemoteUsage { view, inflight: at(4), budget })
+    }
+
+    /// The connection for a request: none while the store is being left alone.
+    fn connection(&self) -> Result<ConnectionManager, StoreDown> {
+        if self.skipping() {
+            return Err(StoreDown);
+        }
+        self.manager()
+    }
+
+    fn manager(&self) -> Result<ConnectionManager, StoreDown> {
+        let made = self.connection.get_or_init(|| {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
+                .set_response_timeout(Some(self.timeout.max(SETTLE_TIMEOUT)))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            Client::open(self.url.as_str())
+                .and_then(|client| ConnectionManager::new_lazy_with_config(client, config))
+                .map_err(|err| err.to_string())
+        });
+        match made {
+            Ok(connection) => Ok(connection.clone()),
+            Err(err) => {
+                self.failed(err);
+                Err(StoreDown)
+            }
+        }
+    }
+
+    async fn run<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+        timeout: Duration,
+    ) -> Result<T, StoreDown> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(value)) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(store = %redact(&self.url), "limits: the Redis state store answers again; limits are shared again");
+                }
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                self.failed(&err.to_string());
+                Err(StoreDown)
+            }
+            Err(_) => {
+                self.failed(&format!("no answer within {:?} (state.timeout)", timeout));
+                Err(StoreDown)
+            }
+        }
+    }
+
+    fn skipping(&self) -> bool {
+        self.elapsed_ms() < self.skip_until.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, error: &str) {
+        let until = self.elapsed_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
+        self.skip_until.store(until, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                store = %redact(&self.url), error,
+                "limits: the Redis state store is unreachable; until it answers, state.on_error decides (open: each replica limits on its own counters; closed: requests of limited keys get 503)"
+            );
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Redis key names for one key (and budget period).
+struct KeyNames {
+    rpm: String,
+    tpm: String,
+    inflight: String,
+    budget: String,
+}
+
+impl KeyNames {
+    fn new(name: &str, period: Option<Period>) -> KeyNames {
+        let budget = match period {
+            Some(p) => format!("weir:budget:{{{name}}}:{}", p.label()),
+            None => format!("weir:budget:{{{name}}}:none"),
+        };
+        KeyNames {
+            rpm: format!("weir:rl:{{{name}}}:rpm"),
+            tpm: format!("weir:rl:{{{name}}}:tpm"),
+            inflight: format!("weir:rl:{{{name}}}:inflight"),
+            budget,
+        }
+    }
+}
+
+fn budget_expiry(period: Period) -> u64 {
+    period.ends_at + BUDGET_RETENTION
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}

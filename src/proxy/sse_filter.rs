@@ -1,0 +1,179 @@
+//! Takes the usage-only chunk out of a stream whose usage weir asked for on the client's
+//! behalf (see `RequestHead::injects_usage`).
+//!
+//! With `stream_options.include_usage`, OpenAI-compatible servers end a chat stream with one
+//! extra event, `{"choices":[], "usage":{...}}`, and add `"usage":null` as the last field of
+//! every other chunk. A client that did not ask for usage must see neither: the usage event
+//! is dropped and a trailing `,"usage":null` taken out of the others, so the client gets the
+//! bytes it would have got without the option. Chunks with neither pass as the same `Bytes`
+//! (no copy). The filter works on whole events: the tail of an event split across chunks
+//! waits for its end, which costs the client nothing (an SSE client cannot act on half an
+//! event).
+//! Must not: change anything else in an event, or hold more than one partial event.
+
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+#[derive(Debug, Default)]
+pub struct UsageChunkFilter {
+    /// The start of an event whose end has not arrived yet.
+    partial: BytesMut,
+}
+
+impl UsageChunkFilter {
+    /// What of `chunk` goes to the client now (possibly empty).
+    pub fn filter(&mut self, chunk: Bytes) -> Bytes {
+        let data = if self.partial.is_empty() {
+            chunk
+        } else {
+            self.partial.extend_from_slice(&chunk);
+            self.partial.split().freeze()
+        };
+        let end = complete_prefix(&data);
+        if end < data.len() {
+            self.partial.extend_from_slice(&data[end..]);
+        }
+        drop_usage_events(data.slice(..end))
+    }
+
+    /// At the end of the stream: whatever partial event is left, unless it is the usage one.
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.partial.split().freeze();
+        if is_usage_only(&rest) { Bytes::new() } else { rest }
+    }
+}
+
+/// Length of the part of `data` that ends on an event boundary (a blank line).
+fn complete_prefix(data: &[u8]) -> usize {
+    let lf = memmem::rfind(data, b"\n\n").map_or(0, |i| i + 2);
+    let crlf = memmem::rfind(data, b"\n\r\n").map_or(0, |i| i + 3);
+    lf.max(crlf)
+}
+
+fn drop_usage_events(complete: Bytes) -> Bytes {
+    let candidate = memmem::find(&complete, b"\"choices\":[]").is_some()
+        || memmem::find(&complete, b"\"choices\": []").is_some()
+        || memmem::find(&complete, NULL_USAGE).is_some();
+    if !candidate {
+        return complete;
+    }
+    let mut out = BytesMut::with_capacity(complete.len());
+    let mut rest = &complete[..];
+    while !rest.is_empty() {
+        let end = next_boundary(rest);
+        let (event, tail) = rest.split_at(end);
+        if !is_usage_only(event) {
+            push_without_null_usage(&mut out, event);
+        }
+        rest = tail;
+    }
+    out.freeze()
+}
+
+const NULL_USAGE: &[u8] = b",\"usage\":null";
+
+/// Copies `event` without a `,"usage":null` that closes its JSON (followed by `}` and the end
+/// of the line); one anywhere else is part of something else and stays.
+fn push_without_null_usage(out: &mut BytesMut, event: &[u8]) {
+    let mut at = 0;
+    for found in memmem::find_iter(event, NULL_USAGE) {
+        let after = &event[found + NULL_USAGE.len()..];
+        if after.starts_with(b"}\n") || after.starts_with(b"}\r") {
+            out.extend_from_slice(&event[at..found]);
+            at = found + NULL_USAGE.len();
+        }
+    }
+    out.extend_from_slice(&event[at..]);
+}
+
+/// Length of the first event of `data`, its blank line included.
+fn next_boundary(data: &[u8]) -> usize {
+    let lf = memmem::find(data, b"\n\n").map(|i| i + 2);
+    let crlf = memmem::find(data, b"\n\r\n").map(|i| i + 3);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => data.len(),
+    }
+}
+
+/// An event whose data is a chunk with no choices and a usage object.
+fn is_usage_only(event: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(default)]
+        choices: Option<Vec<IgnoredAny>>,
+        #[serde(borrow, default)]
+        usage: Option<&'a RawValue>,
+    }
+    let Ok(text) = std::str::from_utf8(event) else { return false };
+    let data: String = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect::<Vec<_>>()
+        .join("\n");
+    match serde_json::from_str::<Probe<'_>>(&data) {
+        Ok(probe) => probe.choices.is_some_and(|c| c.is_empty()) && probe.usage.is_some_and(|u| u.get() != "null"),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+    const CHUNK_NULL: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn run(chunks: &[&str]) -> String {
+        let mut filter = UsageChunkFilter::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend_from_slice(&filter.filter(Bytes::copy_from_slice(chunk.as_bytes())));
+        }
+        out.extend_from_slice(&filter.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn usage_event_is_dropped_and_the_rest_kept() {
+        assert_eq!(run(&[CHUNK, CHUNK, USAGE, DONE]), format!("{CHUNK}{CHUNK}{DONE}"));
+        assert_eq!(run(&[&format!("{CHUNK}{USAGE}{DONE}")]), format!("{CHUNK}{DONE}"));
+    }
+
+    #[test]
+    fn null_usage_fields_are_taken_out() {
+        assert_eq!(run(&[CHUNK_NULL, CHUNK_NULL, USAGE, DONE]), format!("{CHUNK}{CHUNK}{DONE}"));
+        let inner = "data: {\"choices\":[{\"x\":{\"a\":1,\"usage\":null}}]}\n\n";
+        assert_eq!(run(&[inner]), inner, "only the closing field goes");
+    }
+
+    #[test]
+    fn events_split_anywhere_are_reassembled() {
+        let all = format!("{CHUNK}{USAGE}{DONE}");
+        for cut in 1..all.len() {
+            let (a, b) = all.split_at(cut);
+            assert_eq!(run(&[a, b]), format!("{CHUNK}{DONE}"), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn whole_chunks_without_usage_pass_without_copy() {
+        let mut filter = UsageChunkFilter::default();
+        let chunk = Bytes::from_static(CHUNK.as_bytes());
+        assert_eq!(filter.filter(chunk.clone()).as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn crlf_events_and_a_missing_final_blank_line() {
+        let usage = USAGE.replace("\n\n", "\r\n\r\n");
+        assert_eq!(run(&[CHUNK, &usage, "data: [DONE]"]), format!("{CHUNK}data: [DONE]"));
+        assert_eq!(run(&[CHUNK, USAGE.trim_end()]), CHUNK);
+    }
+}
