@@ -20,6 +20,8 @@ use crate::snapshot::Snapshot;
 
 /// How long shutdown waits for queued spans to be exported.
 const TRACE_FLUSH: Duration = Duration::from_secs(5);
+/// How long shutdown waits for dataset writers to flush their queues.
+const DATASET_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by every connection.
 pub struct AppState {
@@ -122,6 +124,8 @@ impl Gateway {
         if let Some(tracer) = &self.state.snapshot().tracer {
             tracer.flush(TRACE_FLUSH).await;
         }
+        // After the drain: every record accepted so far reaches the disk.
+        self.state.snapshot().datasets.close(DATASET_CLOSE_TIMEOUT).await;
         tracing::info!("weir stopped");
     }
 

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod backends;
 pub mod config;
+pub mod datasets;
 pub mod gateway;
 pub mod headers;
 pub mod proxy;

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::config::Config;
+use crate::datasets::Datasets;
 use crate::router::{ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracer;
@@ -26,6 +27,8 @@ pub struct Snapshot {
     pub metrics: Arc<Metrics>,
     /// Span export, when `telemetry.otlp` is set; carried while its config is unchanged.
     pub tracer: Option<Arc<Tracer>>,
+    /// Dataset sinks; writers of unchanged datasets are carried from `previous`.
+    pub datasets: Datasets,
     pub loaded_at: SystemTime,
 }
 
@@ -64,7 +67,8 @@ impl Snapshot {
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
-        Ok(Snapshot { config, backends, models, keys, metrics, tracer, loaded_at: SystemTime::now() })
+        let datasets = Datasets::build(&config.datasets, previous.map(|p| &p.datasets), &metrics);
+        Ok(Snapshot { config, backends, models, keys, metrics, tracer, datasets, loaded_at: SystemTime::now() })
     }
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {

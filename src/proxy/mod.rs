@@ -29,7 +29,7 @@ use crate::server::error::{GatewayError, upstream_message};
 use crate::snapshot::Snapshot;
 
 pub use record::{Attempt, AttemptKind, CAPTURE_LIMIT, CacheStatus, Exchange, Outcome};
-pub use request::{RequestError, RequestHead, parse_head};
+pub use request::{RequestError, RequestHead, parse_head, read_body};
 
 /// Upstream error bodies are read whole up to this size to relay their message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -64,6 +64,7 @@ pub async fn handle(
     let mut exchange = Exchange::new(Arc::clone(&snapshot), request_id, started);
     exchange.endpoint = Some(endpoint);
     crate::telemetry::trace::begin(&mut exchange, request.headers());
+    snapshot.datasets.begin(&exchange.request_id);
     match forward(&snapshot, request, endpoint, &mut exchange).await {
         Ok(answer) => answer.into_response(exchange),
         Err(err) => {

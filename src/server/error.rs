@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::body::{self, Body};
 use crate::auth::AuthError;
 use crate::backends::BackendError;
+use crate::datasets::feedback::FeedbackError;
 use crate::proxy::RequestError;
 use crate::router::RouteError;
 
@@ -27,6 +28,8 @@ pub enum GatewayError {
     /// Boxed: an upstream rejection carries its body, and errors travel by value.
     #[error(transparent)]
     Backend(Box<BackendError>),
+    #[error(transparent)]
+    Feedback(#[from] FeedbackError),
     #[error("unknown path `{0}`")]
     NotFound(String),
     #[error("method {method} is not allowed on `{path}`")]
@@ -99,6 +102,14 @@ impl GatewayError {
                     plain(*status, "invalid_request_error", None)
                 }
                 BackendError::Rejected { .. } => plain(S::BAD_GATEWAY, "api_error", Some("upstream_error")),
+            },
+            GatewayError::Feedback(err) => match err {
+                FeedbackError::UnknownRequest(_) => Described {
+                    status: S::NOT_FOUND,
+                    kind: "invalid_request_error",
+                    code: Some("request_not_found"),
+                    param: Some("request_id".into()),
+                },
             },
             GatewayError::NotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("unknown_url")),
             GatewayError::MethodNotAllowed { .. } => {

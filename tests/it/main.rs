@@ -6,6 +6,7 @@ mod support;
 mod chat;
 mod cli;
 mod config;
+mod datasets;
 mod errors;
 mod pool;
 mod streaming;

@@ -7,6 +7,7 @@
 //! Must not: read files (TLS certificates, datasets) or touch the network.
 
 mod backends;
+mod datasets;
 mod deserialize;
 mod keys;
 mod models;
@@ -104,7 +105,8 @@ impl Cx<'_> {
         let auth = self.auth(raw);
         let telemetry = self.telemetry(raw.telemetry.as_ref());
         self.optional_sections(raw);
-        Config { server, backends, models, keys, auth, telemetry, inactive: Vec::new() }
+        let datasets = self.datasets(raw);
+        Config { server, backends, models, keys, auth, telemetry, datasets, inactive: Vec::new() }
     }
 }
 

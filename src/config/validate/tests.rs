@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::super::{AuthMode, BackendKind, Config, EMBEDDED_DEFAULT, Sticky, load_str};
+use super::super::{AuthMode, BackendKind, Config, EMBEDDED_DEFAULT, Redaction, Sticky, load_str};
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -109,16 +109,17 @@ fn spec_example_validates_without_env() {
         "w.yaml:31:5: `budget` of key",
         "w.yaml:33:1: `cache` is accepted but not active in this build",
         "w.yaml:34:1: `state`",
-        "w.yaml:39:5: dataset `all`",
-        "w.yaml:40:5: dataset `candidate`",
     ] {
         assert!(inactive.contains(expected), "missing {expected:?} in:\n{inactive}");
     }
-    assert_eq!(config.inactive.len(), 10, "{inactive}");
+    assert_eq!(config.inactive.len(), 8, "{inactive}");
     let otlp = config.telemetry.otlp.as_ref().expect("otlp");
     assert_eq!((otlp.endpoint.as_str(), otlp.protocol), ("http://127.0.0.1:4317", crate::config::OtlpProtocol::Grpc));
     assert!(!config.telemetry.capture_content);
     assert_eq!(config.telemetry.sample_ratio, 1.0);
+    assert_eq!(config.datasets.len(), 2);
+    assert_eq!(config.datasets[1].filter.variant.as_deref(), Some("candidate"));
+    assert_eq!(config.datasets[1].redact, [Redaction::Email, Redaction::Phone, Redaction::Key]);
 }
 
 #[test]
@@ -314,4 +315,39 @@ fn empty_sections_are_allowed() {
     let config = load("server:\nbackends:\nmodels:\nkeys:\nauth: { mode: passthrough }\n").expect("valid");
     assert!(config.backends.is_empty() && config.keys.is_empty());
     assert_eq!(config.auth, AuthMode::Passthrough);
+}
+
+#[test]
+fn dataset_mistakes_are_positioned() {
+    let text = "\
+auth: { mode: none }
+datasets:
+  - { name: a, dir: d, sample: 2, redact: [email, '(unclosed'], filter: { status: [200, 7xx] } }
+  - { name: a, dir: d, max_file_size: 0 }
+";
+    let got = problems(text);
+    let expected = [
+        "w.yaml:3:32: `sample` must be between 0 and 1",
+        "w.yaml:3:51: `redact`: `(unclosed` is not email, phone, key or a valid regex",
+        "w.yaml:3:83: `status` must be HTTP statuses",
+        "w.yaml:4:13: duplicate dataset name `a`",
+        "w.yaml:4:21: `dir` is already used by dataset `a`",
+        "w.yaml:4:39: `max_file_size` must be greater than 0",
+    ];
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+    for (got, expected) in got.iter().zip(expected) {
+        assert!(got.starts_with(expected), "{got:?} does not start with {expected:?}");
+    }
+}
+
+#[test]
+fn dataset_defaults_and_status_classes() {
+    let text = "auth: { mode: none }\ndatasets:\n  - { name: a, dir: d, filter: { status: [200, 5xx] }, redact: ['acct-\\d+'] }\n";
+    let config = load(text).expect("valid");
+    let d = &config.datasets[0];
+    assert_eq!(d.sample, 1.0);
+    assert_eq!(d.max_file_size, 100 << 20);
+    assert_eq!(d.filter.status, [super::super::StatusMatch::Code(200), super::super::StatusMatch::Class(5)]);
+    assert_eq!(d.redact, [Redaction::Regex("acct-\\d+".into())]);
+    assert!(config.inactive.is_empty(), "{:?}", config.inactive);
 }
