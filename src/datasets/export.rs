@@ -76,7 +76,8 @@ pub fn export(
 }
 
 fn selected(record: &Value, options: &Options, feedback: &FeedbackMap) -> bool {
-    let same = |want: &Option<String>, field: &str| want.as_deref().is_none_or(|want| want == read::text(record, field));
+    let same =
+        |want: &Option<String>, field: &str| want.as_deref().is_none_or(|want| want == read::text(record, field));
     if !same(&options.model, "model") || !same(&options.variant, "variant") {
         return false;
     }
@@ -162,7 +163,20 @@ fn eval(record: &Value, feedback: &FeedbackMap) -> Option<Value> {
     let id = read::text(record, "request_id");
     let joined = feedback.get(id);
     let mut metadata = Map::new();
-    for field in ["request_id", "ts", "key", "model", "backend", "variant", "experiment", "latency_ms", "ttft_ms", "cost_usd", "usage", "cache"] {
+    for field in [
+        "request_id",
+        "ts",
+        "key",
+        "model",
+        "backend",
+        "variant",
+        "experiment",
+        "latency_ms",
+        "ttft_ms",
+        "cost_usd",
+        "usage",
+        "cache",
+    ] {
         metadata.insert(field.into(), record.get(field).cloned().unwrap_or(Value::Null));
     }
     metadata.insert("score".into(), joined.map_or(Value::Null, |f| json!(f.score)));

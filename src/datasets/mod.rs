@@ -16,12 +16,12 @@
 pub mod export;
 pub mod feedback;
 mod files;
+mod filter;
 pub mod read;
 pub mod record;
 pub mod redact;
 pub mod report;
 pub mod stats;
-mod filter;
 mod writer;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -80,12 +80,18 @@ impl Datasets {
     pub fn build(configs: &[DatasetConfig], previous: Option<&Datasets>, metrics: &Arc<Metrics>) -> Datasets {
         let mut sinks = Vec::with_capacity(configs.len());
         for config in configs.iter().take(MAX_DATASETS) {
-            let reusable = previous.and_then(|p| p.sinks.iter().find(|s| s.config.name == config.name)).filter(|s| {
-                s.writer.dir == config.dir && s.writer.max_file_size == config.max_file_size
-            });
+            let reusable = previous
+                .and_then(|p| p.sinks.iter().find(|s| s.config.name == config.name))
+                .filter(|s| s.writer.dir == config.dir && s.writer.max_file_size == config.max_file_size);
             let writer = match reusable {
                 Some(sink) => Arc::clone(&sink.writer),
-                None => match Writer::spawn(&config.name, &config.dir, config.max_file_size, QUEUE_CAPACITY, Arc::clone(metrics)) {
+                None => match Writer::spawn(
+                    &config.name,
+                    &config.dir,
+                    config.max_file_size,
+                    QUEUE_CAPACITY,
+                    Arc::clone(metrics),
+                ) {
                     Ok(writer) => Arc::new(writer),
                     Err(err) => {
                         tracing::error!(dataset = %config.name, %err, "cannot start the dataset writer; dataset disabled");

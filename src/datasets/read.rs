@@ -63,7 +63,8 @@ pub fn for_each(
         let mut number = 0usize;
         loop {
             line.clear();
-            let read = reader.read_until(b'\n', &mut line).map_err(|source| ReadError::File { path: path.clone(), source })?;
+            let read =
+                reader.read_until(b'\n', &mut line).map_err(|source| ReadError::File { path: path.clone(), source })?;
             if read == 0 {
                 break;
             }
@@ -97,7 +98,8 @@ pub fn feedback(dir: &Path) -> Result<FeedbackMap, ReadError> {
         let mut line = Vec::new();
         loop {
             line.clear();
-            let read = reader.read_until(b'\n', &mut line).map_err(|source| ReadError::File { path: path.clone(), source })?;
+            let read =
+                reader.read_until(b'\n', &mut line).map_err(|source| ReadError::File { path: path.clone(), source })?;
             if read == 0 {
                 break;
             }

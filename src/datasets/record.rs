@@ -234,8 +234,22 @@ mod tests {
         let line = source(r#"{"model":"chat","messages":[]}"#).line(&Redactor::default()).unwrap();
         let v = parse(&line);
         for field in [
-            "request_id", "ts", "key", "model", "backend", "variant", "experiment", "request", "response", "usage",
-            "latency_ms", "ttft_ms", "cost_usd", "cache", "status", "error",
+            "request_id",
+            "ts",
+            "key",
+            "model",
+            "backend",
+            "variant",
+            "experiment",
+            "request",
+            "response",
+            "usage",
+            "latency_ms",
+            "ttft_ms",
+            "cost_usd",
+            "cache",
+            "status",
+            "error",
         ] {
             assert!(v.get(field).is_some(), "missing {field}: {v}");
         }

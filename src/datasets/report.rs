@@ -216,8 +216,18 @@ fn test(values: &[f64], control: &[f64]) -> Option<Test> {
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let header = [
-        "variant", "requests", "errors", "p50 ms", "p95 ms", "ttft p50", "ttft p95", "tokens in", "tokens out",
-        "cost usd", "feedback (95% CI, n)", "vs control",
+        "variant",
+        "requests",
+        "errors",
+        "p50 ms",
+        "p95 ms",
+        "ttft p50",
+        "ttft p95",
+        "tokens in",
+        "tokens out",
+        "cost usd",
+        "feedback (95% CI, n)",
+        "vs control",
     ];
     for experiment in &report.experiments {
         let _ = writeln!(out, "experiment {} (control: {})", experiment.experiment, experiment.control);

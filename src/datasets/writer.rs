@@ -30,8 +30,14 @@ const BUFFER_SIZE: usize = 256 * 1024;
 
 /// Work for a writer thread.
 pub enum Job {
-    Record { source: Arc<Source>, redactor: Arc<Redactor> },
-    Feedback { value: Arc<Value>, redactor: Arc<Redactor> },
+    Record {
+        source: Arc<Source>,
+        redactor: Arc<Redactor>,
+    },
+    Feedback {
+        value: Arc<Value>,
+        redactor: Arc<Redactor>,
+    },
     /// Flush, fsync and stop.
     Close,
 }

@@ -91,9 +91,13 @@ async fn plain_streamed_and_failed_requests_are_recorded() {
 
     // Upstream 500 → 502.
     upstream.set(Behavior::error(500, "upstream broke"));
-    let (status, failed_id, _) =
-        post(&gateway, "/chat/completions", TEAM_KEY, json!({"model": "chat", "messages": [{"role": "user", "content": "x"}]}))
-            .await;
+    let (status, failed_id, _) = post(
+        &gateway,
+        "/chat/completions",
+        TEAM_KEY,
+        json!({"model": "chat", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(status, 502);
     // Refused before routing: the model is not allowed for this key.
     let (status, refused_id, _) =
@@ -181,17 +185,18 @@ async fn feedback_is_checked_and_appended_to_every_dataset() {
     let (_, id, _) = post(&gateway, "/chat/completions", TEAM_KEY, body).await;
 
     let (status, _, answer) =
-        post(&gateway, "/v1/feedback", TEAM_KEY, json!({"request_id": id, "score": 0.8, "comment": "ok, bob@x.org"})).await;
+        post(&gateway, "/feedback", TEAM_KEY, json!({"request_id": id, "score": 0.8, "comment": "ok, bob@x.org"}))
+            .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["datasets"], 2);
 
-    let (status, _, error) = post(&gateway, "/v1/feedback", TEAM_KEY, json!({"request_id": "req_nope", "score": 1})).await;
+    let (status, _, error) = post(&gateway, "/feedback", TEAM_KEY, json!({"request_id": "req_nope", "score": 1})).await;
     assert_eq!(status, 404);
     assert_eq!(error["error"]["param"], "request_id");
-    let (status, _, error) = post(&gateway, "/v1/feedback", TEAM_KEY, json!({"request_id": id, "score": 1.5})).await;
+    let (status, _, error) = post(&gateway, "/feedback", TEAM_KEY, json!({"request_id": id, "score": 1.5})).await;
     assert_eq!(status, 400);
     assert_eq!(error["error"]["param"], "score");
-    let (status, _, _) = post(&gateway, "/v1/feedback", "sk-wrong", json!({"request_id": id, "score": 1})).await;
+    let (status, _, _) = post(&gateway, "/feedback", "sk-wrong", json!({"request_id": id, "score": 1})).await;
     assert_eq!(status, 401);
     gateway.shutdown().await;
 
@@ -264,14 +269,24 @@ struct FineTuningMessage {
 fn export_writes_strict_fine_tuning_lines_and_skips_a_torn_line() {
     let dir = tempfile::tempdir().unwrap();
     let tool_call = json!({"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}});
-    let with_tools = chat_record("r3", "control", 200, 10.0, json!({
-        "request": {"model": "chat", "messages": [{"role": "user", "content": "weather in Oslo?", "cache_control": {}}],
-            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]},
-        "response": {"choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [tool_call]}, "finish_reason": "tool_calls"}]},
-    }));
+    let with_tools = chat_record(
+        "r3",
+        "control",
+        200,
+        10.0,
+        json!({
+            "request": {"model": "chat", "messages": [{"role": "user", "content": "weather in Oslo?", "cache_control": {}}],
+                "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]},
+            "response": {"choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [tool_call]}, "finish_reason": "tool_calls"}]},
+        }),
+    );
     write_lines(
         &dir.path().join("2026-11-28.jsonl"),
-        &[chat_record("r1", "control", 200, 10.0, json!({})), chat_record("r2", "control", 502, 10.0, json!({})), feedback("r1", 0.9)],
+        &[
+            chat_record("r1", "control", 200, 10.0, json!({})),
+            chat_record("r2", "control", 502, 10.0, json!({})),
+            feedback("r1", 0.9),
+        ],
         "",
     );
     write_lines(
@@ -281,13 +296,15 @@ fn export_writes_strict_fine_tuning_lines_and_skips_a_torn_line() {
     );
     let out = dir.path().join("ft.jsonl");
     let dir_arg = dir.path().to_str().unwrap();
-    let output = weir(&["dataset", "export", "--dir", dir_arg, "--format", "openai-chat", "--out", out.to_str().unwrap()]);
+    let output =
+        weir(&["dataset", "export", "--dir", dir_arg, "--format", "openai-chat", "--out", out.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("2026-11-28.1.jsonl:4: skipped a corrupt or torn line"), "{stderr}");
 
     let text = std::fs::read_to_string(&out).unwrap();
-    let parsed: Vec<FineTuning> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let parsed: Vec<FineTuning> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     assert_eq!(parsed.len(), 3, "r1, r3, r4 (r2 failed):\n{text}");
     let first = &parsed[0];
     assert_eq!(first.messages.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["system", "user", "assistant"]);
@@ -302,8 +319,10 @@ fn export_writes_strict_fine_tuning_lines_and_skips_a_torn_line() {
     let output = weir(&["dataset", "export", "--dir", dir_arg, "--format", "openai-chat", "--min-score", "0.5"]);
     let text = String::from_utf8(output.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "only r1 scored ≥ 0.5:\n{text}");
-    let output = weir(&["dataset", "export", "--dir", dir_arg, "--format", "eval", "--model", "chat", "--since", "2026-11-28"]);
-    let evals: Vec<Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let output =
+        weir(&["dataset", "export", "--dir", dir_arg, "--format", "eval", "--model", "chat", "--since", "2026-11-28"]);
+    let evals: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(evals.len(), 2, "{evals:#?}");
     assert_eq!(evals[0]["output"], "a r1");
     assert_eq!(evals[0]["input"][1]["content"], "q r1");
@@ -335,7 +354,16 @@ fn report_numbers_match_a_hand_computation() {
         lines.push(feedback(id, score));
     }
     write_lines(&dir.path().join("2026-11-28.jsonl"), &lines, "");
-    let output = weir(&["experiment", "report", "--dir", dir.path().to_str().unwrap(), "--experiment", "exp", "--format", "json"]);
+    let output = weir(&[
+        "experiment",
+        "report",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--experiment",
+        "exp",
+        "--format",
+        "json",
+    ]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["experiments"].as_array().unwrap().len(), 1);

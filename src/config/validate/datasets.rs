@@ -48,7 +48,8 @@ impl Cx<'_> {
         self.ratio(&at("sample"), "sample", d.sample);
         let max_file_size =
             self.size(&at("max_file_size"), "max_file_size", d.max_file_size.as_deref(), DEFAULT_MAX_FILE_SIZE);
-        let redact = d.redact.iter().enumerate().filter_map(|(j, item)| self.redaction(&at("redact"), j, item)).collect();
+        let redact =
+            d.redact.iter().enumerate().filter_map(|(j, item)| self.redaction(&at("redact"), j, item)).collect();
         let filter = match &d.filter {
             Some(filter) => self.dataset_filter(&at("filter"), filter, raw),
             None => DatasetFilter::default(),
@@ -78,7 +79,10 @@ impl Cx<'_> {
                 Ok(_) => Some(Redaction::Regex(pattern.to_owned())),
                 Err(err) => {
                     let first_line = err.to_string().lines().last().unwrap_or_default().trim().to_owned();
-                    self.err(&path, format!("`redact`: `{pattern}` is not email, phone, key or a valid regex: {first_line}"));
+                    self.err(
+                        &path,
+                        format!("`redact`: `{pattern}` is not email, phone, key or a valid regex: {first_line}"),
+                    );
                     None
                 }
             },

@@ -54,9 +54,8 @@ fn a_full_queue_drops_and_counts() {
         metrics: Arc::new(Metrics::new()),
     };
     let value = Arc::new(serde_json::json!({"type": "feedback"}));
-    let offered: Vec<bool> = (0..5)
-        .map(|_| writer.offer(Job::Feedback { value: Arc::clone(&value), redactor: Arc::default() }))
-        .collect();
+    let offered: Vec<bool> =
+        (0..5).map(|_| writer.offer(Job::Feedback { value: Arc::clone(&value), redactor: Arc::default() })).collect();
     assert_eq!(offered, [true, true, false, false, false]);
     assert_eq!(writer.counts().dropped.load(Ordering::Relaxed), 3);
     drop(rx);

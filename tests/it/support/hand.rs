@@ -104,6 +104,7 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         keys: vec![key("team", TEAM_KEY, Some(vec!["chat".into()])), key("all", ALL_KEY, None)],
         auth: AuthMode::Keys,
         telemetry: Default::default(),
+        datasets: Vec::new(),
         inactive: Vec::new(),
     }
 }
