@@ -296,6 +296,27 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
             reload_every: None,
         },
+        Scenario {
+            name: "dataset",
+            about: "a dataset sink recording every request (JSON answers) vs none",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            // Relative: the dataset lands in the bench weir's temporary working directory.
+            config: |ctx| plain_with(ctx, "datasets:\n  - { name: all, dir: datasets/all }\n"),
+            headers: no_headers,
+            byte_exact: true,
+            reload_every: None,
+        },
+        Scenario {
+            name: "dataset-stream",
+            about: "a dataset sink recording every request (20-event streams, stored assembled) vs none",
+            baseline: Baseline::Weir,
+            shape: Shape::Stream,
+            config: |ctx| plain_with(ctx, "datasets:\n  - { name: all, dir: datasets/all }\n"),
+            headers: no_headers,
+            byte_exact: true,
+            reload_every: None,
+        },
     ]
 }
 

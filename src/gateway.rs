@@ -23,6 +23,8 @@ use crate::snapshot::Snapshot;
 
 /// How long shutdown waits for queued spans to be exported.
 const TRACE_FLUSH: Duration = Duration::from_secs(5);
+/// How long shutdown waits for dataset writers to flush their queues.
+const DATASET_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by every connection.
 pub struct AppState {
@@ -174,9 +176,6 @@ impl Gateway {
             Some(tls) => Some(server::load_tls(tls)?),
             None => None,
         };
-        for inactive in &config.inactive {
-            tracing::warn!("{inactive}");
-        }
         let mut snapshot = Snapshot::build(config, None)?;
         snapshot.source = info;
 
@@ -234,6 +233,8 @@ impl Gateway {
         if let Some(tracer) = &state.snapshot().tracer {
             tracer.flush(TRACE_FLUSH).await;
         }
+        // After the drain: every record accepted so far reaches the disk.
+        self.state.snapshot().datasets.close(DATASET_CLOSE_TIMEOUT).await;
         tracing::info!("weir stopped");
     }
 

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backends;
 pub mod cache;
 pub mod config;
+pub mod datasets;
 pub mod gateway;
 pub mod headers;
 pub mod limits;

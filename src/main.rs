@@ -1,10 +1,11 @@
-//! The `weir` command line: `serve`, `check`, `key hash`.
+//! The `weir` command line: `serve`, `check`, `key hash`, `dataset export`, `experiment report`.
 
-use std::io::Read as _;
-use std::path::PathBuf;
+use std::io::{Read as _, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use weir::datasets::{export, report};
 use weir::telemetry::{self, LogFormat};
 
 /// jemalloc: the request path allocates many small, short-lived buffers across the worker
@@ -43,6 +44,74 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Recorded evaluation datasets.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// A/B experiments over the recorded datasets.
+    Experiment {
+        #[command(subcommand)]
+        command: ExperimentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Write fine-tuning (openai-chat) or eval JSONL from a dataset directory, joined with
+    /// feedback (a request's last score wins). Damaged lines are skipped with a warning.
+    Export {
+        /// The dataset's `dir`.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Only this public model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only this variant.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Only requests with feedback scored at least this (0 to 1).
+        #[arg(long)]
+        min_score: Option<f64>,
+        /// Only requests from this time on: 2026-11-28T12:00:00Z, 2026-11-28 or a duration back (24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// OpenAI fine-tuning chat format: {"messages": [...], "tools"?: [...]}.
+    OpenaiChat,
+    /// {"input", "ideal"?, "output", "metadata"}.
+    Eval,
+}
+
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// Per-variant requests, errors, latency and TTFT percentiles, tokens, cost, mean feedback
+    /// with a 95% CI, and Welch's t-test against the control.
+    Report {
+        /// The dataset's `dir`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only this experiment.
+        #[arg(long)]
+        experiment: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -57,7 +126,85 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config, cli.log_format),
         Command::Check { config } => check(&config),
         Command::Key { command: KeyCommand::Hash } => key_hash(),
+        Command::Dataset { command: DatasetCommand::Export { dir, format, model, variant, min_score, since, out } } => {
+            let format = match format {
+                ExportFormat::OpenaiChat => export::Format::OpenAiChat,
+                ExportFormat::Eval => export::Format::Eval,
+            };
+            dataset_export(&dir, format, model, variant, min_score, since.as_deref(), out.as_deref())
+        }
+        Command::Experiment { command: ExperimentCommand::Report { dir, experiment, format } } => {
+            experiment_report(&dir, experiment.as_deref(), format)
+        }
     }
+}
+
+fn dataset_export(
+    dir: &Path,
+    format: export::Format,
+    model: Option<String>,
+    variant: Option<String>,
+    min_score: Option<f64>,
+    since: Option<&str>,
+    out: Option<&Path>,
+) -> ExitCode {
+    if min_score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+        eprintln!("weir: --min-score must be between 0 and 1");
+        return ExitCode::FAILURE;
+    }
+    let since = match since.map(|s| export::parse_since(s, std::time::SystemTime::now())).transpose() {
+        Ok(since) => since,
+        Err(err) => {
+            eprintln!("weir: --since: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = export::Options { model, variant, min_score, since };
+    let mut sink: Box<dyn Write> = match out {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Box::new(std::io::BufWriter::new(file)),
+            Err(err) => {
+                eprintln!("weir: cannot create {}: {err}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match export::export(dir, format, &options, &mut sink, &mut std::io::stderr()) {
+        Ok(summary) => {
+            eprintln!("exported {} records ({} damaged lines skipped)", summary.exported, summary.skipped);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("weir: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn experiment_report(dir: &Path, experiment: Option<&str>, format: ReportFormat) -> ExitCode {
+    let report = match report::report(dir, experiment, &mut std::io::stderr()) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("weir: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match format {
+        ReportFormat::Table => report::table(&report),
+        ReportFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => json + "\n",
+            Err(err) => {
+                eprintln!("weir: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(path: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
@@ -99,9 +246,6 @@ fn serve(path: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match weir::config::load_file(path) {
         Ok(config) => {
-            for inactive in &config.inactive {
-                eprintln!("warning: {inactive}");
-            }
             println!(
                 "{}: ok ({} backends, {} models, {} keys)",
                 path.display(),

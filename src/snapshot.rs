@@ -13,6 +13,7 @@ use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::cache::Cache;
 use crate::config::{Config, SourceInfo, TargetConfig};
+use crate::datasets::Datasets;
 use crate::limits::Limits;
 use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
@@ -34,6 +35,8 @@ pub struct Snapshot {
     pub tracer: Option<Arc<Tracer>>,
     /// Per-upstream health and in-flight counts, carried over for upstreams that remain.
     pub health: Health,
+    /// Dataset sinks; writers of unchanged datasets are carried from `previous`.
+    pub datasets: Datasets,
     pub loaded_at: SystemTime,
     /// Where the config came from, its hash and masked view; set by whoever loaded it.
     pub source: Arc<SourceInfo>,
@@ -68,6 +71,7 @@ impl Snapshot {
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
+        let datasets = Datasets::build(&config.datasets, previous.map(|p| &p.datasets), &metrics);
         let cache = match previous {
             Some(p) if p.config.cache == config.cache => Arc::clone(&p.cache),
             _ => Arc::new(Cache::new(&config.cache)),
@@ -83,6 +87,7 @@ impl Snapshot {
             metrics,
             tracer,
             health,
+            datasets,
             loaded_at: SystemTime::now(),
             source,
         })

@@ -27,9 +27,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Where limit counters and budgets live (`state:`).
     pub state: StateConfig,
-    /// Sections accepted by the schema whose features this build does not act on yet,
-    /// as `(path, line, col)`; `weir check` and `serve` warn about each one.
-    pub inactive: Vec<String>,
+    /// Evaluation dataset sinks in file order.
+    pub datasets: Vec<DatasetConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -334,4 +333,56 @@ pub enum CacheScope {
     Key,
     /// Every key that may use the model.
     Global,
+}
+
+/// One entry of `datasets:`: a sink that records matching requests as JSONL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetConfig {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Share of matching requests recorded, 0..=1. Default 1.
+    pub sample: f64,
+    pub filter: DatasetFilter,
+    /// Applied to every string of a record before it is written.
+    pub redact: Vec<Redaction>,
+    /// A file is rotated to the next `YYYY-MM-DD.N.jsonl` past this size. Default 100MiB.
+    pub max_file_size: u64,
+}
+
+/// Which requests a dataset records; every given field must match.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DatasetFilter {
+    /// Public model name.
+    pub model: Option<String>,
+    pub variant: Option<String>,
+    /// Virtual key name.
+    pub key: Option<String>,
+    /// Statuses sent to the client; empty matches all.
+    pub status: Vec<StatusMatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Code(u16),
+    /// `4xx` is `Class(4)`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Code(code) => code == status,
+            StatusMatch::Class(class) => status / 100 == class,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redaction {
+    Email,
+    Phone,
+    /// Strings shaped like API keys (`sk-...`, `sk-ant-...`, bearer tokens, ...).
+    Key,
+    /// A regular expression (the `regex` crate's syntax); matches are replaced.
+    Regex(String),
 }

@@ -31,7 +31,7 @@ use crate::server::error::GatewayError;
 use crate::snapshot::Snapshot;
 
 pub use record::{Attempt, AttemptKind, CAPTURE_LIMIT, CacheStatus, Exchange, Outcome};
-pub use request::{RequestError, RequestHead, parse_head};
+pub use request::{RequestError, RequestHead, parse_head, read_body};
 
 /// The OpenAI endpoints weir forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,6 +63,7 @@ pub async fn handle(
     let mut exchange = Exchange::new(Arc::clone(&snapshot), request_id, started);
     exchange.endpoint = Some(endpoint);
     crate::telemetry::trace::begin(&mut exchange, request.headers());
+    snapshot.datasets.begin(&exchange.request_id);
     match forward(&snapshot, request, endpoint, &mut exchange).await {
         Ok(Reply::Upstream(answer)) => answer.into_response(exchange),
         Ok(Reply::Cache(served)) => cached::response(served, exchange),

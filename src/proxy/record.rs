@@ -34,7 +34,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
             Outcome::Failed => "failed",
@@ -215,14 +215,18 @@ impl Exchange {
             hold.finish(outcome == Outcome::Failed);
         }
         let cache_answer = crate::cache::raw_answer(self, outcome);
-        self.read_back(outcome);
         let snapshot = Arc::clone(&self.snapshot);
+        // Decided before reading back, so only recorded requests pay for assembly.
+        let datasets = snapshot.datasets.select(self);
+        self.wants_assembly |= !datasets.is_empty();
+        self.read_back(outcome);
         snapshot.metrics.record_exchange(self, outcome);
         crate::cache::complete(self, outcome, cache_answer);
         if let Some(tracer) = &snapshot.tracer {
             tracer.record(self, outcome);
         }
         snapshot.limits.finish(self);
+        snapshot.datasets.record(self, outcome, datasets);
         self.log(outcome);
     }
 

@@ -186,9 +186,6 @@ fn prepare(source: &ConfigSource, old: &Snapshot, active_tls: Option<&ActiveTls>
     }
     let loaded = text.load(&|name| std::env::var(name).ok())?;
     let tls = plan_tls(loaded.config.server.tls.as_ref(), active_tls)?;
-    for inactive in &loaded.config.inactive {
-        tracing::warn!("{inactive}");
-    }
     let mut snapshot = Snapshot::build(loaded.config, Some(old))?;
     snapshot.source = loaded.info;
     Ok(Some(Next { snapshot: Some(snapshot), tls }))

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::body::{self, Body};
 use crate::auth::AuthError;
 use crate::backends::BackendError;
+use crate::datasets::feedback::FeedbackError;
 use crate::limits::{LimitError, headers as rate_headers};
 use crate::proxy::RequestError;
 use crate::reload::ReloadError;
@@ -32,6 +33,8 @@ pub enum GatewayError {
     /// Boxed: an upstream rejection carries its body, and errors travel by value.
     #[error(transparent)]
     Backend(Box<BackendError>),
+    #[error(transparent)]
+    Feedback(#[from] FeedbackError),
     #[error("unknown path `{0}`")]
     NotFound(String),
     #[error("method {method} is not allowed on `{path}`")]
@@ -143,6 +146,14 @@ impl GatewayError {
                     kind: "invalid_request_error",
                     code: Some("unsupported_parameter"),
                     param: param.clone(),
+                },
+            },
+            GatewayError::Feedback(err) => match err {
+                FeedbackError::UnknownRequest(_) => Described {
+                    status: S::NOT_FOUND,
+                    kind: "invalid_request_error",
+                    code: Some("request_not_found"),
+                    param: Some("request_id".into()),
                 },
             },
             GatewayError::NotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("unknown_url")),

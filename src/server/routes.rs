@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use super::body::Body;
 use super::error::GatewayError;
 use super::{FnHandler, Handler, admin};
+use crate::datasets;
 use crate::gateway::AppState;
 use crate::headers::{X_REQUEST_ID, X_WEIR_OVERHEAD_MS};
 use crate::proxy::{self, Endpoint};
@@ -49,7 +50,10 @@ async fn route_client(
         (&Method::GET, None, "/models") => {
             proxy::list_models(&state.snapshot(), request.headers()).unwrap_or_else(|err| err.to_response())
         }
-        (method, Some(_), _) | (method, None, "/models") => {
+        (&Method::POST, None, "/feedback") => {
+            datasets::feedback::handle(&state.snapshot(), request).await.unwrap_or_else(|err| err.to_response())
+        }
+        (method, Some(_), _) | (method, None, "/models" | "/feedback") => {
             GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() }
                 .to_response()
         }

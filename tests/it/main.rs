@@ -8,6 +8,7 @@ mod cache;
 mod chat;
 mod cli;
 mod config;
+mod datasets;
 mod errors;
 mod limits;
 mod pool;

@@ -8,14 +8,15 @@
 
 mod backends;
 mod cache;
+mod datasets;
 mod deserialize;
 mod keys;
 mod models;
-mod optional;
 mod params;
 mod schema;
 mod server;
 mod state;
+mod store;
 mod telemetry;
 mod values;
 
@@ -27,7 +28,7 @@ use super::{Config, ConfigError, ModelConfig, Problem};
 
 /// Checks `doc` against the schema and rules of SPEC §2.
 pub fn validate(doc: &Document, origin: &str) -> Result<Config, ConfigError> {
-    let mut cx = Cx { doc, origin, problems: Vec::new(), dropped: Vec::new(), inactive: Vec::new() };
+    let mut cx = Cx { doc, problems: Vec::new(), dropped: Vec::new() };
     let mut problems = Vec::new();
     let config = cx.deserialize().map(|raw| {
         // Type problems are kept apart: the filter below is only for their echoes.
@@ -39,10 +40,7 @@ pub fn validate(doc: &Document, origin: &str) -> Result<Config, ConfigError> {
     });
     problems.append(&mut cx.problems);
     match config {
-        Some(mut config) if problems.is_empty() => {
-            config.inactive = cx.inactive;
-            Ok(config)
-        }
+        Some(config) if problems.is_empty() => Ok(config),
         _ => {
             problems.sort_by_key(|(_, pos, _)| (pos.line, pos.col));
             let problems = problems
@@ -62,12 +60,10 @@ fn is_within(path: &str, ancestor: &str) -> bool {
 /// The validation pass's state: the document, and every problem found so far.
 struct Cx<'a> {
     doc: &'a Document,
-    origin: &'a str,
     /// `(path, position, message)`.
     problems: Vec<(String, Pos, String)>,
     /// Paths whose value had the wrong type and was replaced by a placeholder.
     dropped: Vec<String>,
-    inactive: Vec<String>,
 }
 
 // === impl Cx ===
@@ -83,13 +79,6 @@ impl Cx<'_> {
     fn key_err(&mut self, path: &str, message: impl Into<String>) {
         let pos = self.doc.key_pos(path);
         self.problems.push((path.to_string(), pos, message.into()));
-    }
-
-    /// Records a section this build accepts but does not act on yet.
-    fn inactive(&mut self, path: &str, what: &str) {
-        let pos = self.doc.key_pos(path);
-        self.inactive
-            .push(format!("{}:{}:{}: {what} is accepted but not active in this build", self.origin, pos.line, pos.col));
     }
 
     /// Reports a problem about `path` at an explicit place.
@@ -108,8 +97,8 @@ impl Cx<'_> {
         let telemetry = self.telemetry(raw.telemetry.as_ref());
         let cache = self.cache(raw);
         let state = self.state(raw);
-        self.optional_sections(raw);
-        Config { server, backends, models, keys, auth, telemetry, cache, state, inactive: Vec::new() }
+        let datasets = self.datasets(raw);
+        Config { server, backends, models, keys, auth, telemetry, cache, state, datasets }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::super::{AuthMode, BackendKind, Config, EMBEDDED_DEFAULT, Sticky, load_str};
+use super::super::{AuthMode, BackendKind, Config, EMBEDDED_DEFAULT, Redaction, Sticky, load_str};
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -73,7 +73,6 @@ fn embedded_default_validates() {
     assert_eq!(mock.mock.latency, Duration::from_millis(20));
     assert_eq!(mock.mock.tokens_per_second, Some(200.0));
     assert_eq!(config.models["mock"].targets[0].variant, "mock");
-    assert!(config.inactive.is_empty(), "{:?}", config.inactive);
 }
 
 #[test]
@@ -99,19 +98,16 @@ fn spec_example_validates_without_env() {
     assert_eq!(chat.price.map(|p| p.cached_input_per_mtok), Some(0.15));
     assert_eq!(config.keys[0].hash[..2], [0x9f, 0x86]);
     assert_eq!(config.auth, AuthMode::Keys);
-    let inactive = config.inactive.join("\n");
-    for expected in ["w.yaml:39:5: dataset `all`", "w.yaml:40:5: dataset `candidate`"] {
-        assert!(inactive.contains(expected), "missing {expected:?} in:\n{inactive}");
-    }
-    assert_eq!(config.inactive.len(), 2, "{inactive}");
     let otlp = config.telemetry.otlp.as_ref().expect("otlp");
     assert_eq!((otlp.endpoint.as_str(), otlp.protocol), ("http://127.0.0.1:4317", crate::config::OtlpProtocol::Grpc));
     assert!(!config.telemetry.capture_content);
     assert_eq!(config.telemetry.sample_ratio, 1.0);
-    assert!(!inactive.contains("`cache`"), "cache is live: {inactive}");
     assert_eq!(config.cache.max_size, 512 * 1024 * 1024);
     assert_eq!(config.cache.store, crate::config::CacheStore::Memory);
     assert_eq!(config.cache.scope, crate::config::CacheScope::Key);
+    assert_eq!(config.datasets.len(), 2);
+    assert_eq!(config.datasets[1].filter.variant.as_deref(), Some("candidate"));
+    assert_eq!(config.datasets[1].redact, [Redaction::Email, Redaction::Phone, Redaction::Key]);
 }
 
 #[test]
@@ -307,4 +303,38 @@ fn empty_sections_are_allowed() {
     let config = load("server:\nbackends:\nmodels:\nkeys:\nauth: { mode: passthrough }\n").expect("valid");
     assert!(config.backends.is_empty() && config.keys.is_empty());
     assert_eq!(config.auth, AuthMode::Passthrough);
+}
+
+#[test]
+fn dataset_mistakes_are_positioned() {
+    let text = "\
+auth: { mode: none }
+datasets:
+  - { name: a, dir: d, sample: 2, redact: [email, '(unclosed'], filter: { status: [200, 7xx] } }
+  - { name: a, dir: d, max_file_size: 0 }
+";
+    let got = problems(text);
+    let expected = [
+        "w.yaml:3:32: `sample` must be between 0 and 1",
+        "w.yaml:3:51: `redact`: `(unclosed` is not email, phone, key or a valid regex",
+        "w.yaml:3:83: `status` must be HTTP statuses",
+        "w.yaml:4:13: duplicate dataset name `a`",
+        "w.yaml:4:21: `dir` is already used by dataset `a`",
+        "w.yaml:4:39: `max_file_size` must be greater than 0",
+    ];
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+    for (got, expected) in got.iter().zip(expected) {
+        assert!(got.starts_with(expected), "{got:?} does not start with {expected:?}");
+    }
+}
+
+#[test]
+fn dataset_defaults_and_status_classes() {
+    let text = "auth: { mode: none }\ndatasets:\n  - { name: a, dir: d, filter: { status: [200, 5xx] }, redact: ['acct-\\d+'] }\n";
+    let config = load(text).expect("valid");
+    let d = &config.datasets[0];
+    assert_eq!(d.sample, 1.0);
+    assert_eq!(d.max_file_size, 100 << 20);
+    assert_eq!(d.filter.status, [super::super::StatusMatch::Code(200), super::super::StatusMatch::Class(5)]);
+    assert_eq!(d.redact, [Redaction::Regex("acct-\\d+".into())]);
 }

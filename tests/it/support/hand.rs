@@ -107,6 +107,6 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         telemetry: Default::default(),
         cache: weir::config::CacheConfig::default(),
         state: weir::config::StateConfig::default(),
-        inactive: Vec::new(),
+        datasets: Vec::new(),
     }
 }

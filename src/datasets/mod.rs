@@ -1,0 +1,258 @@
+//! Datasets: every finished request (and every feedback) recorded as JSONL for evaluation
+//! and fine-tuning, plus the offline tools that read those files back.
+//!
+//! Owns: the live sinks of a config snapshot ([`Datasets`]: filter, sample, redaction and a
+//! writer each), the tap called from `Exchange::finish`, the bounded index of recent request
+//! ids that `POST /v1/feedback` checks, and the CLI's `dataset export` and
+//! `experiment report` (`export`, `report`, reading through `read`).
+//! Must not: block or slow a request — the tap copies a few handles and `try_send`s; JSON,
+//! redaction and file I/O happen on each dataset's own writer thread.
+//!
+//! Across reloads a writer whose dataset keeps its name, `dir` and `max_file_size` is carried
+//! over (its thread, queue and open file keep going); filters, sampling and redaction are
+//! rebuilt from the new config. A dropped writer finishes its queue, fsyncs and stops once the
+//! last snapshot using it is gone.
+
+pub mod export;
+pub mod feedback;
+mod files;
+mod filter;
+pub mod read;
+pub mod record;
+pub mod redact;
+pub mod report;
+pub mod stats;
+mod writer;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use files::{date_of_day, day_of, file_name, parse_file_name};
+pub use record::Source;
+pub use writer::{FLUSH_INTERVAL, QUEUE_CAPACITY};
+
+use self::filter::Facts;
+use self::redact::Redactor;
+use self::writer::{Job, Writer};
+use crate::config::DatasetConfig;
+use crate::proxy::{Exchange, Outcome};
+use crate::telemetry::metrics::Metrics;
+
+/// Most datasets one config may declare (a selection is a 64-bit set).
+pub const MAX_DATASETS: usize = 64;
+/// Request ids remembered for feedback: this many, for this long, whichever ends first.
+pub const FEEDBACK_WINDOW_REQUESTS: u64 = 200_000;
+pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The live dataset sinks of one config snapshot.
+#[derive(Debug)]
+pub struct Datasets {
+    sinks: Vec<Sink>,
+    recent: Arc<RecentRequests>,
+}
+
+#[derive(Debug)]
+struct Sink {
+    config: DatasetConfig,
+    redactor: Arc<Redactor>,
+    writer: Arc<Writer>,
+}
+
+/// The datasets a finished request goes to, as bits by sink position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Selection(u64);
+
+impl Selection {
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn contains(self, i: usize) -> bool {
+        i < MAX_DATASETS && self.0 & (1 << i) != 0
+    }
+}
+
+impl Datasets {
+    /// Sinks for `configs`, reusing `previous`'s writers where the dataset is unchanged.
+    pub fn build(configs: &[DatasetConfig], previous: Option<&Datasets>, metrics: &Arc<Metrics>) -> Datasets {
+        let mut sinks = Vec::with_capacity(configs.len());
+        for config in configs.iter().take(MAX_DATASETS) {
+            let reusable = previous
+                .and_then(|p| p.sinks.iter().find(|s| s.config.name == config.name))
+                .filter(|s| s.writer.dir == config.dir && s.writer.max_file_size == config.max_file_size);
+            let writer = match reusable {
+                Some(sink) => Arc::clone(&sink.writer),
+                None => match Writer::spawn(
+                    &config.name,
+                    &config.dir,
+                    config.max_file_size,
+                    QUEUE_CAPACITY,
+                    Arc::clone(metrics),
+                ) {
+                    Ok(writer) => Arc::new(writer),
+                    Err(err) => {
+                        tracing::error!(dataset = %config.name, %err, "cannot start the dataset writer; dataset disabled");
+                        continue;
+                    }
+                },
+            };
+            let redactor = Arc::new(Redactor::new(&config.name, &config.redact));
+            sinks.push(Sink { config: config.clone(), redactor, writer });
+        }
+        let recent = previous.map_or_else(|| Arc::new(RecentRequests::new()), |p| Arc::clone(&p.recent));
+        Datasets { sinks, recent }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Called when a request arrives: remembers its id so feedback can name it (even while
+    /// the answer is still streaming).
+    pub fn begin(&self, request_id: &str) {
+        if !self.sinks.is_empty() {
+            self.recent.insert(request_id);
+        }
+    }
+
+    /// Which datasets take this finished request (filters and sampling); decided before
+    /// the answer is read back so that only recorded requests pay for assembly.
+    pub fn select(&self, exchange: &Exchange) -> Selection {
+        let facts =
+            Facts { model: &exchange.model, variant: &exchange.variant, key: &exchange.key, status: exchange.status };
+        let mut bits = 0u64;
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if filter::takes(&sink.config, facts) {
+                bits |= 1 << i;
+            }
+        }
+        Selection(bits)
+    }
+
+    /// The tap: queues the finished exchange to each selected dataset without waiting.
+    pub fn record(&self, exchange: &Exchange, outcome: Outcome, selection: Selection) {
+        if selection.is_empty() {
+            return;
+        }
+        let source = Arc::new(Source::from_exchange(exchange, outcome));
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if selection.contains(i) {
+                sink.writer.offer(Job::Record { source: Arc::clone(&source), redactor: Arc::clone(&sink.redactor) });
+            }
+        }
+    }
+
+    /// Whether `request_id` went through this gateway recently (see [`FEEDBACK_WINDOW`]).
+    pub fn knows(&self, request_id: &str) -> bool {
+        self.recent.contains(request_id)
+    }
+
+    /// Appends a feedback line to every dataset; returns how many queued it.
+    pub fn feedback(&self, feedback: Value) -> usize {
+        let value = Arc::new(feedback);
+        self.sinks
+            .iter()
+            .filter(|sink| {
+                sink.writer.offer(Job::Feedback { value: Arc::clone(&value), redactor: Arc::clone(&sink.redactor) })
+            })
+            .count()
+    }
+
+    /// `(written, dropped)` of a dataset's writer since it started.
+    pub fn counts(&self, name: &str) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sink = self.sinks.iter().find(|s| s.config.name == name)?;
+        let counts = sink.writer.counts();
+        Some((counts.written.load(Relaxed), counts.dropped.load(Relaxed)))
+    }
+
+    /// Flushes and fsyncs every record queued so far and stops the writers, waiting at most
+    /// `timeout`. Records offered afterwards are dropped and counted.
+    pub async fn close(&self, timeout: Duration) {
+        let writers: Vec<Arc<Writer>> = self.sinks.iter().map(|s| Arc::clone(&s.writer)).collect();
+        if writers.is_empty() {
+            return;
+        }
+        let closing = tokio::task::spawn_blocking(move || writers.iter().for_each(|w| w.close()));
+        if tokio::time::timeout(timeout, closing).await.is_err() {
+            tracing::warn!(?timeout, "dataset writers did not finish in time; some records may be lost");
+        }
+    }
+}
+
+/// Request ids seen recently, by 64-bit hash, bounded in count and age.
+struct RecentRequests {
+    ids: moka::sync::Cache<u64, ()>,
+}
+
+impl std::fmt::Debug for RecentRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecentRequests").field("entries", &self.ids.entry_count()).finish()
+    }
+}
+
+impl RecentRequests {
+    fn new() -> RecentRequests {
+        let ids =
+            moka::sync::Cache::builder().max_capacity(FEEDBACK_WINDOW_REQUESTS).time_to_live(FEEDBACK_WINDOW).build();
+        RecentRequests { ids }
+    }
+
+    fn insert(&self, request_id: &str) {
+        self.ids.insert(id_hash(request_id), ());
+    }
+
+    fn contains(&self, request_id: &str) -> bool {
+        self.ids.contains_key(&id_hash(request_id))
+    }
+}
+
+fn id_hash(request_id: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    request_id.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatasetFilter;
+
+    fn config(name: &str, dir: &std::path::Path, sample: f64) -> DatasetConfig {
+        DatasetConfig {
+            name: name.into(),
+            dir: dir.to_owned(),
+            sample,
+            filter: DatasetFilter::default(),
+            redact: Vec::new(),
+            max_file_size: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn unchanged_writers_and_recent_ids_survive_a_rebuild() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let first = Datasets::build(&[config("a", a.path(), 1.0), config("b", b.path(), 1.0)], None, &metrics);
+        first.begin("req_1");
+        // `a` changes only its sampling (writer kept); `b` moves (new writer).
+        let moved = tempfile::tempdir().unwrap();
+        let second =
+            Datasets::build(&[config("a", a.path(), 0.5), config("b", moved.path(), 1.0)], Some(&first), &metrics);
+        assert!(Arc::ptr_eq(&first.sinks[0].writer, &second.sinks[0].writer));
+        assert!(!Arc::ptr_eq(&first.sinks[1].writer, &second.sinks[1].writer));
+        assert_eq!(second.sinks[0].config.sample, 0.5);
+        assert!(second.knows("req_1"));
+        assert!(!second.knows("req_2"));
+    }
+
+    #[test]
+    fn without_datasets_nothing_is_remembered() {
+        let none = Datasets::build(&[], None, &Arc::new(Metrics::new()));
+        none.begin("req_1");
+        assert!(none.is_empty() && !none.knows("req_1"));
+    }
+}

@@ -1,0 +1,280 @@
+//! The SPEC §6 record of one request, and of one feedback.
+//!
+//! Owns: [`Source`], the small owned copy of a finished exchange handed to the writers
+//! (reference-counted body handles, the assembled answer, names and numbers), and turning it
+//! into one redacted JSON line. Must not: do the JSON work on the request's task — the
+//! writer thread calls [`Source::line`].
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::redact::Redactor;
+use crate::proxy::{Exchange, Outcome};
+use crate::wire::Usage;
+
+/// What a dataset record is made from, taken from an [`Exchange`] as it finishes.
+#[derive(Debug)]
+pub struct Source {
+    pub request_id: String,
+    /// When the request arrived.
+    pub ts: SystemTime,
+    pub key: String,
+    pub model: String,
+    pub backend: String,
+    pub variant: String,
+    pub experiment: Option<String>,
+    pub endpoint: Option<&'static str>,
+    pub stream: bool,
+    /// The client's body (a handle, not a copy).
+    pub request: Bytes,
+    /// The answer as one OpenAI JSON body (streams assembled); `None` for errors.
+    pub response: Option<Value>,
+    pub usage: Option<Usage>,
+    pub latency: Duration,
+    pub ttft: Option<Duration>,
+    pub cost_usd: Option<f64>,
+    pub cache: &'static str,
+    pub status: u16,
+    pub error: Option<String>,
+    pub outcome: &'static str,
+}
+
+impl Source {
+    pub fn from_exchange(exchange: &Exchange, outcome: Outcome) -> Source {
+        Source {
+            request_id: exchange.request_id.clone(),
+            ts: SystemTime::now().checked_sub(exchange.duration).unwrap_or_else(SystemTime::now),
+            key: exchange.key.clone(),
+            model: exchange.model.clone(),
+            backend: exchange.backend.clone(),
+            variant: exchange.variant.clone(),
+            experiment: exchange.experiment.clone(),
+            endpoint: exchange.endpoint.map(crate::proxy::Endpoint::as_str),
+            stream: exchange.stream,
+            request: exchange.request_body.clone(),
+            response: exchange.assembled.as_ref().map(|a| a.body.clone()),
+            usage: exchange.usage,
+            latency: exchange.duration,
+            ttft: exchange.first_byte,
+            cost_usd: exchange.cost_usd,
+            cache: exchange.cache.as_str(),
+            status: exchange.status,
+            error: exchange.error.clone(),
+            outcome: outcome.as_str(),
+        }
+    }
+
+    /// The record as one JSON line (with its `\n`), every string redacted by `redactor`.
+    pub fn line(&self, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
+        let ts = rfc3339(self.ts);
+        let mut record = Record {
+            request_id: &self.request_id,
+            ts: &ts,
+            key: &self.key,
+            model: &self.model,
+            backend: &self.backend,
+            variant: &self.variant,
+            experiment: self.experiment.as_deref(),
+            endpoint: self.endpoint,
+            stream: self.stream,
+            request: Body::Null,
+            response: Body::Null,
+            usage: self.usage.map(usage_json),
+            latency_ms: millis(self.latency),
+            ttft_ms: self.ttft.map(millis),
+            cost_usd: self.cost_usd,
+            cache: self.cache,
+            status: self.status,
+            error: self.error.as_deref(),
+            outcome: self.outcome,
+        };
+        if redactor.is_empty() {
+            record.request = request_body(&self.request);
+            record.response = self.response.as_ref().map_or(Body::Null, Body::Borrowed);
+            return to_line(&record);
+        }
+        // Redaction walks a tree: every string of the record, the names and error included.
+        let mut value = serde_json::to_value(&record)?;
+        value["request"] = match request_body(&self.request) {
+            Body::Raw(raw) => serde_json::from_str(raw.get())?,
+            Body::Owned(value) => value,
+            Body::Borrowed(value) => value.clone(),
+            Body::Null => Value::Null,
+        };
+        value["response"] = self.response.clone().unwrap_or(Value::Null);
+        redactor.apply(&mut value);
+        to_line(&value)
+    }
+}
+
+/// A feedback line: `{"type":"feedback","request_id","score","comment","ts",...}`.
+pub fn feedback_line(feedback: &Value, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = feedback.clone();
+    redactor.apply(&mut value);
+    to_line(&value)
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    request_id: &'a str,
+    ts: &'a str,
+    key: &'a str,
+    model: &'a str,
+    backend: &'a str,
+    variant: &'a str,
+    experiment: Option<&'a str>,
+    endpoint: Option<&'static str>,
+    stream: bool,
+    request: Body<'a>,
+    response: Body<'a>,
+    usage: Option<Value>,
+    latency_ms: f64,
+    ttft_ms: Option<f64>,
+    cost_usd: Option<f64>,
+    cache: &'static str,
+    status: u16,
+    error: Option<&'a str>,
+    outcome: &'static str,
+}
+
+/// A JSON body embedded in a record.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    /// Valid single-line JSON, copied as it came (no tree built).
+    Raw(&'a RawValue),
+    Owned(Value),
+    Borrowed(&'a Value),
+    Null,
+}
+
+/// The request body as JSON: as it came when it is valid JSON on one line, re-serialised
+/// when it spans lines (a JSONL record must not), or as a string when it is not JSON.
+fn request_body(bytes: &Bytes) -> Body<'_> {
+    if bytes.is_empty() {
+        return Body::Null;
+    }
+    if !bytes.contains(&b'\n') && !bytes.contains(&b'\r') {
+        if let Ok(raw) = serde_json::from_slice::<&RawValue>(bytes) {
+            return Body::Raw(raw);
+        }
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(value) => Body::Owned(value),
+        Err(_) => Body::Owned(Value::String(String::from_utf8_lossy(bytes).into_owned())),
+    }
+}
+
+fn to_line(value: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn usage_json(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total(),
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    })
+}
+
+/// Milliseconds with microsecond precision.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_micros() as f64) / 1000.0
+}
+
+/// `2026-11-28T21:05:03.123Z`.
+pub fn rfc3339(ts: SystemTime) -> String {
+    humantime::format_rfc3339_millis(ts).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Redaction;
+
+    fn source(request: &'static str) -> Source {
+        Source {
+            request_id: "req_1".into(),
+            ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_300_000),
+            key: "team".into(),
+            model: "chat".into(),
+            backend: "up".into(),
+            variant: "control".into(),
+            experiment: Some("exp".into()),
+            endpoint: Some("chat"),
+            stream: false,
+            request: Bytes::from_static(request.as_bytes()),
+            response: Some(json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]})),
+            usage: Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0 }),
+            latency: Duration::from_micros(12_345),
+            ttft: None,
+            cost_usd: Some(0.5),
+            cache: "bypass",
+            status: 200,
+            error: None,
+            outcome: "completed",
+        }
+    }
+
+    fn parse(line: &[u8]) -> Value {
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert!(!line[..line.len() - 1].contains(&b'\n'), "one line");
+        serde_json::from_slice(line).unwrap()
+    }
+
+    #[test]
+    fn record_has_the_spec_fields() {
+        let line = source(r#"{"model":"chat","messages":[]}"#).line(&Redactor::default()).unwrap();
+        let v = parse(&line);
+        for field in [
+            "request_id",
+            "ts",
+            "key",
+            "model",
+            "backend",
+            "variant",
+            "experiment",
+            "request",
+            "response",
+            "usage",
+            "latency_ms",
+            "ttft_ms",
+            "cost_usd",
+            "cache",
+            "status",
+            "error",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field}: {v}");
+        }
+        assert_eq!(v["ts"], "2025-11-28T03:20:00.000Z");
+        assert_eq!(v["request"]["model"], "chat");
+        assert_eq!(v["latency_ms"], 12.345);
+        assert_eq!(v["usage"]["total_tokens"], 7);
+        assert_eq!(v["response"]["choices"][0]["message"]["content"], "mail me at a@b.io");
+    }
+
+    #[test]
+    fn multi_line_and_invalid_bodies_stay_on_one_line() {
+        let v = parse(&source("{\n \"model\": \"chat\"\n}").line(&Redactor::default()).unwrap());
+        assert_eq!(v["request"]["model"], "chat");
+        let v = parse(&source("not json\n").line(&Redactor::default()).unwrap());
+        assert_eq!(v["request"], "not json\n");
+    }
+
+    #[test]
+    fn redaction_covers_request_and_response() {
+        let redactor = Redactor::new("t", &[Redaction::Email]);
+        let line = source(r#"{"messages":[{"role":"user","content":"I am x@y.com"}]}"#).line(&redactor).unwrap();
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(!text.contains("x@y.com") && !text.contains("a@b.io"), "{text}");
+        let v = parse(&line);
+        assert_eq!(v["request"]["messages"][0]["content"], "I am [REDACTED:email]");
+    }
+}

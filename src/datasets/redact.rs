@@ -1,0 +1,201 @@
+//! Redaction: e-mail addresses, phone numbers, API-key shapes and configured regexes are
+//! replaced in every string of a record before it is written.
+//!
+//! Owns: the built-in patterns (compiled once per process) and a dataset's [`Redactor`]
+//! (compiled once per config snapshot). Must not: run on the request's task — the writer
+//! applies it off the hot path.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::{Captures, Regex};
+use serde_json::Value;
+
+use crate::config::Redaction;
+
+pub const EMAIL_MARK: &str = "[REDACTED:email]";
+pub const PHONE_MARK: &str = "[REDACTED:phone]";
+pub const KEY_MARK: &str = "[REDACTED:key]";
+pub const REGEX_MARK: &str = "[REDACTED]";
+
+static EMAIL: LazyLock<Option<Regex>> =
+    LazyLock::new(|| compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b"));
+
+/// A phone layout: optional `+country`, optional `(area)`, then digits with optional single
+/// separators. The digit count is checked afterwards (9 to 15, E.164's range), so dates and
+/// short numbers are left alone.
+static PHONE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    compile(r"(?:\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?|\([0-9]{1,4}\)[ .-]?|\b)[0-9](?:[ .-]?[0-9]){6,16}\b")
+});
+
+/// Secret shapes: OpenAI/Anthropic `sk-...`, bearer tokens, AWS access keys, GitHub, Google,
+/// Slack tokens and JWTs.
+static KEY: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    compile(concat!(
+        r"(?i:\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}",
+        r"|\bsk-[A-Za-z0-9_-]{10,}",
+        r"|\bAKIA[0-9A-Z]{16}\b",
+        r"|\bgh[pousr]_[A-Za-z0-9]{30,}",
+        r"|\bgithub_pat_[A-Za-z0-9_]{30,}",
+        r"|\bAIza[0-9A-Za-z_-]{35}",
+        r"|\bxox[abprs]-[A-Za-z0-9-]{10,}",
+        r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+",
+    ))
+});
+
+fn compile(pattern: &str) -> Option<Regex> {
+    match Regex::new(pattern) {
+        Ok(regex) => Some(regex),
+        Err(err) => {
+            // Built-in patterns are constants covered by tests; this cannot happen in a release.
+            tracing::error!(%err, "built-in redaction pattern does not compile");
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Email,
+    Phone,
+    Key,
+    Custom,
+}
+
+/// A dataset's redaction rules, compiled.
+#[derive(Debug, Default)]
+pub struct Redactor {
+    rules: Vec<(Kind, Regex)>,
+}
+
+impl Redactor {
+    /// Compiles `rules`; a pattern that does not compile (validation rejects those) is
+    /// skipped with an error in the log rather than writing unredacted data silently.
+    pub fn new(dataset: &str, rules: &[Redaction]) -> Redactor {
+        let mut compiled = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let entry = match rule {
+                Redaction::Email => EMAIL.clone().map(|r| (Kind::Email, r)),
+                Redaction::Phone => PHONE.clone().map(|r| (Kind::Phone, r)),
+                Redaction::Key => KEY.clone().map(|r| (Kind::Key, r)),
+                Redaction::Regex(pattern) => match Regex::new(pattern) {
+                    Ok(regex) => Some((Kind::Custom, regex)),
+                    Err(err) => {
+                        tracing::error!(dataset, %err, "redact pattern does not compile; skipped");
+                        None
+                    }
+                },
+            };
+            compiled.extend(entry);
+        }
+        // Keys first: a token can contain digit runs the phone rule would half-replace.
+        compiled.sort_by_key(|(kind, _)| match kind {
+            Kind::Key => 0,
+            Kind::Custom => 1,
+            Kind::Email => 2,
+            Kind::Phone => 3,
+        });
+        Redactor { rules: compiled }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Redacts every string inside `value` in place (object keys are left alone).
+    pub fn apply(&self, value: &mut Value) {
+        if self.rules.is_empty() {
+            return;
+        }
+        match value {
+            Value::String(text) => {
+                if let Cow::Owned(redacted) = self.text(text) {
+                    *text = redacted;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| self.apply(item)),
+            Value::Object(map) => map.values_mut().for_each(|item| self.apply(item)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    /// `text` with every rule applied; borrowed when nothing matched.
+    pub fn text<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for (kind, regex) in &self.rules {
+            let replaced = match kind {
+                Kind::Email => regex.replace_all(&out, EMAIL_MARK),
+                Kind::Key => regex.replace_all(&out, KEY_MARK),
+                Kind::Custom => regex.replace_all(&out, REGEX_MARK),
+                Kind::Phone => regex.replace_all(&out, |caps: &Captures<'_>| phone_or_keep(&caps[0])),
+            };
+            if let Cow::Owned(replaced) = replaced {
+                out = Cow::Owned(replaced);
+            }
+        }
+        out
+    }
+}
+
+/// Replaces a phone-shaped match that has a phone's digit count and is not an IPv4 address.
+fn phone_or_keep(candidate: &str) -> String {
+    let digits = candidate.bytes().filter(u8::is_ascii_digit).count();
+    let ipv4 = candidate.split('.').count() == 4 && candidate.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if (9..=15).contains(&digits) && !ipv4 { PHONE_MARK.to_owned() } else { candidate.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn all() -> Redactor {
+        Redactor::new(
+            "t",
+            &[Redaction::Email, Redaction::Phone, Redaction::Key, Redaction::Regex(r"acct-[0-9]+".into())],
+        )
+    }
+
+    #[test]
+    fn built_in_patterns_compile() {
+        assert!(EMAIL.is_some() && PHONE.is_some() && KEY.is_some());
+        assert_eq!(all().rules.len(), 4);
+    }
+
+    #[test]
+    fn emails_phones_keys_and_custom_patterns_are_replaced() {
+        let r = all();
+        let cases = [
+            ("mail jane.doe+x@example.co.uk now", "mail [REDACTED:email] now"),
+            ("call +1 415-555-0123 or (415) 555 0123", "call [REDACTED:phone] or [REDACTED:phone]"),
+            ("+442079460958", "[REDACTED:phone]"),
+            ("key sk-proj-abcdefghijklmnop123", "key [REDACTED:key]"),
+            ("sk-ant-api03-AbCdEfGhIjKlMnOp", "[REDACTED:key]"),
+            ("Authorization: Bearer abc.def-ghi_jkl", "Authorization: [REDACTED:key]"),
+            ("AKIAIOSFODNN7EXAMPLE", "[REDACTED:key]"),
+            ("account acct-99812 closed", "account [REDACTED] closed"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(r.text(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn ordinary_numbers_and_text_are_kept() {
+        let r = all();
+        for input in ["on 2026-11-28 at 10:30", "version 1.2.3", "host 192.168.100.200", "order 12345", "sk-learn"] {
+            assert_eq!(r.text(input), input);
+        }
+    }
+
+    #[test]
+    fn every_string_in_a_value_is_redacted() {
+        let mut value = json!({"messages": [{"role": "user", "content": "I am a@b.io"}], "n": 1, "tags": ["x@y.dev"]});
+        all().apply(&mut value);
+        assert_eq!(
+            value,
+            json!({"messages": [{"role": "user", "content": "I am [REDACTED:email]"}], "n": 1, "tags": ["[REDACTED:email]"]})
+        );
+    }
+}
