@@ -48,6 +48,8 @@ pub fn response(served: Served, mut exchange: Exchange) -> Response<Body> {
     exchange.variant = origin.variant;
     exchange.status = StatusCode::OK.as_u16();
     exchange.sse = sse;
+    // Read back like an upstream answer, so datasets record what the client got.
+    exchange.capture = Some(crate::wire::Capture::new(super::CAPTURE_LIMIT));
     let mut headers = HeaderMap::new();
     if sse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -60,6 +62,9 @@ pub fn response(served: Served, mut exchange: Exchange) -> Response<Body> {
     set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
     headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
     set_overhead(&mut headers, &mut exchange);
+    if let Some(admission) = &exchange.admission {
+        admission.view.apply(&mut headers);
+    }
     let body = CachedBody { source, exchange, done: false };
     let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
     *response.headers_mut() = headers;
@@ -98,6 +103,12 @@ impl http_body::Body for CachedBody {
         match next {
             Some(Next::Chunk(chunk)) => {
                 this.exchange.observe_chunk(&chunk);
+                if matches!(this.source, Source::Whole(_)) {
+                    // The whole answer is out: hyper may drop a body whose length is reached
+                    // without polling it again, so the exchange ends here, as completed.
+                    this.done = true;
+                    this.exchange.finish(Outcome::Completed);
+                }
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Some(Next::Failed(message)) => {

@@ -243,6 +243,11 @@ impl Exchange {
                 self.answer_summary = Some(AnswerSummary::read(&bytes, self.sse));
             }
         }
+        if self.cache == CacheStatus::Hit {
+            // A hit spent no tokens: the stored answer's usage is what its first request paid.
+            self.usage = None;
+            return;
+        }
         let price = self.snapshot.models.get(&self.model).and_then(|route| route.config.price);
         if let (Some(usage), Some(price)) = (self.usage, price) {
             self.cost_usd = Some(price.cost(&usage));

@@ -96,6 +96,7 @@ pub struct Metrics {
     dataset_records: Family<Counter, 2>,
     /// `outcome`.
     config_reloads: Family<Counter, 1>,
+    state_store_errors: Family<Counter, 1>,
     /// `model, variant`: feedback scores (0-1), for the experiments dashboard.
     feedback: Family<Histogram, 2>,
 }
@@ -120,10 +121,13 @@ impl Metrics {
             backend_errors: Family::new(Counter::default),
             dataset_records: Family::new(Counter::default),
             config_reloads: Family::new(Counter::default),
+            state_store_errors: Family::new(Counter::default),
             feedback: Family::new(|| Histogram::new(&SCORE_BOUNDS, NANO)),
         };
         metrics.config_reloads.register(["success"]);
         metrics.config_reloads.register(["failure"]);
+        metrics.state_store_errors.register(["fallback"]);
+        metrics.state_store_errors.register(["rejected"]);
         metrics
     }
 
@@ -181,7 +185,9 @@ impl Metrics {
     /// `weir_state_store_errors_total{outcome=fallback|rejected}`: a limits admission the
     /// shared state store (Redis) could not answer, decided by local counters (`fallback`,
     /// `state.on_error: open`) or refused (`rejected`, `closed`).
-    pub fn state_store_error(&self, _outcome: &'static str) {}
+    pub fn state_store_error(&self, outcome: &'static str) {
+        self.state_store_errors.with([outcome], Counter::inc);
+    }
 
     /// `weir_dataset_records_total{dataset,outcome}`.
     pub fn dataset_record(&self, dataset: &str, written: bool) {

@@ -410,3 +410,38 @@ fn report_numbers_match_a_hand_computation() {
     assert!(text.contains("experiment exp (control: control)") && text.contains("experiment another"), "{text}");
     assert!(text.contains("0.400 [-0.097, 0.897] n=3"), "{text}");
 }
+
+#[tokio::test]
+async fn cached_and_rate_limited_requests_are_recorded() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = support::standard_yaml(&upstream.url(), Timeouts::default())
+        .replacen(
+            "    targets: [ { backend: up, model: upstream-chat } ]\n",
+            "    targets: [ { backend: up, model: upstream-chat } ]\n    cache: { ttl: 10m }\n",
+            1,
+        )
+        .replacen("    models: [chat]\n", "    models: [chat]\n    rate: { rpm: 2 }\n", 1);
+    let gateway =
+        support::start(&format!("{yaml}datasets:\n  - {{ name: all, dir: {} }}\n", dir.path().display())).await;
+
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "cache me"}]});
+    let (status, miss_id, miss) = post(&gateway, "/chat/completions", TEAM_KEY, body.clone()).await;
+    assert_eq!(status, 200);
+    let (status, hit_id, hit) = post(&gateway, "/chat/completions", TEAM_KEY, body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(hit, miss);
+    let (status, limited_id, _) = post(&gateway, "/chat/completions", TEAM_KEY, body).await;
+    assert_eq!(status, 429);
+
+    gateway.shutdown().await;
+    let lines = lines(dir.path());
+    assert_eq!(record(&lines, &miss_id)["cache"], "miss");
+    let hit_record = record(&lines, &hit_id);
+    assert_eq!(hit_record["cache"], "hit");
+    assert_eq!(hit_record["status"], 200);
+    assert_eq!(hit_record["response"]["choices"][0]["message"]["content"], miss["choices"][0]["message"]["content"]);
+    let limited = record(&lines, &limited_id);
+    assert_eq!(limited["status"], 429);
+    assert!(limited["error"].as_str().unwrap().contains("RPM"), "{limited}");
+}

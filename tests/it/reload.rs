@@ -587,3 +587,58 @@ async fn soak_reloads_every_100ms_under_32_clients_without_a_failed_request() {
     assert!(applied >= 10, "only {applied} reloads applied");
     fg.gateway.shutdown().await;
 }
+
+/// `rpm: 3` for `team`, `rpm: all_rpm` for `all`, on the standard fixture with an admin token.
+fn limited_yaml(upstream: &MockUpstream, all_rpm: u32, extra_model: bool) -> String {
+    let mut yaml =
+        standard_with_admin(upstream).replacen("    models: [chat]\n", "    models: [chat]\n    rate: { rpm: 3 }\n", 1);
+    let all = yaml.find("  - name: all\n").expect("key all");
+    let after_key = all + yaml[all..].find("    key: ").expect("all's key");
+    let line_end = after_key + yaml[after_key..].find('\n').expect("line end") + 1;
+    yaml.insert_str(line_end, &format!("    rate: {{ rpm: {all_rpm} }}\n"));
+    if extra_model {
+        yaml = yaml.replacen("models:\n", "models:\n  extra:\n    targets: [ { backend: mock, model: mock-2 } ]\n", 1);
+    }
+    yaml
+}
+
+async fn chat_as(gateway: &Gateway, key: &str) -> (StatusCode, http::HeaderMap) {
+    let response = support::http()
+        .post(format!("{}/chat/completions", support::base_url(gateway)))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(chat_body("chat", false))
+        .send()
+        .await
+        .expect("request reaches the gateway");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let _ = response.bytes().await;
+    (status, headers)
+}
+
+#[tokio::test]
+async fn rate_limit_windows_survive_a_reload_that_does_not_touch_the_key() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let file = start_file(&limited_yaml(&upstream, 10, false)).await;
+    for _ in 0..3 {
+        assert_eq!(chat_as(&file.gateway, TEAM_KEY).await.0, 200);
+    }
+
+    // Only `all`'s limit changes, and a model is added.
+    rewrite(&file.path, &limited_yaml(&upstream, 20, true));
+    let (status, body) = admin_reload(&file.gateway).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(matches!(body["outcome"].as_str(), Some("applied" | "unchanged")), "{body}");
+    assert_eq!(chat(&file.gateway, "extra").await.0, 200, "the new config is live");
+
+    // `team`'s window kept its 3 requests: the 4th is refused.
+    let (status, headers) = chat_as(&file.gateway, TEAM_KEY).await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    let (status, usage) = admin(&file.gateway, http::Method::GET, "/admin/keys/team/usage", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{usage}");
+    assert!(usage.to_string().contains("3"), "{usage}");
+    // `all` is still admitted.
+    assert_eq!(chat_as(&file.gateway, ALL_KEY).await.0, 200);
+}

@@ -64,6 +64,13 @@ pub fn render(m: &Metrics) -> String {
     counters(&mut out, "weir_config_reloads_total", &["outcome"], &m.config_reloads, 1.0);
     header(
         &mut out,
+        "weir_state_store_errors_total",
+        "counter",
+        "Limit admissions the shared state store could not answer, by what weir did instead.",
+    );
+    counters(&mut out, "weir_state_store_errors_total", &["outcome"], &m.state_store_errors, 1.0);
+    header(
+        &mut out,
         "weir_feedback_score",
         "histogram",
         "Feedback scores (0-1) by the model and variant that answered.",

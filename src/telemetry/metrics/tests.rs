@@ -98,6 +98,7 @@ fn config_series_exist_at_zero_before_traffic() {
     has(&text, r#"weir_ratelimit_rejections_total{key="team",limit="rpm"} 0"#);
     has(&text, r#"weir_backend_inflight{backend="mock"} 0"#);
     has(&text, r#"weir_config_reloads_total{outcome="success"} 0"#);
+    has(&text, r#"weir_state_store_errors_total{outcome="fallback"} 0"#);
     has(&text, r#"weir_feedback_score_count{model="chat",variant="control"} 0"#);
 }
 
