@@ -61,6 +61,9 @@ pub async fn handle(snapshot: &Snapshot, request: Request<Incoming>) -> Result<R
     line.insert("key".into(), json!(identity.name()));
     line.insert("ts".into(), json!(rfc3339(std::time::SystemTime::now())));
     let queued = snapshot.datasets.feedback(Value::Object(line));
+    if let Some(served) = snapshot.datasets.served_by(&feedback.request_id) {
+        snapshot.metrics.feedback(&served.model, &served.variant, feedback.score);
+    }
     let answer = json!({
         "object": "feedback",
         "request_id": feedback.request_id,

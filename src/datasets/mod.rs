@@ -121,6 +121,10 @@ impl Datasets {
     /// Which datasets take this finished request (filters and sampling); decided before
     /// the answer is read back so that only recorded requests pay for assembly.
     pub fn select(&self, exchange: &Exchange) -> Selection {
+        // Routed requests remember who served them, so feedback can be counted per variant.
+        if !self.sinks.is_empty() && !exchange.variant.is_empty() {
+            self.recent.served(&exchange.request_id, &exchange.model, &exchange.variant);
+        }
         let facts =
             Facts { model: &exchange.model, variant: &exchange.variant, key: &exchange.key, status: exchange.status };
         let mut bits = 0u64;
@@ -148,6 +152,11 @@ impl Datasets {
     /// Whether `request_id` went through this gateway recently (see [`FEEDBACK_WINDOW`]).
     pub fn knows(&self, request_id: &str) -> bool {
         self.recent.contains(request_id)
+    }
+
+    /// The public model and variant that served `request_id`, once it was routed.
+    pub fn served_by(&self, request_id: &str) -> Option<Arc<ServedBy>> {
+        self.recent.ids.get(&id_hash(request_id)).flatten()
     }
 
     /// Appends a feedback line to every dataset; returns how many queued it.
@@ -183,9 +192,17 @@ impl Datasets {
     }
 }
 
-/// Request ids seen recently, by 64-bit hash, bounded in count and age.
+/// Which public model and variant answered a request (names from the config).
+#[derive(Debug)]
+pub struct ServedBy {
+    pub model: String,
+    pub variant: String,
+}
+
+/// Request ids seen recently, by 64-bit hash, bounded in count and age; the value is filled in
+/// when the request was routed.
 struct RecentRequests {
-    ids: moka::sync::Cache<u64, ()>,
+    ids: moka::sync::Cache<u64, Option<Arc<ServedBy>>>,
 }
 
 impl std::fmt::Debug for RecentRequests {
@@ -202,7 +219,12 @@ impl RecentRequests {
     }
 
     fn insert(&self, request_id: &str) {
-        self.ids.insert(id_hash(request_id), ());
+        self.ids.insert(id_hash(request_id), None);
+    }
+
+    fn served(&self, request_id: &str, model: &str, variant: &str) {
+        let served = ServedBy { model: model.to_owned(), variant: variant.to_owned() };
+        self.ids.insert(id_hash(request_id), Some(Arc::new(served)));
     }
 
     fn contains(&self, request_id: &str) -> bool {

@@ -198,6 +198,18 @@ async fn feedback_is_checked_and_appended_to_every_dataset() {
     assert_eq!(error["error"]["param"], "score");
     let (status, _, _) = post(&gateway, "/feedback", "sk-wrong", json!({"request_id": id, "score": 1})).await;
     assert_eq!(status, 401);
+    let metrics = support::http()
+        .get(format!("http://{}/metrics", gateway.admin_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"weir_feedback_score_count{model="chat",variant="up"} 1"#),
+        "the score is counted for the variant that answered:\n{metrics}"
+    );
     gateway.shutdown().await;
 
     for (dir, comment) in [(a.path(), "ok, bob@x.org"), (b.path(), "ok, [REDACTED:email]")] {
