@@ -402,7 +402,7 @@ fn main() {
         common::install_cleanup();
         run(params).await
     });
-    common::write_results("features", &report);
+    common::write_results("features.json", &report);
 }
 
 async fn run(params: Params) -> Value {
