@@ -12,14 +12,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
 use super::record::{Exchange, Outcome};
-use super::{X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_VARIANT, set_header, set_overhead};
 use crate::auth::Identity;
 use crate::cache::{Next, Served};
 use crate::config::AuthMode;
@@ -47,24 +46,8 @@ pub fn response(served: Served, mut exchange: Exchange) -> Response<Body> {
     exchange.backend = origin.backend;
     exchange.variant = origin.variant;
     exchange.status = StatusCode::OK.as_u16();
-    exchange.sse = sse;
-    // Read back like an upstream answer, so datasets record what the client got.
-    exchange.capture = Some(crate::wire::Capture::new(super::CAPTURE_LIMIT));
     let mut headers = HeaderMap::new();
-    if sse {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    } else {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    }
-    set_header(&mut headers, X_WEIR_BACKEND, &exchange.backend);
-    set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
-    headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
-    set_overhead(&mut headers, &mut exchange);
-    if let Some(admission) = &exchange.admission {
-        admission.view.apply(&mut headers);
-    }
+    super::prepare_answer(&mut headers, sse, &mut exchange);
     let body = CachedBody { source, exchange, done: false };
     let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
     *response.headers_mut() = headers;

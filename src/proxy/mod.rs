@@ -170,23 +170,8 @@ impl Answer {
         let sse = self.stream
             || upstream.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         exchange.status = upstream.status.as_u16();
-        exchange.sse = sse;
-        exchange.capture = Some(crate::wire::Capture::new(record::CAPTURE_LIMIT));
         let mut headers = upstream.headers;
-        if sse {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-        } else if !headers.contains_key(CONTENT_TYPE) {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        set_header(&mut headers, X_WEIR_BACKEND, &exchange.backend);
-        set_header(&mut headers, X_WEIR_VARIANT, &exchange.variant);
-        headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
-        set_overhead(&mut headers, &mut exchange);
-        if let Some(admission) = &exchange.admission {
-            admission.view.apply(&mut headers);
-        }
+        prepare_answer(&mut headers, sse, &mut exchange);
 
         let timeouts = self.backend.config.timeouts;
         let deadline = self.sent + timeouts.total;
@@ -198,6 +183,28 @@ impl Answer {
         *response.status_mut() = upstream.status;
         *response.headers_mut() = headers;
         response
+    }
+}
+
+/// What every answer sent to the client gets, upstream or cached: the content type (SSE
+/// headers for streams), weir's headers, the key's rate headers, and a capture so the taps
+/// can read the answer back when the exchange finishes.
+fn prepare_answer(headers: &mut HeaderMap, sse: bool, exchange: &mut Exchange) {
+    exchange.sse = sse;
+    exchange.capture = Some(crate::wire::Capture::new(record::CAPTURE_LIMIT));
+    if sse {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    } else if !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    set_header(headers, X_WEIR_BACKEND, &exchange.backend);
+    set_header(headers, X_WEIR_VARIANT, &exchange.variant);
+    headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
+    set_overhead(headers, exchange);
+    if let Some(admission) = &exchange.admission {
+        admission.view.apply(headers);
     }
 }
 
