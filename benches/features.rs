@@ -84,6 +84,15 @@ fn no_headers() -> HeaderMap {
     HeaderMap::new()
 }
 
+/// The plain config exporting traces over OTLP/HTTP to the bench's sink, sampled at `ratio`.
+fn traced(ctx: &Ctx, ratio: f64) -> String {
+    let telemetry = format!(
+        "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: {ratio:?}\n",
+        ctx.otlp_sink
+    );
+    plain_with(ctx, &telemetry)
+}
+
 /// The plain config with `extra` appended (top-level sections such as `telemetry:`).
 fn plain_with(ctx: &Ctx, extra: &str) -> String {
     format!("{}{extra}", common::plain_config(ctx.upstream))
@@ -156,13 +165,7 @@ fn scenarios() -> Vec<Scenario> {
                     (WEIR_BENCH_BASELINE_BIN: a build without metrics, for both off)",
             baseline: Baseline::Weir,
             shape: Shape::Json,
-            config: |ctx| {
-                let telemetry = format!(
-                    "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: 1.0\n",
-                    ctx.otlp_sink
-                );
-                plain_with(ctx, &telemetry)
-            },
+            config: |ctx| traced(ctx, 1.0),
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
@@ -172,13 +175,7 @@ fn scenarios() -> Vec<Scenario> {
             about: "as `observability` with sample_ratio 0.1 (a production setting)",
             baseline: Baseline::Weir,
             shape: Shape::Json,
-            config: |ctx| {
-                let telemetry = format!(
-                    "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: 0.1\n",
-                    ctx.otlp_sink
-                );
-                plain_with(ctx, &telemetry)
-            },
+            config: |ctx| traced(ctx, 0.1),
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
@@ -188,13 +185,7 @@ fn scenarios() -> Vec<Scenario> {
             about: "as `observability`, 20-event streams",
             baseline: Baseline::Weir,
             shape: Shape::Stream,
-            config: |ctx| {
-                let telemetry = format!(
-                    "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: 1.0\n",
-                    ctx.otlp_sink
-                );
-                plain_with(ctx, &telemetry)
-            },
+            config: |ctx| traced(ctx, 1.0),
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
