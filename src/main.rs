@@ -78,6 +78,9 @@ enum DatasetCommand {
         /// Only requests from this time on: 2026-11-28T12:00:00Z, 2026-11-28 or a duration back (24h).
         #[arg(long)]
         since: Option<String>,
+        /// `dpo` only: the least feedback score difference that makes a pair (0 to 1, default 0.5).
+        #[arg(long)]
+        min_margin: Option<f64>,
         /// Output file (default: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -90,6 +93,8 @@ enum ExportFormat {
     OpenaiChat,
     /// {"input", "ideal"?, "output", "metadata"}.
     Eval,
+    /// OpenAI preference fine-tuning pairs: {"input", "preferred_output", "non_preferred_output"}.
+    Dpo,
 }
 
 #[derive(Subcommand)]
@@ -126,12 +131,16 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config, cli.log_format),
         Command::Check { config } => check(&config),
         Command::Key { command: KeyCommand::Hash } => key_hash(),
-        Command::Dataset { command: DatasetCommand::Export { dir, format, model, variant, min_score, since, out } } => {
+        Command::Dataset {
+            command: DatasetCommand::Export { dir, format, model, variant, min_score, since, min_margin, out },
+        } => {
             let format = match format {
                 ExportFormat::OpenaiChat => export::Format::OpenAiChat,
                 ExportFormat::Eval => export::Format::Eval,
+                ExportFormat::Dpo => export::Format::Dpo,
             };
-            dataset_export(&dir, format, model, variant, min_score, since.as_deref(), out.as_deref())
+            let options = ExportOptions { model, variant, min_score, since, min_margin };
+            dataset_export(&dir, format, options, out.as_deref())
         }
         Command::Experiment { command: ExperimentCommand::Report { dir, experiment, format } } => {
             experiment_report(&dir, experiment.as_deref(), format)
@@ -139,27 +148,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn dataset_export(
-    dir: &Path,
-    format: export::Format,
+/// `dataset export`'s selection flags as given.
+struct ExportOptions {
     model: Option<String>,
     variant: Option<String>,
     min_score: Option<f64>,
-    since: Option<&str>,
-    out: Option<&Path>,
-) -> ExitCode {
+    since: Option<String>,
+    min_margin: Option<f64>,
+}
+
+fn dataset_export(dir: &Path, format: export::Format, flags: ExportOptions, out: Option<&Path>) -> ExitCode {
+    let ExportOptions { model, variant, min_score, since, min_margin } = flags;
     if min_score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
         eprintln!("weir: --min-score must be between 0 and 1");
         return ExitCode::FAILURE;
     }
-    let since = match since.map(|s| export::parse_since(s, std::time::SystemTime::now())).transpose() {
+    if min_margin.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+        eprintln!("weir: --min-margin must be between 0 and 1");
+        return ExitCode::FAILURE;
+    }
+    let dpo = format == export::Format::Dpo;
+    if min_margin.is_some() && !dpo {
+        eprintln!("weir: --min-margin applies to --format dpo only");
+        return ExitCode::FAILURE;
+    }
+    if min_score.is_some() && dpo {
+        eprintln!("weir: --min-score does not apply to --format dpo (pairs need low scores too; use --min-margin)");
+        return ExitCode::FAILURE;
+    }
+    let since = match since.as_deref().map(|s| export::parse_since(s, std::time::SystemTime::now())).transpose() {
         Ok(since) => since,
         Err(err) => {
             eprintln!("weir: --since: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let options = export::Options { model, variant, min_score, since };
+    let options = export::Options { model, variant, min_score, since, min_margin };
     let mut sink: Box<dyn Write> = match out {
         Some(path) => match std::fs::File::create(path) {
             Ok(file) => Box::new(std::io::BufWriter::new(file)),
@@ -172,7 +196,8 @@ fn dataset_export(
     };
     match export::export(dir, format, &options, &mut sink, &mut std::io::stderr()) {
         Ok(summary) => {
-            eprintln!("exported {} records ({} damaged lines skipped)", summary.exported, summary.skipped);
+            let what = if dpo { "pairs" } else { "records" };
+            eprintln!("exported {} {what} ({} damaged lines skipped)", summary.exported, summary.skipped);
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -17,6 +17,7 @@ pub mod export;
 pub mod feedback;
 mod files;
 mod filter;
+pub mod preference;
 pub mod read;
 pub mod record;
 pub mod redact;
