@@ -13,6 +13,7 @@ pub mod backends;
 pub mod cache;
 pub mod config;
 pub mod datasets;
+pub mod eval;
 pub mod experiments;
 pub mod gateway;
 pub mod headers;

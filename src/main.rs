@@ -1,4 +1,5 @@
-//! The `weir` command line: `serve`, `check`, `key hash`, `dataset export`, `experiment report`.
+//! The `weir` command line: `serve`, `check`, `key hash`, `dataset export`, `experiment report`,
+//! `eval run`.
 
 use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,62 @@ enum Command {
         #[command(subcommand)]
         command: ExperimentCommand,
     },
+    /// Offline evaluation through a running weir.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Replay a dataset's requests through a running weir against one or more variants,
+    /// score each answer, write one JSONL line per item and a summary per variant.
+    /// Rerunning with the same --out resumes; exit code 1 when --fail-under is missed.
+    Run(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The dataset's `dir`: its successful chat and text completions are the items.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// The running weir's base URL, with or without `/v1` (http://127.0.0.1:8080).
+    #[arg(long)]
+    target: String,
+    /// The public model to ask (each item's `model` is replaced by it).
+    #[arg(long)]
+    model: String,
+    /// API key (default: $WEIR_API_KEY, then $OPENAI_API_KEY).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// A variant to pin with x-weir-variant; repeat for several. Without it weir chooses.
+    #[arg(long = "variant")]
+    variants: Vec<String>,
+    /// exact | contains | regex:PATTERN | json-schema:FILE | judge:MODEL
+    #[arg(long)]
+    scorer: String,
+    /// The judge's prompt ({{input}}, {{reference}}, {{output}}) instead of the shipped rubric.
+    #[arg(long)]
+    judge_rubric: Option<PathBuf>,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output directory (results.jsonl, run.json, summary.json).
+    #[arg(long, default_value = "eval-out")]
+    out: PathBuf,
+    /// Exit with 1 unless every variant's mean score is at least this.
+    #[arg(long)]
+    fail_under: Option<f64>,
+    /// weir config file to price answers with the model's `price`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Per-call timeout (humantime: 30s, 2m).
+    #[arg(long, default_value = "120s")]
+    timeout: String,
 }
 
 #[derive(Subcommand)]
@@ -145,7 +202,88 @@ fn main() -> ExitCode {
         Command::Experiment { command: ExperimentCommand::Report { dir, experiment, format } } => {
             experiment_report(&dir, experiment.as_deref(), format)
         }
+        Command::Eval { command: EvalCommand::Run(args) } => eval_run(args),
     }
+}
+
+fn eval_run(args: EvalArgs) -> ExitCode {
+    weir::install_crypto_provider();
+    let fail_under = args.fail_under;
+    let options = match eval_options(args) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("weir: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("weir: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let finished = match runtime.block_on(weir::eval::run(&options, stop)) {
+        Ok(finished) => finished,
+        Err(err) => {
+            eprintln!("weir: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", weir::eval::results::table(&finished.summaries));
+    eprintln!("results: {}", options.out.join(weir::eval::results::RESULTS).display());
+    if finished.interrupted {
+        eprintln!("weir: interrupted; run the same command again to resume");
+        return ExitCode::from(130);
+    }
+    match fail_under {
+        Some(threshold) if !weir::eval::passes(&finished.summaries, threshold) => {
+            eprintln!("weir: a variant's mean score is below --fail-under {threshold}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn eval_options(args: EvalArgs) -> Result<weir::eval::Options, String> {
+    if args.fail_under.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
+        return Err("--fail-under must be between 0 and 1".into());
+    }
+    if args.concurrency == 0 || args.concurrency > 1024 {
+        return Err("--concurrency must be from 1 to 1024".into());
+    }
+    let timeout = humantime::parse_duration(&args.timeout).map_err(|err| format!("--timeout: {err}"))?;
+    let key =
+        args.api_key.or_else(|| std::env::var("WEIR_API_KEY").ok()).or_else(|| std::env::var("OPENAI_API_KEY").ok());
+    let client = weir::eval::client::Client::new(&args.target, key, timeout).map_err(|err| err.to_string())?;
+    let scorer = weir::eval::scorer::Scorer::parse(&args.scorer, args.judge_rubric.as_deref())
+        .map_err(|err| format!("--scorer: {err}"))?;
+    let price = match &args.config {
+        Some(path) => {
+            let config = weir::config::load_file(path).map_err(|err| err.to_string())?;
+            let model = config.models.get(&args.model);
+            let model = model.ok_or_else(|| format!("{} has no model `{}`", path.display(), args.model))?;
+            model.price
+        }
+        None => None,
+    };
+    Ok(weir::eval::Options {
+        dataset: args.dataset,
+        client,
+        model: args.model,
+        variants: args.variants,
+        scorer,
+        scorer_spec: args.scorer,
+        concurrency: args.concurrency,
+        limit: args.limit,
+        out: args.out,
+        price,
+    })
 }
 
 /// `dataset export`'s selection flags as given.
