@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Handler, TlsAcceptorSource};
+use super::Handler;
+use crate::runtime::tls::TlsAcceptorSource;
 
 /// A bound socket not yet accepting.
 pub struct Bound {

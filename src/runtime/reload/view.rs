@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::ReloadOutcome;
-use crate::snapshot::Snapshot;
+use crate::runtime::Snapshot;
 
 /// The active config as loaded (`${VAR}` expanded, secrets masked), where it came from, the
 /// SHA-256 of its bytes and when it became active (RFC 3339).
