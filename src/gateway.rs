@@ -90,7 +90,7 @@ impl Gateway {
         &self.state
     }
 
-    /// Reads the config source again and applies it if valid (see [`crate::reload`]).
+    /// Reads the config source again and applies it if valid (see [`crate::runtime::reload`]).
     pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         reload::reload(&self.state, Trigger::Api).await
     }

@@ -19,15 +19,15 @@
 
 pub mod auth;
 pub mod backends;
-pub mod cache;
+pub(crate) mod cache;
 pub mod config;
 pub mod datasets;
 pub mod gateway;
 pub mod limits;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod router;
-pub mod runtime;
-pub mod server;
+pub(crate) mod runtime;
+pub(crate) mod server;
 pub mod telemetry;
 pub mod wire;
 

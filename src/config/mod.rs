@@ -9,7 +9,7 @@
 //! snapshot build, so `weir check` stays side-effect free.
 
 mod mask;
-pub mod raw;
+pub(crate) mod raw;
 mod source;
 mod types;
 mod units;

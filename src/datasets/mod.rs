@@ -14,14 +14,14 @@
 //! last snapshot using it is gone.
 
 pub mod export;
-pub mod feedback;
+pub(crate) mod feedback;
 mod files;
 mod filter;
-pub mod read;
-pub mod record;
-pub mod redact;
+pub(crate) mod read;
+pub(crate) mod record;
+pub(crate) mod redact;
 pub mod report;
-pub mod stats;
+pub(crate) mod stats;
 mod writer;
 
 use std::hash::{DefaultHasher, Hash, Hasher};

@@ -12,10 +12,10 @@
 //! A key with no `rate` and no `budget` costs nothing here: no parse, no admission.
 
 pub mod budget;
-pub mod headers;
-pub mod memory;
-pub mod redis;
-pub mod tokens;
+pub(crate) mod headers;
+pub(crate) mod memory;
+pub(crate) mod redis;
+pub(crate) mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;

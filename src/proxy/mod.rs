@@ -34,7 +34,7 @@ use crate::wire::headers::{
 };
 use crate::wire::{CAPTURE_LIMIT, Capture, Endpoint, Outcome, RequestError, parse_head};
 
-pub use exchange::{Exchange, Guards};
+use exchange::Exchange;
 
 /// Why the request path refused a request, before any answer.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,7 @@
 //! The admin port's handlers: `/metrics`, `/healthz`, `/readyz`, and the token-guarded `/admin/*`
 //! (`POST /admin/reload`, `GET /admin/config`).
+//!
+//! Owns: the admin token check and those handlers. Must not: be reachable on the client port.
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};

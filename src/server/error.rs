@@ -4,6 +4,10 @@
 //! turns any of them into OpenAI's error shape
 //! `{"error": {"message", "type", "code", "param"}}`. The `match` in `describe` has no
 //! catch-all arm, so a new error cannot ship without a status.
+//!
+//! Owns: [`GatewayError`] and its one exhaustive map to status, type, code and headers (the
+//! request path's refusals and the admin port's errors included). Must not: be bypassed by a
+//! hand-written error body anywhere else.
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;

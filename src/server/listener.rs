@@ -1,6 +1,8 @@
 //! One accept loop on one address, as the gateway runs it: bound, started, and stopped with
 //! a drain. A reload that moves `listen` or `admin_listen` binds the new address first,
 //! starts its loop, then stops the old one, whose open connections finish their requests.
+//!
+//! Owns: [`Bound`] sockets and [`Listener`] loops. Must not: serve a request itself.
 
 use std::net::SocketAddr;
 use std::time::Duration;

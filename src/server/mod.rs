@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 pub use listener::{Bound, Listener};
 pub use routes::{admin_service, client_service};
-pub use state::{AppState, Ports};
+pub use state::AppState;
 
 use crate::runtime::tls::TlsAcceptorSource;
 use crate::wire::body::Body;

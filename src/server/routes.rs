@@ -1,4 +1,7 @@
 //! The route tables: which path goes to which handler, and nothing else.
+//!
+//! Owns: the client and admin route tables and weir's own response headers (request id,
+//! overhead). Must not: hold handler logic.
 
 use std::sync::Arc;
 use std::time::Instant;

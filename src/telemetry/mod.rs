@@ -5,8 +5,8 @@
 //! stalls a request (lines are dropped, not waited for, when the queue is full).
 //! Must not: block the request path or put raw client input into metric labels.
 
-pub mod metrics;
-pub mod trace;
+pub(crate) mod metrics;
+pub(crate) mod trace;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;

@@ -9,16 +9,16 @@
 //! Must not: name any other module of weir, or hold a runtime handle (no snapshot, store,
 //! guard or task): everything here is data and pure functions over it.
 
-pub mod assemble;
-pub mod body;
-pub mod capture;
-pub mod endpoint;
-pub mod headers;
-pub mod record;
-pub mod request;
-pub mod summary;
-pub mod trace_context;
-pub mod usage;
+pub(crate) mod assemble;
+pub(crate) mod body;
+pub(crate) mod capture;
+pub(crate) mod endpoint;
+pub(crate) mod headers;
+pub(crate) mod record;
+pub(crate) mod request;
+pub(crate) mod summary;
+pub(crate) mod trace_context;
+pub(crate) mod usage;
 
 pub use assemble::{Assembled, assemble};
 pub use capture::{CAPTURE_LIMIT, Capture};

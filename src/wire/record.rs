@@ -75,7 +75,7 @@ pub struct Attempt {
     /// The model name sent upstream.
     pub model: String,
     pub variant: String,
-    /// When the attempt started, from the exchange's start.
+    /// When the attempt started, from the request's start.
     pub offset: Duration,
     /// Until response headers (or failure).
     pub duration: Duration,

@@ -1,5 +1,7 @@
 //! The JSON the admin port answers with: the active config (`GET /admin/config`) and a
 //! reload's outcome (`POST /admin/reload`).
+//!
+//! Owns: those two JSON shapes. Must not: show a secret (the config view is masked).
 
 use serde_json::{Value, json};
 

@@ -7,6 +7,8 @@
 //! on the file itself would follow. An event names a file; events for other files in those
 //! directories are ignored. A burst of events (an editor's write, rename and chmod) becomes
 //! one reload after [`DEBOUNCE`] of quiet, and a reload whose bytes did not change is a no-op.
+//!
+//! Owns: the [`FileWatcher`]. Must not: reload on its own terms: it calls the one reload path.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
