@@ -23,6 +23,38 @@ pub struct RawConfig {
     pub state: Option<RawState>,
     pub telemetry: Option<RawTelemetry>,
     pub datasets: Vec<RawDataset>,
+    /// Experiment settings by the name models give in `experiment:`.
+    pub experiments: BTreeMap<String, RawExperiment>,
+}
+
+/// One entry of `experiments:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawExperiment {
+    /// `fixed | thompson`. Default `fixed` (the targets' weights).
+    pub strategy: Option<String>,
+    /// `feedback | success | latency | cost`. Default `feedback`.
+    pub metric: Option<String>,
+    /// Least share of traffic each arm keeps while the experiment runs. Default 0.05.
+    pub min_share: Option<f64>,
+    /// The variant the others are compared with. Default: `control` if a variant has that
+    /// name, else the first variant.
+    pub control: Option<String>,
+    pub stop: Option<RawStop>,
+}
+
+/// `stop:` of an experiment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawStop {
+    /// Default 0.95.
+    pub confidence: Option<f64>,
+    /// Default 200.
+    pub min_samples: Option<u64>,
+    /// Default false.
+    pub promote: Option<bool>,
+    /// Default: 0.05 for feedback, 0.02 for success, none (0) for latency and cost.
+    pub margin: Option<f64>,
 }
 
 /// `server:`, the listeners and request limits.

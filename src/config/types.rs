@@ -29,6 +29,95 @@ pub struct Config {
     pub state: StateConfig,
     /// Evaluation dataset sinks in file order.
     pub datasets: Vec<DatasetConfig>,
+    /// Experiment settings by experiment name (each names the `experiment` of one model).
+    pub experiments: BTreeMap<String, ExperimentConfig>,
+}
+
+/// `experiments.NAME`: how an A/B experiment allocates traffic and when it is decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentConfig {
+    pub name: String,
+    /// The public model whose `experiment` this is.
+    pub model: String,
+    pub strategy: Strategy,
+    pub metric: Metric,
+    /// Least share of each arm under `thompson`. Default 0.05.
+    pub min_share: f64,
+    /// The variant compared against.
+    pub control: String,
+    pub stop: StopConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The targets' weights.
+    Fixed,
+    /// Thompson sampling on the metric.
+    Thompson,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Fixed => "fixed",
+            Strategy::Thompson => "thompson",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Mean feedback score (0 to 1) of answered requests.
+    Feedback,
+    /// Share of requests answered without an error.
+    Success,
+    /// Milliseconds from arrival to the last byte, successful requests (lower is better).
+    Latency,
+    /// USD per successful request at the model's `price` (lower is better).
+    Cost,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Feedback => "feedback",
+            Metric::Success => "success",
+            Metric::Latency => "latency",
+            Metric::Cost => "cost",
+        }
+    }
+
+    /// Whether a smaller value is the better one.
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, Metric::Latency | Metric::Cost)
+    }
+
+    /// Whether every observation lies in [0, 1].
+    pub fn bounded(self) -> bool {
+        matches!(self, Metric::Feedback | Metric::Success)
+    }
+
+    /// `stop.margin` when not given.
+    pub fn default_margin(self) -> f64 {
+        match self {
+            Metric::Feedback => 0.05,
+            Metric::Success => 0.02,
+            Metric::Latency | Metric::Cost => 0.0,
+        }
+    }
+}
+
+/// `experiments.NAME.stop`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopConfig {
+    /// Default 0.95: the chance that no wrong decision is ever declared.
+    pub confidence: f64,
+    /// Samples each arm and the control need before a decision. Default 200.
+    pub min_samples: u64,
+    /// A decided winner takes all traffic. Default false.
+    pub promote: bool,
+    /// Differences within ±margin are `equivalent`.
+    pub margin: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -108,5 +108,6 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         cache: weir::config::CacheConfig::default(),
         state: weir::config::StateConfig::default(),
         datasets: Vec::new(),
+        experiments: BTreeMap::new(),
     }
 }
