@@ -6,16 +6,25 @@
 //! with Holm's multiplicity correction (`decision`), and Thompson sampling shares
 //! (`thompson`). The live gateway and `weir experiment report` both compute through here,
 //! so they agree on the same figures.
-//! Must not: do I/O, keep state or know where the counts come from.
+//! The live side (`live`, `store`): counts per arm kept in memory or Redis, fed by finished
+//! requests and feedback, refreshed every [`REFRESH`] into shares the router reads and a
+//! decision (with promotion) the admin API shows.
+//! Must not: do I/O on the request path; the statistics modules do no I/O at all and know
+//! nothing of where the counts come from.
 
+pub mod analysis;
 pub mod decision;
+mod live;
 pub mod moments;
 pub mod sequential;
 #[cfg(test)]
 mod simulations;
+mod store;
 pub mod thompson;
 
+pub use analysis::{Analysis, ArmView, analyze};
 pub use decision::{Decision, Direction, Rule, Verdict, decide};
+pub use live::{Allocation, Experiment, Experiments, REFRESH, variants_of};
 pub use moments::Moments;
 pub use sequential::{Difference, Interval};
 pub use thompson::Posterior;

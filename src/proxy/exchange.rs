@@ -116,6 +116,7 @@ impl Exchange {
         }
         snapshot.limits.finish(record, self.guards.admission.take());
         snapshot.datasets.record(record, datasets);
+        snapshot.experiments.observe(record);
         log(record);
     }
 

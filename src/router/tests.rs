@@ -53,7 +53,7 @@ fn route(targets: &[(&str, &str, u32)], sticky: Sticky) -> ModelRoute {
         cache_ttl: None,
         price: None,
     };
-    ModelRoute::new(config, live, Vec::new())
+    ModelRoute::new(config, live, Vec::new(), None)
 }
 
 fn chosen(route: &ModelRoute, pick: Pick) -> Option<&Target> {

@@ -17,6 +17,7 @@ use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::cache::Cache;
 use crate::config::{Config, SourceInfo, TargetConfig};
 use crate::datasets::Datasets;
+use crate::experiments::Experiments;
 use crate::limits::Limits;
 use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub health: Health,
     /// Dataset sinks; writers of unchanged datasets are carried from `previous`.
     pub datasets: Datasets,
+    /// Live experiments; counts of unchanged experiments are carried from `previous`.
+    pub experiments: Experiments,
     pub loaded_at: SystemTime,
     /// Where the config came from, its hash and masked view; set by whoever loaded it.
     pub source: Arc<SourceInfo>,
@@ -58,6 +61,7 @@ impl Snapshot {
             };
             backends.insert(name.clone(), runtime);
         }
+        let experiments = Experiments::build(&config, previous.map(|p| &p.experiments));
         let mut health = Health::carry(previous.map(|p| &p.health));
         let mut models = HashMap::with_capacity(config.models.len());
         for (name, model) in &config.models {
@@ -66,13 +70,15 @@ impl Snapshot {
             };
             let targets = resolve(&model.targets)?;
             let fallbacks = resolve(&model.fallbacks)?;
-            models.insert(name.clone(), ModelRoute::new(model.clone(), targets, fallbacks));
+            let allocation = experiments.allocation(model.experiment.as_deref());
+            models.insert(name.clone(), ModelRoute::new(model.clone(), targets, fallbacks, allocation));
         }
         let health = health.build();
         let keys = KeyTable::new(config.auth, config.keys.clone());
         let limits = Limits::build(&config, previous.map(|p| &p.limits));
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
+        metrics.watch_experiments(experiments.iter().cloned().collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
         let datasets = Datasets::build(&config.datasets, previous.map(|p| &p.datasets), &metrics);
         let cache = match previous {
@@ -91,6 +97,7 @@ impl Snapshot {
             tracer,
             health,
             datasets,
+            experiments,
             loaded_at: SystemTime::now(),
             source,
         })

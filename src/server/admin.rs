@@ -1,11 +1,13 @@
 //! The admin port's handlers: `/metrics`, `/healthz`, `/readyz`, and the token-guarded `/admin/*`
-//! (`POST /admin/reload`, `GET /admin/config`).
+//! (`POST /admin/reload`, `GET /admin/config`, `GET /admin/keys/{name}/usage`,
+//! `GET /admin/experiments[/{name}]`).
 //!
 //! Owns: the admin token check and those handlers. Must not: be reachable on the client port.
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde_json::json;
 use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
@@ -43,6 +45,14 @@ async fn admin_route(state: &Arc<AppState>, request: Request<Incoming>) -> Respo
             }
         };
     }
+    if path == "/admin/experiments" || path.starts_with("/admin/experiments/") {
+        return match *request.method() {
+            Method::GET => experiments(state, path.strip_prefix("/admin/experiments/")),
+            ref method => {
+                GatewayError::MethodNotAllowed { method: method.clone(), path: path.to_owned() }.to_response()
+            }
+        };
+    }
     match (request.method(), path) {
         (&Method::POST, "/admin/reload") => match reload::reload(state, Trigger::Admin).await {
             Ok(outcome) => body::json(StatusCode::OK, reload::outcome_json(outcome, &state.snapshot()).to_string()),
@@ -55,6 +65,34 @@ async fn admin_route(state: &Arc<AppState>, request: Request<Incoming>) -> Respo
             GatewayError::MethodNotAllowed { method: method.clone(), path: path.to_owned() }.to_response()
         }
         _ => GatewayError::NotFound(path.to_owned()).to_response(),
+    }
+}
+
+/// `GET /admin/experiments` (every experiment) and `/admin/experiments/{name}` (one; 404
+/// for a name the config does not have).
+fn experiments(state: &AppState, name: Option<&str>) -> Response<Body> {
+    let snapshot = state.snapshot();
+    let view = |e: &crate::experiments::Experiment| {
+        json!({
+            "name": e.config.name,
+            "model": e.config.model,
+            "strategy": e.config.strategy.as_str(),
+            "min_share": e.config.min_share,
+            "promote": e.config.stop.promote,
+            "promoted": e.promoted(),
+            "store": if snapshot.config.state.store == crate::config::StateStore::Memory { "memory" } else { "redis" },
+            "analysis": e.view().as_deref(),
+        })
+    };
+    match name {
+        None => {
+            let all: Vec<_> = snapshot.experiments.iter().map(|e| view(e)).collect();
+            body::json(StatusCode::OK, json!({"object": "list", "data": all}).to_string())
+        }
+        Some(name) => match snapshot.experiments.get(&percent_decode(name)) {
+            Some(e) => body::json(StatusCode::OK, view(e).to_string()),
+            None => GatewayError::ExperimentNotFound(percent_decode(name)).to_response(),
+        },
     }
 }
 
@@ -74,6 +112,11 @@ fn key_usage_name(path: &str) -> Option<String> {
     if encoded.is_empty() || encoded.contains('/') {
         return None;
     }
+    Some(percent_decode(encoded))
+}
+
+/// A path segment with its `%XX` escapes decoded (invalid UTF-8 is replaced).
+fn percent_decode(encoded: &str) -> String {
     let bytes = encoded.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -90,7 +133,7 @@ fn key_usage_name(path: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Constant-time check of the bearer token; no token configured means nobody is admitted.

@@ -50,6 +50,9 @@ pub enum GatewayError {
     AdminUnauthorized,
     #[error("no key named `{0}` in the config")]
     KeyNotFound(String),
+    /// `GET /admin/experiments/{name}` for an experiment the config does not have.
+    #[error("no experiment named `{0}` (experiments are the `experiments:` entries of the config)")]
+    ExperimentNotFound(String),
     /// `POST /admin/reload` rejected the config; the active one stays.
     #[error("config reload rejected, the active config stays: {0}")]
     Reload(#[from] ReloadError),
@@ -196,6 +199,9 @@ impl GatewayError {
                 plain(S::UNAUTHORIZED, "invalid_request_error", Some("invalid_admin_token"))
             }
             GatewayError::KeyNotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("key_not_found")),
+            GatewayError::ExperimentNotFound(_) => {
+                plain(S::NOT_FOUND, "invalid_request_error", Some("experiment_not_found"))
+            }
             GatewayError::Reload(err) => match err {
                 ReloadError::Invalid(_) | ReloadError::Tls(_) | ReloadError::Backend(_) | ReloadError::Bind { .. } => {
                     plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_config"))

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 
 use self::family::{Counter, Family, Histogram};
 use crate::config::Config;
+use crate::experiments::Experiment;
 use crate::wire::{Outcome, Record};
 
 /// Outcome label of `weir_cache_requests_total{result}`.
@@ -99,6 +100,8 @@ pub struct Metrics {
     state_store_errors: Family<Counter, 1>,
     /// `model, variant`: feedback scores (0-1), for the experiments dashboard.
     feedback: Family<Histogram, 2>,
+    /// The live experiments, read when rendering (shares, samples, decisions, promotions).
+    experiments: ArcSwap<Vec<Arc<Experiment>>>,
 }
 
 impl Default for Metrics {
@@ -118,6 +121,7 @@ impl Metrics {
             cache_requests: Family::new(Counter::default),
             ratelimit_rejections: Family::new(Counter::default),
             inflight: ArcSwap::from_pointee(Vec::new()),
+            experiments: ArcSwap::from_pointee(Vec::new()),
             backend_errors: Family::new(Counter::default),
             dataset_records: Family::new(Counter::default),
             config_reloads: Family::new(Counter::default),
@@ -253,6 +257,11 @@ impl Metrics {
             self.backend_duration.register([name.as_str()]);
         }
         self.inflight.store(Arc::new(inflight));
+    }
+
+    /// Points the `weir_experiment_*` gauges at the live experiments.
+    pub fn watch_experiments(&self, experiments: Vec<Arc<Experiment>>) {
+        self.experiments.store(Arc::new(experiments));
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
