@@ -178,8 +178,7 @@ impl Experiments {
         all.into_iter()
     }
 
-    /// The tap: a finished request of an experiment's model adds its metric to its arm (or,
-    /// for `feedback`, is remembered so its feedback can).
+    /// The tap: a finished request of an experiment's model adds its metric to its arm.
     pub fn observe(&self, record: &Record) {
         let Some(experiment) = record.experiment.as_deref().and_then(|name| self.by_name.get(name)) else { return };
         let Some(arm) = experiment.variants.iter().position(|v| *v == record.variant) else { return };
@@ -188,18 +187,26 @@ impl Experiments {
         }
         let succeeded = record.outcome == Outcome::Completed && (200..400).contains(&record.status);
         let value = match experiment.config.metric {
-            Metric::Feedback => {
-                if succeeded {
-                    self.served.insert(id_hash(&record.request_id), (Arc::clone(experiment), arm));
-                }
-                return;
-            }
+            // Counted when feedback comes (see `answering`).
+            Metric::Feedback => return,
             Metric::Success => Some(if succeeded { 1.0 } else { 0.0 }),
             Metric::Latency => succeeded.then_some(record.duration.as_secs_f64() * 1000.0),
             Metric::Cost => record.cost_usd.filter(|_| succeeded),
         };
         if let Some(value) = value {
             experiment.add(arm, value);
+        }
+    }
+
+    /// Called when an answer's headers go out: a feedback-scored experiment remembers which
+    /// arm answered, so feedback can be posted as soon as the client has the answer.
+    pub fn answering(&self, record: &Record) {
+        let Some(experiment) = record.experiment.as_deref().and_then(|name| self.by_name.get(name)) else { return };
+        if experiment.config.metric != Metric::Feedback || !(200..300).contains(&record.status) {
+            return;
+        }
+        if let Some(arm) = experiment.variants.iter().position(|v| *v == record.variant) {
+            self.served.insert(id_hash(&record.request_id), (Arc::clone(experiment), arm));
         }
     }
 
@@ -382,4 +389,53 @@ fn id_hash(request_id: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     request_id.hash(&mut hasher);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    const YAML: &str = "\
+backends:
+  m: { kind: mock }
+models:
+  chat:
+    experiment: exp
+    targets:
+      - { backend: m, model: a, variant: control }
+      - { backend: m, model: b, variant: candidate }
+auth: { mode: none }
+experiments:
+  exp: { strategy: thompson, metric: success }
+";
+
+    fn record(variant: &str, status: u16) -> Record {
+        let mut record = Record::new("req".into(), Instant::now());
+        record.experiment = Some("exp".into());
+        record.variant = variant.into();
+        record.status = status;
+        record
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_reach_the_figures_at_the_next_refresh() {
+        let config = crate::config::load_str(YAML, "t.yaml", &|_| None).unwrap();
+        let experiments = Experiments::build(&config, None);
+        let exp = experiments.get("exp").unwrap();
+        let shares: Vec<_> = exp.view().unwrap().arms.iter().map(|a| a.share).collect();
+        assert_eq!(shares, vec![Some(0.5), Some(0.5)]);
+        for _ in 0..50 {
+            experiments.observe(&record("control", 200));
+            experiments.observe(&record("candidate", 502));
+        }
+        tokio::time::sleep(REFRESH * 2).await;
+        let view = exp.view().unwrap();
+        assert_eq!((view.arms[0].samples, view.arms[1].samples), (50, 50));
+        assert!(view.arms[0].share.unwrap() > 0.9, "{view:?}");
+        // A reload with the same experiment keeps the counts.
+        let again = Experiments::build(&config, Some(&experiments));
+        assert_eq!(again.get("exp").unwrap().view().unwrap().arms[0].samples, 50);
+    }
 }

@@ -34,6 +34,10 @@ pub enum Posterior {
 
 /// Each arm's share of traffic (they sum to 1), at least `min_share` each.
 pub fn shares(arms: &[Moments], posterior: Posterior, direction: Direction, min_share: f64) -> Vec<f64> {
+    if arms.iter().all(|arm| arm.n == 0) {
+        // Nothing is known yet: an even split, without Monte Carlo noise.
+        return vec![1.0 / arms.len().max(1) as f64; arms.len()];
+    }
     let mut rng = StdRng::seed_from_u64(seed_of(arms));
     let best = probability_best(arms, posterior, direction, DRAWS, &mut rng);
     floor_shares(&best, min_share)

@@ -75,6 +75,12 @@ impl Exchange {
         self.record.variant = variant;
     }
 
+    /// The answer's headers are going out: an experiment scored by feedback remembers who
+    /// answered, so feedback may follow at once.
+    pub fn answering(&self) {
+        self.snapshot.experiments.answering(&self.record);
+    }
+
     /// The tap on every body chunk sent to the client: TTFT, byte count, capture.
     pub fn observe_chunk(&mut self, chunk: &Bytes) {
         let record = &mut self.record;

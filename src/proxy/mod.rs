@@ -229,6 +229,7 @@ impl Answer {
 /// can read the answer back when the exchange finishes.
 fn prepare_answer(headers: &mut HeaderMap, sse: bool, exchange: &mut Exchange) {
     exchange.record.sse = sse;
+    exchange.answering();
     exchange.capture = Some(Capture::new(CAPTURE_LIMIT));
     if sse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

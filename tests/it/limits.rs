@@ -277,7 +277,7 @@ async fn key_usage_needs_the_admin_token_and_a_known_key() {
 // === Two processes, one Redis ===
 
 /// Kills the child when the test ends, however it ends.
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -302,7 +302,7 @@ fn wait_listening(child: &mut ChildGuard, addr: SocketAddr, what: &str) {
 }
 
 /// `redis-server` on a free port, or `None` (skip) when it is not installed outside CI.
-fn start_redis() -> Option<(ChildGuard, u16)> {
+pub(crate) fn start_redis() -> Option<(ChildGuard, u16)> {
     let port = free_port();
     let spawned = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
