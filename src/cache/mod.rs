@@ -400,3 +400,58 @@ impl Control {
         control
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+
+    /// A TCP server that accepts and never answers: what a stopped (`SIGSTOP`) Redis is to a
+    /// client.
+    async fn silent_redis() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        format!("redis://{addr}")
+    }
+
+    async fn begin(cache: &Arc<Cache>, metrics: &Metrics, headers: &HeaderMap) -> Lookup {
+        let request = CacheRequest {
+            endpoint: Endpoint::ChatCompletions,
+            key_name: "team",
+            model: "chat",
+            body: BODY,
+            stream: true,
+            ttl: Duration::from_secs(60),
+            headers,
+            metrics,
+        };
+        cache.begin(request).await
+    }
+
+    #[tokio::test]
+    async fn a_leader_gone_during_a_slow_shared_lookup_blocks_no_one() {
+        let config = CacheConfig { store: CacheStore::Redis(silent_redis().await), ..CacheConfig::default() };
+        let cache = Arc::new(Cache::new(&config));
+        let (metrics, headers) = (Metrics::new(), HeaderMap::new());
+        // The leader's client goes away while the shared store is being asked.
+        let abandoned = tokio::time::timeout(Duration::from_millis(30), begin(&cache, &metrics, &headers)).await;
+        assert!(abandoned.is_err(), "the first request was still looking the store up");
+        assert_eq!(cache.in_flight(), 0, "its flight ended with it");
+
+        let next = tokio::time::timeout(Duration::from_secs(5), begin(&cache, &metrics, &headers))
+            .await
+            .expect("the next identical request is not held by the abandoned flight");
+        assert_eq!(next.status, CacheStatus::Miss);
+        assert!(next.served.is_none() && next.fill.is_some(), "it leads and goes upstream");
+        assert_eq!(cache.in_flight(), 1);
+        drop(next);
+        assert_eq!(cache.in_flight(), 0, "a fill dropped unfinished ends its flight too");
+    }
+}
