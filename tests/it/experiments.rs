@@ -56,7 +56,10 @@ async fn feedback(gateway: &Gateway, id: &str, score: f64) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["experiment"], true, "{answer}");
 }
 
 async fn admin(gateway: &Gateway, path: &str) -> (u16, Value) {
@@ -82,27 +85,31 @@ async fn feedback_for_one_arm_shifts_its_share_within_a_second() {
     let (_, view) = admin(&gateway, "/admin/experiments/exp").await;
     assert_eq!(arm(&view, "candidate")["share"], 0.5, "{view}");
     let mut served = Vec::new();
-    for i in 0..60 {
+    // 80 requests: each arm gets min_samples (20) but for a 4-in-a-million chance.
+    for i in 0..80 {
         served.push(chat(&gateway, &format!("question {i}")).await);
     }
     assert!(served.iter().any(|(_, v)| v == "control") && served.iter().any(|(_, v)| v == "candidate"));
-    for (id, variant) in &served {
-        feedback(&gateway, id, if variant == "candidate" { 1.0 } else { 0.0 }).await;
+    for (i, (id, variant)) in served.iter().enumerate() {
+        // Scores that vary a little, as real ones do: around 0.85 for one arm, 0.15 the other.
+        let jitter = if i % 2 == 0 { 0.1 } else { -0.1 };
+        feedback(&gateway, id, if variant == "candidate" { 0.85 + jitter } else { 0.15 + jitter }).await;
     }
     let posted = Instant::now();
-    let share = loop {
+    let (share, view) = loop {
         let (_, view) = admin(&gateway, "/admin/experiments/exp").await;
         let share = arm(&view, "candidate")["share"].as_f64().unwrap();
-        if share > 0.9 || posted.elapsed() > Duration::from_secs(1) {
-            break share;
+        let samples =
+            arm(&view, "candidate")["samples"].as_u64().unwrap() + arm(&view, "control")["samples"].as_u64().unwrap();
+        if (share > 0.9 && samples == 80) || posted.elapsed() > Duration::from_secs(1) {
+            break (share, view);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = posted.elapsed();
-    assert!(share > 0.9 && took <= Duration::from_secs(1), "share {share} after {took:?}");
-    let (_, view) = admin(&gateway, "/admin/experiments/exp").await;
-    assert_eq!(arm(&view, "control")["share"].as_f64().unwrap(), 1.0 - share);
-    assert!(arm(&view, "control")["share"].as_f64().unwrap() >= 0.05 - 1e-9);
+    assert!(share > 0.9 && took <= Duration::from_secs(1), "share {share} after {took:?}: {view}");
+    let control = arm(&view, "control")["share"].as_f64().unwrap();
+    assert!((control + share - 1.0).abs() < 1e-9 && control >= 0.05 - 1e-9, "{control} + {share}");
     assert_eq!(arm(&view, "candidate")["decision"], "better", "{view}");
     assert_eq!(view["analysis"]["winner"], "candidate");
     // New traffic follows the shares.
