@@ -157,7 +157,8 @@ enum ExportFormat {
 #[derive(Subcommand)]
 enum ExperimentCommand {
     /// Per-variant requests, errors, latency and TTFT percentiles, tokens, cost, mean feedback
-    /// with a 95% CI, and Welch's t-test against the control.
+    /// with a 95% CI, Welch's t-test against the control (fixed-horizon), and the always-valid
+    /// interval and decision the live gateway computes (may be read at any time).
     Report {
         /// The dataset's `dir`.
         #[arg(long)]
@@ -167,7 +168,30 @@ enum ExperimentCommand {
         experiment: Option<String>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
+        /// A weir config: each experiment's metric and `stop` rule from its `experiments:` entry.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The always-valid comparison's metric (default: the config's, else feedback).
+        #[arg(long, value_enum)]
+        metric: Option<MetricArg>,
+        /// Its confidence (default: the config's, else 0.95).
+        #[arg(long)]
+        confidence: Option<f64>,
+        /// Samples per arm before a decision (default: the config's, else 200).
+        #[arg(long)]
+        min_samples: Option<u64>,
+        /// Differences within ±margin are `equivalent` (default: the config's, else by metric).
+        #[arg(long)]
+        margin: Option<f64>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MetricArg {
+    Feedback,
+    Success,
+    Latency,
+    Cost,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -199,8 +223,12 @@ fn main() -> ExitCode {
             let options = ExportOptions { model, variant, min_score, since, min_margin };
             dataset_export(&dir, format, options, out.as_deref())
         }
-        Command::Experiment { command: ExperimentCommand::Report { dir, experiment, format } } => {
-            experiment_report(&dir, experiment.as_deref(), format)
+        Command::Experiment {
+            command:
+                ExperimentCommand::Report { dir, experiment, format, config, metric, confidence, min_samples, margin },
+        } => {
+            let overrides = SequentialFlags { config, metric, confidence, min_samples, margin };
+            experiment_report(&dir, experiment.as_deref(), format, overrides)
         }
         Command::Eval { command: EvalCommand::Run(args) } => eval_run(args),
     }
@@ -345,8 +373,62 @@ fn dataset_export(dir: &Path, format: export::Format, flags: ExportOptions, out:
     }
 }
 
-fn experiment_report(dir: &Path, experiment: Option<&str>, format: ReportFormat) -> ExitCode {
-    let report = match report::report(dir, experiment, &mut std::io::stderr()) {
+/// `experiment report`'s always-valid settings as given.
+struct SequentialFlags {
+    config: Option<PathBuf>,
+    metric: Option<MetricArg>,
+    confidence: Option<f64>,
+    min_samples: Option<u64>,
+    margin: Option<f64>,
+}
+
+/// Each experiment's metric and stopping rule: flags, else its config entry, else defaults.
+fn sequential_settings(flags: SequentialFlags) -> Result<impl Fn(&str) -> report::Sequential, String> {
+    use weir::config::Metric;
+    if flags.confidence.is_some_and(|c| !(c > 0.5 && c < 1.0)) {
+        return Err("--confidence must be above 0.5 and below 1".into());
+    }
+    if flags.min_samples.is_some_and(|n| n < 2) {
+        return Err("--min-samples must be at least 2".into());
+    }
+    if flags.margin.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
+        return Err("--margin must be a number ≥ 0".into());
+    }
+    let experiments = match &flags.config {
+        Some(path) => weir::config::load_file(path).map_err(|err| err.to_string())?.experiments,
+        None => Default::default(),
+    };
+    let metric = flags.metric.map(|m| match m {
+        MetricArg::Feedback => Metric::Feedback,
+        MetricArg::Success => Metric::Success,
+        MetricArg::Latency => Metric::Latency,
+        MetricArg::Cost => Metric::Cost,
+    });
+    Ok(move |name: &str| {
+        let mut settings = match experiments.get(name) {
+            Some(e) => report::Sequential { metric: e.metric, stop: e.stop },
+            None => report::Sequential::default(),
+        };
+        if let Some(metric) = metric {
+            settings.metric = metric;
+            settings.stop.margin = metric.default_margin();
+        }
+        settings.stop.confidence = flags.confidence.unwrap_or(settings.stop.confidence);
+        settings.stop.min_samples = flags.min_samples.unwrap_or(settings.stop.min_samples);
+        settings.stop.margin = flags.margin.unwrap_or(settings.stop.margin);
+        settings
+    })
+}
+
+fn experiment_report(dir: &Path, experiment: Option<&str>, format: ReportFormat, flags: SequentialFlags) -> ExitCode {
+    let sequential = match sequential_settings(flags) {
+        Ok(sequential) => sequential,
+        Err(err) => {
+            eprintln!("weir: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match report::report(dir, experiment, &sequential, &mut std::io::stderr()) {
         Ok(report) => report,
         Err(err) => {
             eprintln!("weir: {err}");

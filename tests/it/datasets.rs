@@ -419,8 +419,38 @@ fn report_numbers_match_a_hand_computation() {
 
     let table = weir(&["experiment", "report", "--dir", dir.path().to_str().unwrap()]);
     let text = String::from_utf8(table.stdout).unwrap();
-    assert!(text.contains("experiment exp (control: control)") && text.contains("experiment another"), "{text}");
+    assert!(text.contains("experiment exp (control: control;") && text.contains("experiment another"), "{text}");
     assert!(text.contains("0.400 [-0.097, 0.897] n=3"), "{text}");
+    // The always-valid comparison next to it, with the live gateway's code: undecided below
+    // min_samples (200 by default) ...
+    assert!(text.contains("always-valid on feedback at 95% confidence, min 200 samples"), "{text}");
+    assert!(text.contains("+0.500 [") && text.contains("] undecided"), "{text}");
+    let json = weir(&[
+        "experiment",
+        "report",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "json",
+        "--min-samples",
+        "2",
+    ]);
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let exp = report["experiments"].as_array().unwrap().iter().find(|e| e["experiment"] == "exp").unwrap();
+    let arm = exp["always_valid"]["arms"].as_array().unwrap().iter().find(|a| a["variant"] == "candidate").unwrap();
+    // ... and with --min-samples 2 the mixture SPRT decides. Reference (tests/golden/
+    // experiments.py, quadrature and root finding): interval [0.1069951, 0.8930049], p 0.0035528.
+    assert!(near(&arm["vs_control"]["diff"], 0.5), "{arm}");
+    assert!(
+        near(&arm["vs_control"]["interval"]["lo"], 0.1069951) && near(&arm["vs_control"]["interval"]["hi"], 0.8930049),
+        "{arm}"
+    );
+    assert!(near(&arm["vs_control"]["p"], 0.0035528), "{arm}");
+    assert_eq!(arm["decision"], "better", "{arm}");
+    assert_eq!(exp["always_valid"]["winner"], "candidate");
+    assert_eq!(exp["always_valid"]["min_samples"], 2);
+    let bad = weir(&["experiment", "report", "--dir", dir.path().to_str().unwrap(), "--confidence", "2"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--confidence must be above 0.5"));
 }
 
 #[tokio::test]
