@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! top        gateway (lifecycle) · server (listeners, handlers, the error map) · proxy (the request path)
+//!            · eval (`weir eval run`, a client of a running weir)
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
-//! features   auth · limits · cache · router → backends
+//! features   auth · limits · cache · router → backends · router → experiments (shares, decisions)
 //! config     config: raw → validated → typed
 //! ground     wire: endpoint, request head, bodies, headers, trace context, capture, usage, record
 //! ```
