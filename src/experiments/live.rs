@@ -38,8 +38,8 @@ const SERVED_TTL: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug)]
 pub struct Experiments {
     by_name: HashMap<String, Arc<Experiment>>,
-    /// Request id hash → (experiment, variant index), for feedback-scored experiments.
-    served: Arc<moka::sync::Cache<u64, (Arc<Experiment>, usize)>>,
+    /// Request id hash → the arm that answered, for feedback-scored experiments.
+    served: Arc<moka::sync::Cache<u64, Arc<Served>>>,
     redis: Option<Arc<RedisCounts>>,
     /// Stops the refresh task when the snapshot goes.
     _task: Option<TaskGuard>,
@@ -55,6 +55,15 @@ pub struct Experiment {
     allocation: Arc<Allocation>,
     /// The latest figures, for `/admin/experiments` and metrics.
     view: ArcSwapOption<Analysis>,
+}
+
+/// The arm that answered a request of a feedback-scored experiment.
+#[derive(Debug)]
+struct Served {
+    experiment: Arc<Experiment>,
+    arm: usize,
+    /// Only a request's first feedback counts (a reviewer's correction goes to the datasets).
+    counted: AtomicBool,
 }
 
 /// What an experiment has seen, carried across reloads.
@@ -206,7 +215,8 @@ impl Experiments {
             return;
         }
         if let Some(arm) = experiment.variants.iter().position(|v| *v == record.variant) {
-            self.served.insert(id_hash(&record.request_id), (Arc::clone(experiment), arm));
+            let served = Served { experiment: Arc::clone(experiment), arm, counted: AtomicBool::new(false) };
+            self.served.insert(id_hash(&record.request_id), Arc::new(served));
         }
     }
 
@@ -215,11 +225,14 @@ impl Experiments {
         self.served.contains_key(&id_hash(request_id))
     }
 
-    /// Feedback on a request: its score counts for the arm that answered. Returns whether an
-    /// experiment took it.
+    /// Feedback on a request: its score counts for the arm that answered, once per request.
+    /// Returns whether an experiment counted it.
     pub fn feedback(&self, request_id: &str, score: f64) -> bool {
-        let Some((experiment, arm)) = self.served.get(&id_hash(request_id)) else { return false };
-        experiment.add(arm, score);
+        let Some(served) = self.served.get(&id_hash(request_id)) else { return false };
+        if served.counted.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        served.experiment.add(served.arm, score);
         true
     }
 
