@@ -19,6 +19,8 @@ use crate::wire::{Record, Usage};
 #[derive(Debug)]
 pub struct Source {
     pub request_id: String,
+    /// The `x-request-id` the client sent, if any.
+    pub client_request_id: Option<String>,
     /// When the request arrived.
     pub ts: SystemTime,
     pub key: String,
@@ -46,6 +48,7 @@ impl Source {
     pub fn from_record(record: &Record) -> Source {
         Source {
             request_id: record.request_id.clone(),
+            client_request_id: record.client_request_id.clone(),
             ts: SystemTime::now().checked_sub(record.duration).unwrap_or_else(SystemTime::now),
             key: record.key.clone(),
             model: record.model.clone(),
@@ -72,6 +75,7 @@ impl Source {
         let ts = rfc3339(self.ts);
         let mut record = Row {
             request_id: &self.request_id,
+            client_request_id: self.client_request_id.as_deref(),
             ts: &ts,
             key: &self.key,
             model: &self.model,
@@ -120,6 +124,7 @@ pub fn feedback_line(feedback: &Value, redactor: &Redactor) -> Result<Vec<u8>, s
 #[derive(Serialize)]
 struct Row<'a> {
     request_id: &'a str,
+    client_request_id: Option<&'a str>,
     ts: &'a str,
     key: &'a str,
     model: &'a str,
@@ -201,6 +206,7 @@ mod tests {
     fn source(request: &'static str) -> Source {
         Source {
             request_id: "req_1".into(),
+            client_request_id: Some("client-7".into()),
             ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_300_000),
             key: "team".into(),
             model: "chat".into(),
@@ -234,6 +240,7 @@ mod tests {
         let v = parse(&line);
         for field in [
             "request_id",
+            "client_request_id",
             "ts",
             "key",
             "model",

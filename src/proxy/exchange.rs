@@ -116,7 +116,7 @@ impl Exchange {
         }
         snapshot.limits.finish(record, self.guards.admission.take());
         snapshot.datasets.record(record, datasets);
-        log(record);
+        crate::telemetry::access::log(record);
     }
 
     /// Reads usage (and the whole answer, when a tap asked) out of the capture, and prices
@@ -142,29 +142,6 @@ impl Exchange {
         if let (Some(usage), Some(price)) = (record.usage, price) {
             record.cost_usd = Some(price.cost(&usage));
         }
-    }
-}
-
-/// The access log line of a finished request.
-fn log(record: &Record) {
-    let duration_ms = record.duration.as_secs_f64() * 1000.0;
-    let endpoint = record.endpoint_str();
-    let outcome = record.outcome;
-    if record.status >= 500 || outcome == Outcome::Failed {
-        tracing::warn!(
-            target: "weir::access",
-            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
-            status = record.status, outcome = outcome.as_str(), duration_ms, error = record.error.as_deref().unwrap_or(""),
-            "request failed"
-        );
-    } else {
-        tracing::debug!(
-            target: "weir::access",
-            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
-            variant = %record.variant, stream = record.stream, status = record.status, outcome = outcome.as_str(),
-            duration_ms, bytes_out = record.bytes_out,
-            "request"
-        );
     }
 }
 

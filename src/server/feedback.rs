@@ -1,24 +1,45 @@
 //! `POST /v1/feedback`: the HTTP side of feedback.
 //!
-//! Owns: authenticating, reading the (small) body and answering; the datasets check and
-//! record the feedback itself. Must not: touch dataset files or map errors by hand.
+//! Owns: authenticating (a client key, or the admin token as `Authorization: Bearer`),
+//! reading the (small) body and answering; the datasets check that the caller may score the
+//! request and record the feedback itself. Must not: touch dataset files or map errors by hand.
 
-use http::{Request, Response, StatusCode};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use super::admin::bears_admin_token;
 use super::error::GatewayError;
+use crate::datasets::Caller;
 use crate::datasets::feedback::{self, MAX_FEEDBACK_BODY};
 use crate::runtime::Snapshot;
-use crate::wire::body::{self, Body, read_body};
+use crate::wire::body::{self, Body, discard, read_body};
 
 pub async fn handle(snapshot: &Snapshot, request: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = request.into_parts();
-    let identity = snapshot.keys.authenticate(&parts.headers)?;
+    let admin = bears_admin_token(snapshot, &parts.headers);
+    let identity = match snapshot.keys.authenticate(&parts.headers) {
+        Ok(identity) => Some(identity),
+        Err(_) if admin => None,
+        Err(err) => {
+            // Refused before the body: read it off so the connection can carry the next request.
+            let keep_alive = discard(incoming).await;
+            let mut response = GatewayError::from(err).to_response();
+            if !keep_alive {
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Ok(response);
+        }
+    };
+    let caller = match &identity {
+        Some(identity) if !admin => Caller::Key(identity.name()),
+        _ => Caller::Admin,
+    };
     let limit = MAX_FEEDBACK_BODY.min(snapshot.config.server.max_body);
-    let body = read_body(&parts.headers, incoming, limit).await?;
+    let body = read_body(&parts, incoming, limit).await?;
     let feedback = feedback::parse(&body)?;
-    let accepted = snapshot.datasets.accept_feedback(&feedback, identity.name())?;
+    let accepted = snapshot.datasets.accept_feedback(&feedback, caller)?;
     if let Some(served) = &accepted.served_by {
         snapshot.metrics.feedback(&served.model, &served.variant, feedback.score);
     }
