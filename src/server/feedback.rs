@@ -4,17 +4,17 @@
 //! reading the (small) body and answering; the datasets check that the caller may score the
 //! request and record the feedback itself. Must not: touch dataset files or map errors by hand.
 
-use http::header::CONNECTION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
 use super::admin::bears_admin_token;
 use super::error::GatewayError;
+use super::routes::refuse_unread;
 use crate::datasets::Caller;
 use crate::datasets::feedback::{self, MAX_FEEDBACK_BODY};
 use crate::runtime::Snapshot;
-use crate::wire::body::{self, Body, discard, read_body};
+use crate::wire::body::{self, Body, read_body};
 
 pub async fn handle(snapshot: &Snapshot, request: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = request.into_parts();
@@ -22,15 +22,7 @@ pub async fn handle(snapshot: &Snapshot, request: Request<Incoming>) -> Result<R
     let identity = match snapshot.keys.authenticate(&parts.headers) {
         Ok(identity) => Some(identity),
         Err(_) if admin => None,
-        Err(err) => {
-            // Refused before the body: read it off so the connection can carry the next request.
-            let keep_alive = discard(incoming).await;
-            let mut response = GatewayError::from(err).to_response();
-            if !keep_alive {
-                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            return Ok(response);
-        }
+        Err(err) => return Ok(refuse_unread(incoming, err.into()).await),
     };
     let caller = match &identity {
         Some(identity) if !admin => Caller::Key(identity.name()),

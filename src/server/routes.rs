@@ -64,20 +64,21 @@ async fn route_client(
             feedback::handle(&state.snapshot(), request).await.unwrap_or_else(|err| err.to_response())
         }
         (method, Some(_), _) | (method, None, "/models" | "/feedback") => {
-            let error = GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() };
-            refuse_unread(request, error).await
+            let error =
+                GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() };
+            refuse_unread(request.into_body(), error).await
         }
         _ => {
             let error = GatewayError::NotFound(request.uri().path().to_owned());
-            refuse_unread(request, error).await
+            refuse_unread(request.into_body(), error).await
         }
     }
 }
 
 /// Answers `error` to a request whose body was not read, reading it off the connection first
 /// (bounded) so the connection can carry the next request, or closing it when it cannot.
-async fn refuse_unread(request: Request<Incoming>, error: GatewayError) -> Response<Body> {
-    let keep_alive = discard(request.into_body()).await;
+pub(super) async fn refuse_unread(body: Incoming, error: GatewayError) -> Response<Body> {
+    let keep_alive = discard(body).await;
     let mut response = error.to_response();
     if !keep_alive {
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

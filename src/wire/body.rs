@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body::Body as _;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
@@ -75,7 +75,11 @@ pub async fn read_body(parts: &http::request::Parts, body: Incoming, limit: u64)
     }
 }
 
-async fn collect(mut body: Incoming, limit: u64, mut charges: Option<&mut [Charge<'_>; 2]>) -> Result<Bytes, RequestError> {
+async fn collect(
+    mut body: Incoming,
+    limit: u64,
+    mut charges: Option<&mut [Charge<'_>; 2]>,
+) -> Result<Bytes, RequestError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {

@@ -285,9 +285,17 @@ async fn malformed_bodies_get_a_clear_error() {
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"{\"model\":\"chat\",".to_vec(), 400, "invalid_json"),
         (b"\xff\xfe{}".to_vec(), 400, "invalid_json"),
-        (b"{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}".to_vec(), 400, "invalid_json"),
+        (
+            b"{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}".to_vec(),
+            400,
+            "invalid_json",
+        ),
         (b"{\"model\":\"ch\\u0000at\\r\\n\",\"messages\":[{\"role\":\"user\"}]}".to_vec(), 404, "model_not_found"),
-        (b"{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\"}]}".to_vec(), 400, "invalid_json"),
+        (
+            b"{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\"}]}".to_vec(),
+            400,
+            "invalid_json",
+        ),
         (vec![b'{'; 70_000], 413, "request_too_large"),
     ];
     for (body, expected, code) in cases {
@@ -373,10 +381,12 @@ type ClientBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert
 /// An h2c connection to `addr` (HTTP/2 with prior knowledge), as one hyper client.
 async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<ClientBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
     tokio::spawn(connection);
     sender
 }
@@ -385,7 +395,8 @@ async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Client
 async fn unfinished_http2_bodies_are_bounded_per_connection() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     // max_body 8 MiB (the default) so each body could grow far past the budget.
-    let yaml = support::standard_yaml(&upstream.url(), Timeouts::default()).replace("max_body: 64KiB", "max_body: 8MiB");
+    let yaml =
+        support::standard_yaml(&upstream.url(), Timeouts::default()).replace("max_body: 64KiB", "max_body: 8MiB");
     let gateway = support::start(&yaml).await;
     let mut sender = h2c(gateway.addr()).await;
     let chunk = Bytes::from(vec![b' '; 64 * 1024]);
