@@ -123,7 +123,7 @@ pub async fn handle(
         Err(error) => {
             // Refused before its body was read (a wrong key): read it off the connection.
             let keep_alive = match unread.take() {
-                Some(body) => discard(body).await,
+                Some(body) => discard(&parts.headers, body).await,
                 None => true,
             };
             Err(Refused { error, exchange, keep_alive })

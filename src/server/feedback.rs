@@ -22,7 +22,7 @@ pub async fn handle(snapshot: &Snapshot, request: Request<Incoming>) -> Result<R
     let identity = match snapshot.keys.authenticate(&parts.headers) {
         Ok(identity) => Some(identity),
         Err(_) if admin => None,
-        Err(err) => return Ok(refuse_unread(incoming, err.into()).await),
+        Err(err) => return Ok(refuse_unread(Request::from_parts(parts, incoming), err.into()).await),
     };
     let caller = match &identity {
         Some(identity) if !admin => Caller::Key(identity.name()),

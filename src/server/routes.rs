@@ -66,19 +66,20 @@ async fn route_client(
         (method, Some(_), _) | (method, None, "/models" | "/feedback") => {
             let error =
                 GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() };
-            refuse_unread(request.into_body(), error).await
+            refuse_unread(request, error).await
         }
         _ => {
             let error = GatewayError::NotFound(request.uri().path().to_owned());
-            refuse_unread(request.into_body(), error).await
+            refuse_unread(request, error).await
         }
     }
 }
 
 /// Answers `error` to a request whose body was not read, reading it off the connection first
 /// (bounded) so the connection can carry the next request, or closing it when it cannot.
-pub(super) async fn refuse_unread(body: Incoming, error: GatewayError) -> Response<Body> {
-    let keep_alive = discard(body).await;
+pub(super) async fn refuse_unread(request: Request<Incoming>, error: GatewayError) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let keep_alive = discard(&parts.headers, body).await;
     let mut response = error.to_response();
     if !keep_alive {
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

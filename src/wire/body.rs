@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -110,9 +110,15 @@ async fn collect(
 /// sent its body with the request would otherwise see the connection closed under its next
 /// one. Bounded in bytes and time; `false` when the body did not end within them, and the
 /// answer must then close the connection (`Connection: close`) rather than leave it broken.
-pub async fn discard(mut body: Incoming) -> bool {
+/// A client waiting for `100 Continue` is not asked for a body it will not need: `false`.
+pub async fn discard(headers: &HeaderMap, mut body: Incoming) -> bool {
     if body.is_end_stream() {
         return true;
+    }
+    let expects_continue =
+        headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        return false;
     }
     let drain = async {
         let mut seen: u64 = 0;

@@ -87,6 +87,8 @@ struct WireMessage<'a> {
 /// or two levels down and are read back with serde_json (whose own limit is 128), so a body
 /// accepted here can always be read back from a dataset.
 pub const MAX_JSON_DEPTH: usize = 100;
+/// Longest `model` a request may name; no real model name comes close.
+pub const MAX_MODEL_LEN: usize = 256;
 
 /// Refuses JSON nested deeper than `limit` levels, and strings with a lone UTF-16 surrogate
 /// escape (`"\ud800"`): one pass over the bytes counting brackets outside strings, before any
@@ -172,6 +174,13 @@ pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, Reques
     })?;
     if model.is_empty() {
         return Err(missing("model", "you must provide a model parameter"));
+    }
+    if model.len() > MAX_MODEL_LEN {
+        // Echoed in errors, logs and records: a megabyte of model name would be too.
+        return Err(RequestError::InvalidField {
+            param: "model".into(),
+            message: format!("'model' is longer than {MAX_MODEL_LEN} bytes"),
+        });
     }
     match endpoint {
         Endpoint::ChatCompletions => match &wire.messages {
@@ -369,6 +378,8 @@ mod tests {
         assert_eq!(param(head(r#"{"model":"m","messages":[{"role":1}]}"#).unwrap_err()), "messages[0].role");
         assert_eq!(param(head(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).unwrap_err()), "stream");
         assert_eq!(param(parse_head(Endpoint::Embeddings, br#"{"model":"m"}"#).unwrap_err()), "input");
+        let long = format!(r#"{{"model":"{}","messages":[{{"role":"user"}}]}}"#, "m".repeat(MAX_MODEL_LEN + 1));
+        assert_eq!(param(head(&long).unwrap_err()), "model");
     }
 
     #[test]

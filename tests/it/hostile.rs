@@ -214,6 +214,14 @@ async fn refusals_before_the_body_keep_the_connection_usable() {
         tokio::time::timeout(DEADLINE, read_response(&mut conn)).await.expect("in time").expect("an answer");
     assert_eq!(status, 401);
     assert_eq!(header(&headers, "connection"), Some("close"));
+    // A client waiting for `100 Continue` is refused without being asked for its body.
+    let mut conn = raw(gateway.addr()).await;
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer sk-wrong\r\nexpect: 100-continue\r\ncontent-length: 5000\r\n\r\n";
+    conn.get_mut().write_all(head.as_bytes()).await.unwrap();
+    let (status, headers, _) =
+        tokio::time::timeout(DEADLINE, read_response(&mut conn)).await.expect("in time").expect("an answer");
+    assert_eq!(status, 401, "a final answer, not 100 Continue");
+    assert_eq!(header(&headers, "connection"), Some("close"));
     // Over max_body with a valid key: 413, and the connection closes too.
     let mut conn = raw(gateway.addr()).await;
     let head = format!(
@@ -297,6 +305,11 @@ async fn malformed_bodies_get_a_clear_error() {
             "invalid_json",
         ),
         (vec![b'{'; 70_000], 413, "request_too_large"),
+        (
+            format!(r#"{{"model":"{}","messages":[{{"role":"user"}}]}}"#, "m".repeat(60_000)).into_bytes(),
+            400,
+            "invalid_value",
+        ),
     ];
     for (body, expected, code) in cases {
         let response =
