@@ -22,6 +22,9 @@ use hyper::body::Incoming;
 
 use super::request::RequestError;
 
+/// Bodies up to this size are copied out of the connection's read buffer (see [`compact`]).
+const COMPACT_BELOW: usize = 64 * 1024;
+
 /// A client may take this long to send its body before we give up on it.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// What is read and dropped of a body refused before it was read ([`discard`]).
@@ -96,7 +99,7 @@ async fn collect(
     }
     Ok(match chunks.len() {
         0 => Bytes::new(),
-        1 => chunks.swap_remove(0),
+        1 => compact(chunks.swap_remove(0)),
         _ => {
             let mut whole = BytesMut::with_capacity(usize::try_from(total).unwrap_or(usize::MAX));
             chunks.iter().for_each(|chunk| whole.extend_from_slice(chunk));
@@ -202,6 +205,13 @@ impl Drop for Charge<'_> {
     fn drop(&mut self) {
         self.budget.give_back(self.taken);
     }
+}
+
+/// A body that came in one piece is a slice of the connection's read buffer, which it keeps
+/// alive whole for as long as the request holds the body (to the end of a long stream). A
+/// small one is copied into an allocation of its own size.
+fn compact(body: Bytes) -> Bytes {
+    if body.len() < COMPACT_BELOW { Bytes::copy_from_slice(&body) } else { body }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod config;
 mod datasets;
 mod errors;
 mod hostile;
+mod ledger;
 mod limits;
 mod pool;
 mod reload;
