@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::GatewayError;
+use super::routes::refuse_unread;
 use crate::runtime::Snapshot;
 use crate::runtime::reload::{self, Trigger};
 use crate::wire::body::{self, Body};
@@ -25,11 +26,14 @@ pub async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Respons
         (&Method::GET, "/readyz") => body::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         (_, path) if path.starts_with("/admin/") => {
             if !admin_authorized(state, &request) {
-                return GatewayError::AdminUnauthorized.to_response();
+                return refuse_unread(request, GatewayError::AdminUnauthorized).await;
             }
             admin_route(state, request).await
         }
-        _ => GatewayError::NotFound(path.to_owned()).to_response(),
+        _ => {
+            let error = GatewayError::NotFound(path.to_owned());
+            refuse_unread(request, error).await
+        }
     }
 }
 

@@ -25,11 +25,7 @@ pub fn client_service(state: Arc<AppState>) -> impl Handler {
         let request_id = new_request_id();
         let http2 = request.version() == Version::HTTP_2;
         let mut response = route_client(&state, request, &request_id, started).await;
-        finish_headers(response.headers_mut(), &request_id, started);
-        if http2 {
-            // Connection-specific headers are not allowed in HTTP/2 (a refused stream is reset).
-            response.headers_mut().remove(CONNECTION);
-        }
+        finish_headers(response.headers_mut(), &request_id, started, http2);
         response
     })
 }
@@ -92,14 +88,19 @@ pub fn admin_service(state: Arc<AppState>) -> impl Handler {
     FnHandler::new(state, |state: Arc<AppState>, request: Request<Incoming>| async move {
         let started = Instant::now();
         let request_id = new_request_id();
+        let http2 = request.version() == Version::HTTP_2;
         let mut response = admin::route(&state, request).await;
-        finish_headers(response.headers_mut(), &request_id, started);
+        finish_headers(response.headers_mut(), &request_id, started, http2);
         response
     })
 }
 
-/// Every response carries its request id and weir's own time, errors included.
-fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant) {
+/// Every response carries its request id and weir's own time, errors included. HTTP/2 allows
+/// no connection-specific headers, so a refusal's `Connection: close` is for HTTP/1 only.
+fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant, http2: bool) {
+    if http2 {
+        headers.remove(CONNECTION);
+    }
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID, value);
     }

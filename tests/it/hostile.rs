@@ -205,6 +205,18 @@ async fn refusals_before_the_body_keep_the_connection_usable() {
         assert_eq!(header(&headers, "connection"), None, "{path}: kept alive");
     }
 
+    // The admin port too: a wrong token with a body, then a health check on the same connection.
+    let mut conn = raw(gateway.admin_addr()).await;
+    for (path, expected) in [("/admin/reload", 401), ("/admin/nowhere", 401), ("/nowhere", 404)] {
+        conn.get_mut().write_all(request(path, "wrong-token", &big).as_bytes()).await.unwrap();
+        let (status, headers, _) =
+            tokio::time::timeout(DEADLINE, read_response(&mut conn)).await.expect("in time").expect("an answer");
+        assert_eq!((status, header(&headers, "connection")), (expected, None), "{path}");
+    }
+    conn.get_mut().write_all(b"GET /healthz HTTP/1.1\r\nhost: weir\r\n\r\n").await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, read_response(&mut conn)).await.expect("in time");
+    assert_eq!(answer.map(|(status, _, _)| status), Some(200));
+
     // A body too big to read off in passing: the refusal says the connection closes, and it does.
     let mut conn = raw(gateway.addr()).await;
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer sk-wrong\r\ncontent-length: 10000000\r\n\r\n";
