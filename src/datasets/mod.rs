@@ -202,7 +202,8 @@ impl Datasets {
     }
 }
 
-/// Who sends feedback: a client key (by its config name), or the holder of the admin token.
+/// Who sends feedback: a client (by its key's config name, see `KeyTable::owner`), or the
+/// holder of the admin token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller<'a> {
     Key(&'a str),

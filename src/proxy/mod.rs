@@ -160,7 +160,9 @@ async fn forward(
 ) -> Result<Reply, ProxyError> {
     let identity = snapshot.keys.authenticate(&parts.headers)?;
     exchange.record.key = identity.name().to_owned();
-    snapshot.datasets.owned_by(&exchange.record.request_id, identity.name());
+    if !snapshot.datasets.is_empty() {
+        snapshot.datasets.owned_by(&exchange.record.request_id, &snapshot.keys.owner(&identity, &parts.headers));
+    }
     let Some(incoming) = unread.take() else {
         return Err(RequestError::BodyRead("the request body was already taken".into()).into());
     };

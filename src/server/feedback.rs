@@ -24,10 +24,8 @@ pub async fn handle(snapshot: &Snapshot, request: Request<Incoming>) -> Result<R
         Err(_) if admin => None,
         Err(err) => return Ok(refuse_unread(Request::from_parts(parts, incoming), err.into()).await),
     };
-    let caller = match &identity {
-        Some(identity) if !admin => Caller::Key(identity.name()),
-        _ => Caller::Admin,
-    };
+    let owner = identity.as_ref().filter(|_| !admin).map(|identity| snapshot.keys.owner(identity, &parts.headers));
+    let caller = owner.as_deref().map_or(Caller::Admin, Caller::Key);
     let limit = MAX_FEEDBACK_BODY.min(snapshot.config.server.max_body);
     let body = read_body(&parts, incoming, limit).await?;
     let feedback = feedback::parse(&body)?;
