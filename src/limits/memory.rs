@@ -9,6 +9,11 @@
 //!
 //! Admission takes the reversible parts first (concurrency, tokens, budget) and the GCRA cell
 //! last, undoing the others when the GCRA refuses, so a refused request consumes nothing.
+//!
+//! Bounds: the bucket never admits more than its level (a request larger than the whole
+//! bucket is refused: `Limits` turns that into OpenAI's "Request too large"), its debt from
+//! answers that used more than reserved stops at one window (`-capacity`), counts saturate,
+//! and every wait is a `Duration` built without a panic, however large the numbers.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,9 +94,9 @@ impl LocalKey {
 
     /// Admits `demand` or says which limit refused it; on success everything is reserved.
     pub fn admit(&self, demand: &Demand) -> Result<RateView, Refusal> {
-        let in_flight = self.inflight.fetch_add(1, Ordering::AcqRel);
-        if self.rate.concurrent.is_some_and(|max| in_flight >= max) {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+        let max = self.rate.concurrent.unwrap_or(u64::MAX);
+        let taken = self.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n.saturating_add(1)));
+        if taken.is_err() {
             return Err(Refusal::Concurrent);
         }
         let now = Instant::now();
@@ -100,7 +105,7 @@ impl LocalKey {
             && let Err(wait) = bucket.take(demand.tokens, now)
         {
             drop(windows);
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.release();
             return Err(Refusal::Tokens { wait });
         }
         if let Some(budget) = demand.budget
@@ -108,7 +113,7 @@ impl LocalKey {
         {
             windows.give_back(demand.tokens, now);
             drop(windows);
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.release();
             return Err(refusal);
         }
         if let Some(gcra) = &self.rpm {
@@ -126,7 +131,7 @@ impl LocalKey {
                     if let Some(budget) = demand.budget {
                         self.settle_budget(budget.period, demand.cost, 0);
                     }
-                    self.inflight.fetch_sub(1, Ordering::AcqRel);
+                    self.release();
                     return Err(Refusal::Requests { wait });
                 }
             }
@@ -136,7 +141,7 @@ impl LocalKey {
 
     /// The request is over: frees its place and trades the reservation for what it used.
     pub fn settle(&self, reserved_tokens: u64, used_tokens: u64, period: Option<Period>, reserved: i64, spent: i64) {
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.release();
         if reserved_tokens != used_tokens {
             let mut windows = self.windows();
             if let Some(bucket) = &mut windows.tokens {
@@ -146,6 +151,11 @@ impl LocalKey {
         if let Some(period) = period {
             self.settle_budget(period, reserved, spent);
         }
+    }
+
+    /// Frees one place in flight (never below zero, so a stray release cannot wrap).
+    fn release(&self) {
+        let _ = self.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
     }
 
     /// The rate headers as they stand, without taking anything.
@@ -170,7 +180,7 @@ impl LocalKey {
         if committed >= limit || committed.saturating_add(cost) > limit {
             return Err(Refusal::Budget { spent: window.spent });
         }
-        window.reserved += cost;
+        window.reserved = window.reserved.saturating_add(cost);
         Ok(())
     }
 
@@ -178,7 +188,7 @@ impl LocalKey {
     fn settle_budget(&self, period: Period, reserved: i64, spent: i64) {
         let mut window = self.budget_window();
         if window.period == period.id {
-            window.reserved = (window.reserved - reserved).max(0);
+            window.reserved = window.reserved.saturating_sub(reserved).max(0);
             window.spent = window.spent.saturating_add(spent);
         }
     }
@@ -205,8 +215,8 @@ impl Windows {
         let requests = rate.rpm.map(|rpm| {
             let interval = MINUTE.as_secs_f64() / rpm as f64;
             let regained = (now.duration_since(self.rpm_seen).as_secs_f64() / interval) as u64;
-            let remaining = (self.rpm_remaining + regained).min(rpm);
-            Window { limit: rpm, remaining, reset: Duration::from_secs_f64((rpm - remaining) as f64 * interval) }
+            let remaining = self.rpm_remaining.saturating_add(regained).min(rpm);
+            Window { limit: rpm, remaining, reset: seconds(rpm.saturating_sub(remaining) as f64 * interval) }
         });
         let tokens = self.tokens.as_mut().map(|bucket| bucket.window(now));
         RateView { requests, tokens }
@@ -232,23 +242,25 @@ impl TokenBucket {
         self.at = now;
     }
 
-    /// Takes `tokens`; a request larger than the whole bucket is admitted when it is full,
-    /// so it is slow rather than impossible.
+    /// Takes `tokens` when the bucket holds them. A request larger than the whole bucket is
+    /// refused with the wait until the bucket is full (it would never fit; `Limits` refuses
+    /// it before asking).
     fn take(&mut self, tokens: u64, now: Instant) -> Result<(), Duration> {
         self.refill(now);
-        let need = (tokens as f64).min(self.capacity);
-        if self.level + 1e-9 < need {
+        let need = tokens as f64;
+        if self.level < need || need > self.capacity {
             let per_sec = self.capacity / MINUTE.as_secs_f64();
-            return Err(Duration::from_secs_f64((need - self.level) / per_sec));
+            return Err(seconds((need.min(self.capacity) - self.level) / per_sec));
         }
-        self.level -= tokens as f64;
+        self.level -= need;
         Ok(())
     }
 
     /// Positive `delta` takes more (the answer used more than reserved), negative gives back.
+    /// Debt stops at one window: an upstream's absurd `usage` cannot lock the key for longer.
     fn adjust(&mut self, delta: f64, now: Instant) {
         self.refill(now);
-        self.level = (self.level - delta).min(self.capacity);
+        self.level = (self.level - delta).clamp(-self.capacity, self.capacity);
     }
 
     fn window(&mut self, now: Instant) -> Window {
@@ -257,9 +269,14 @@ impl TokenBucket {
         Window {
             limit: self.capacity as u64,
             remaining: self.level.max(0.0) as u64,
-            reset: Duration::from_secs_f64((self.capacity - self.level).max(0.0) / per_sec),
+            reset: seconds((self.capacity - self.level).max(0.0) / per_sec),
         }
     }
+}
+
+/// Seconds as a `Duration`: negative and NaN are zero, too large is `Duration::MAX`.
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
