@@ -95,7 +95,8 @@ impl LocalKey {
     /// Admits `demand` or says which limit refused it; on success everything is reserved.
     pub fn admit(&self, demand: &Demand) -> Result<RateView, Refusal> {
         let max = self.rate.concurrent.unwrap_or(u64::MAX);
-        let taken = self.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n.saturating_add(1)));
+        let taken =
+            self.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n.saturating_add(1)));
         if taken.is_err() {
             return Err(Refusal::Concurrent);
         }

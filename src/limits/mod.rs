@@ -401,9 +401,9 @@ impl Limits {
             }
             if let Some(cost) = exchange.cost_usd {
                 let nanos = usd_to_nanos(cost);
-                let _ = totals.cost_nanos.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                    Some(v.saturating_add(nanos))
-                });
+                let _ = totals
+                    .cost_nanos
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(nanos)));
             }
         }
         let Some(admission) = admission else { return };

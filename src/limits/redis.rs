@@ -306,13 +306,8 @@ impl RedisStore {
         call.arg(key.rate.rpm.unwrap_or(0)).arg(key.rate.tpm.unwrap_or(0)).arg(demand.tokens);
         call.arg(key.rate.concurrent.unwrap_or(0)).arg(member).arg(millis_u64(LEASE));
         call.arg(limit).arg(demand.cost).arg(expire_at).arg(millis_u64(HOLD));
-        let pending = Pending {
-            store: Arc::clone(self),
-            key: Arc::clone(key),
-            member: member.to_owned(),
-            period,
-            armed: true,
-        };
+        let pending =
+            Pending { store: Arc::clone(self), key: Arc::clone(key), member: member.to_owned(), period, armed: true };
         let reply: Vec<i64> = self.run(call.invoke_async(&mut connection), self.timeout).await?;
         pending.answered();
         let at = |i: usize| reply.get(i).copied().unwrap_or(0);
