@@ -144,6 +144,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 

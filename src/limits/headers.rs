@@ -86,6 +86,7 @@ fn seconds_text(millis: u128) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 

@@ -539,6 +539,7 @@ impl Drop for Admission {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 

@@ -267,6 +267,7 @@ fn value_tokens(value: &Value, counter: Counter) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 

@@ -129,11 +129,16 @@ async fn tpm_counts_prompt_and_completion_as_reported() {
     assert!(in_window <= used && in_window + 3 >= used, "window {in_window}, reported {used}");
 
     // A request that may need more than what is left is refused, naming the tokens window.
-    let (status, headers, body) = body_json(send(&gateway, &chat_body(json!({"max_tokens": 200}))).await).await;
+    let (status, headers, body) = body_json(send(&gateway, &chat_body(json!({"max_tokens": 45}))).await).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["type"], "tokens");
     assert!(body["error"]["message"].as_str().unwrap().contains("tokens per min (TPM): Limit 60"), "{body}");
     assert!(header(&headers, "retry-after").parse::<u64>().unwrap() >= 1);
+    // One that could never fit the window is "too large", and waiting would not help.
+    let (status, headers, body) = body_json(send(&gateway, &chat_body(json!({"max_tokens": 200}))).await).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("Request too large"), "{body}");
+    assert!(headers.get("retry-after").is_none());
 }
 
 #[tokio::test]
