@@ -39,8 +39,9 @@ use crate::config::{BudgetConfig, Config, FailMode, Price, RateConfig, StateStor
 use crate::telemetry::metrics::Metrics;
 use crate::wire::{Endpoint, Record, Usage};
 
-/// Which limit refused a request: the `limit` label of `weir_ratelimit_rejections_total`.
-pub const LIMIT_LABELS: [&str; 5] = ["requests", "tokens", "concurrent", "budget", "unavailable"];
+/// Which limit refused a request: the `limit` label of `weir_ratelimit_rejections_total`
+/// (the names the config uses, as the metrics pre-register them).
+pub const LIMIT_LABELS: [&str; 5] = ["rpm", "tpm", "concurrent", "budget", "unavailable"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
@@ -80,8 +81,8 @@ impl LimitError {
     /// rate-limit rejection.
     pub fn limit(&self) -> Option<&'static str> {
         match self {
-            LimitError::Requests { .. } => Some("requests"),
-            LimitError::Tokens { .. } | LimitError::TooLarge { .. } => Some("tokens"),
+            LimitError::Requests { .. } => Some("rpm"),
+            LimitError::Tokens { .. } | LimitError::TooLarge { .. } => Some("tpm"),
             LimitError::Concurrent { .. } => Some("concurrent"),
             LimitError::Budget { .. } => Some("budget"),
             LimitError::Unavailable { .. } => Some("unavailable"),

@@ -44,6 +44,19 @@ async fn counts_near_u64_max_are_refused_not_wrapped() {
         assert_eq!(body["error"]["param"], param, "{body}");
     }
     assert_eq!(upstream.requests().len(), 0, "nothing refused went upstream");
+    let metrics = crate::support::http()
+        .get(format!("http://{}/metrics", gateway.admin_addr()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"weir_ratelimit_rejections_total{key="limited",limit="tpm"} 3"#),
+        "too large counts under the limit's config name; bad requests are no rejection:\n{metrics}"
+    );
     // Nothing was taken: the bucket is full, not in debt, and an ordinary request passes.
     let (_, usage) = usage_of(&gateway, "limited", Some(ADMIN)).await;
     assert_eq!(usage["tokens"]["remaining"], 100_000, "{usage}");
