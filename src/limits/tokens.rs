@@ -7,8 +7,10 @@
 //!   `gpt-3.5*`, `text-embedding-*`, ... as `tiktoken` maps them) are counted with the real
 //!   BPE (`o200k_base` or `cl100k_base`). The BPE tables take a moment to build, so they are
 //!   built once on a blocking thread ([`warm`]); until ready, the fallback is used.
-//! - Any other model, and any single text over [`BPE_TEXT_LIMIT`] bytes (to bound the CPU a
-//!   request can cost), uses the fallback: UTF-8 bytes / 4, rounded up.
+//! - Any other model, any single text over [`BPE_TEXT_LIMIT`] bytes, and whatever text of a
+//!   request remains once [`BPE_REQUEST_LIMIT`] bytes of it have been encoded (the estimate
+//!   runs on the request's task: this bounds the CPU a request can cost there), uses the
+//!   fallback: UTF-8 bytes / 4, rounded up.
 //! - Chat: each message costs its text plus [`PER_MESSAGE`] tokens of framing, plus
 //!   [`REPLY_PRIMING`] once; tool definitions and tool calls are counted as their JSON text;
 //!   a non-text content part (an image, audio) counts [`PER_MEDIA_PART`].
@@ -39,6 +41,8 @@ pub const REPLY_PRIMING: u64 = 3;
 pub const PER_MEDIA_PART: u64 = 85;
 /// Longer texts are estimated with the fallback: BPE cost grows with the text.
 pub const BPE_TEXT_LIMIT: usize = 64 * 1024;
+/// Text bytes of one request encoded with the BPE at most; the rest is counted by bytes.
+pub const BPE_REQUEST_LIMIT: usize = 256 * 1024;
 /// OpenAI's range for `n`.
 pub const MAX_CHOICES: u64 = 128;
 
@@ -99,6 +103,27 @@ impl Counter {
             Counter::Bpe(bpe) if text.len() <= BPE_TEXT_LIMIT => len_u64(bpe.encode_ordinary(text).len()),
             _ => fallback(text),
         }
+    }
+}
+
+/// Counts the texts of one request: with its counter until [`BPE_REQUEST_LIMIT`] bytes have
+/// been encoded, then by bytes.
+struct Meter {
+    counter: Counter,
+    left: std::cell::Cell<usize>,
+}
+
+impl Meter {
+    fn new(counter: Counter) -> Meter {
+        Meter { counter, left: std::cell::Cell::new(BPE_REQUEST_LIMIT) }
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        let Some(left) = self.left.get().checked_sub(text.len()) else { return fallback(text) };
+        if matches!(self.counter, Counter::Bpe(_)) && text.len() <= BPE_TEXT_LIMIT {
+            self.left.set(left);
+        }
+        self.counter.count(text)
     }
 }
 
@@ -186,6 +211,8 @@ pub fn estimate(
             max_completion.or(max_tokens).unwrap_or(default_max_tokens).saturating_mul(n.unwrap_or(1))
         }
     };
+    let counter = Meter::new(counter);
+    let counter = &counter;
     let mut prompt = 0u64;
     let mut add = |tokens: u64| prompt = prompt.saturating_add(tokens);
     if let Some(messages) = &body.messages {
@@ -233,7 +260,7 @@ fn sum(counts: impl Iterator<Item = u64>) -> u64 {
 }
 
 /// A message's `content`: a string, or an array of parts (text counted, media at a flat rate).
-fn content_tokens(raw: &RawValue, counter: Counter) -> u64 {
+fn content_tokens(raw: &RawValue, counter: &Meter) -> u64 {
     let text = raw.get();
     if text.starts_with('"') {
         return serde_json::from_str::<Cow<'_, str>>(text).map_or_else(|_| fallback(text), |s| counter.count(&s));
@@ -250,14 +277,14 @@ fn content_tokens(raw: &RawValue, counter: Counter) -> u64 {
 }
 
 /// A completions `prompt` or embeddings `input`: strings, arrays of strings, or token ids.
-fn input_tokens(raw: &RawValue, counter: Counter) -> u64 {
+fn input_tokens(raw: &RawValue, counter: &Meter) -> u64 {
     match serde_json::from_str::<Value>(raw.get()) {
         Ok(value) => value_tokens(&value, counter),
         Err(_) => fallback(raw.get()),
     }
 }
 
-fn value_tokens(value: &Value, counter: Counter) -> u64 {
+fn value_tokens(value: &Value, counter: &Meter) -> u64 {
     match value {
         Value::String(s) => counter.count(s),
         Value::Number(_) => 1,
@@ -327,6 +354,21 @@ mod tests {
         assert!(chat(r#","n":0"#).unwrap_err().reason.contains(">= 1"));
         // Embeddings reserve no completion, whatever they say.
         assert!(estimate(Endpoint::Embeddings, br#"{"input":"x","n":0}"#, Counter::Fallback, 16).is_ok());
+    }
+
+    #[test]
+    fn bpe_work_per_request_is_capped() {
+        // 8 texts of 60 KiB: the first four (240 KiB) are encoded, the rest counted by bytes.
+        let text = "hello ".repeat(10 * 1024);
+        let meter = Meter::new(bpe());
+        let counts: Vec<u64> = (0..8).map(|_| meter.count(&text)).collect();
+        let bytes = fallback(&text);
+        assert!(counts[..4].iter().all(|&c| c < bytes), "BPE counts: {counts:?}");
+        assert!(counts[4..].iter().all(|&c| c == bytes), "byte counts: {counts:?}");
+        // Without a BPE nothing is used up.
+        let meter = Meter::new(Counter::Fallback);
+        assert!((0..8).all(|_| meter.count(&text) == bytes));
+        assert_eq!(meter.left.get(), BPE_REQUEST_LIMIT);
     }
 
     #[test]
