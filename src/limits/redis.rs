@@ -14,6 +14,10 @@
 //!   [`Pending`] guard from before the call; dropping it revokes the admission, whether the
 //!   script ran, runs later (a stalled Redis executes what was queued when it resumes) or
 //!   never runs: a revoke that finds nothing leaves a tombstone the late admission obeys;
+//! - renew (every [`RENEW_EVERY`], one call per key with requests in flight on this replica):
+//!   pushes the leases of this replica's live admissions [`LEASE`] into the future, so leases
+//!   are short (a dead replica's places free themselves within a minute) yet a long stream
+//!   keeps its place;
 //! - peek (read-only, for `/admin/keys/{name}/usage`).
 //!
 //! Keys, hash-tagged by key name so a key's state sits in one cluster slot:
@@ -28,8 +32,9 @@
 //! down: after a failure the store is skipped for [`RETRY_AFTER_FAILURE`], and the outage
 //! is logged once when it starts and once when it ends.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -40,8 +45,13 @@ use super::headers::{RateView, Window};
 use super::memory::BudgetWindow;
 use super::{Demand, KeyLimits, Refusal};
 
-/// A dead replica's places in flight free themselves after this.
-const LEASE: Duration = Duration::from_secs(15 * 60);
+/// A place in flight expires this long after it was taken or last renewed, so a replica that
+/// died (or lost Redis) holds a key's concurrency for at most this long.
+const LEASE: Duration = Duration::from_secs(60);
+/// Live admissions renew their leases this often (a few renewals fit in one lease).
+const RENEW_EVERY: Duration = Duration::from_secs(20);
+/// Members renewed by one script call at most.
+const RENEW_BATCH: usize = 500;
 /// How long a failed store is left alone before it is tried again.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Settlements run off the request path and may wait longer than admissions.
@@ -170,6 +180,17 @@ end
 return 1
 ";
 
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], lease)
+return 1
+";
+
 const PEEK: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -263,7 +284,14 @@ pub struct RedisStore {
     connection: OnceLock<Result<ConnectionManager, String>>,
     admit: Script,
     settle: Script,
+    renew: Script,
     peek: Script,
+    /// Lease length and renewal period (constants, shortened in tests).
+    lease: Duration,
+    renew_every: Duration,
+    /// This replica's live admissions: in-flight key → members, renewed until settled.
+    live: Mutex<HashMap<String, HashSet<String>>>,
+    renewing: AtomicBool,
     epoch: Instant,
     /// Milliseconds after `epoch` before which the store is not tried.
     skip_until: AtomicU64,
@@ -272,13 +300,22 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(url: &str, timeout: Duration) -> RedisStore {
+        RedisStore::with_lease(url, timeout, LEASE, RENEW_EVERY)
+    }
+
+    fn with_lease(url: &str, timeout: Duration, lease: Duration, renew_every: Duration) -> RedisStore {
         RedisStore {
             url: url.to_owned(),
             timeout,
             connection: OnceLock::new(),
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
+            renew: Script::new(RENEW),
             peek: Script::new(PEEK),
+            lease,
+            renew_every,
+            live: Mutex::new(HashMap::new()),
+            renewing: AtomicBool::new(false),
             epoch: Instant::now(),
             skip_until: AtomicU64::new(0),
             down: AtomicBool::new(false),
@@ -304,7 +341,7 @@ impl RedisStore {
         let mut call = self.admit.prepare_invoke();
         call.key(&names.rpm).key(&names.tpm).key(&names.inflight).key(&names.budget).key(names.admission(member));
         call.arg(key.rate.rpm.unwrap_or(0)).arg(key.rate.tpm.unwrap_or(0)).arg(demand.tokens);
-        call.arg(key.rate.concurrent.unwrap_or(0)).arg(member).arg(millis_u64(LEASE));
+        call.arg(key.rate.concurrent.unwrap_or(0)).arg(member).arg(millis_u64(self.lease));
         call.arg(limit).arg(demand.cost).arg(expire_at).arg(millis_u64(HOLD));
         let pending =
             Pending { store: Arc::clone(self), key: Arc::clone(key), member: member.to_owned(), period, armed: true };
@@ -313,6 +350,7 @@ impl RedisStore {
         let at = |i: usize| reply.get(i).copied().unwrap_or(0);
         let millis = |i: usize| Duration::from_millis(u64::try_from(at(i)).unwrap_or(0));
         if at(0) == 1 {
+            self.track(&names.inflight, member);
             let count = |i: usize| u64::try_from(at(i)).unwrap_or(0);
             let requests = key.rate.rpm.map(|rpm| Window { limit: rpm, remaining: count(1), reset: millis(2) });
             let tokens = key.rate.tpm.map(|tpm| Window { limit: tpm, remaining: count(3), reset: millis(4) });
@@ -333,9 +371,10 @@ impl RedisStore {
     /// in flight until the lease ends; after the last try its reservation stays. Tries are
     /// safe to repeat: the script applies a member's settlement once.
     pub fn settle(self: &Arc<Self>, key: &KeyLimits, settlement: Settlement) {
+        let names = KeyNames::new(&key.name, settlement.period);
+        self.untrack(&names.inflight, &settlement.member);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let store = Arc::clone(self);
-        let names = KeyNames::new(&key.name, settlement.period);
         let (tpm, rpm) = (key.rate.tpm.unwrap_or(0), key.rate.rpm.unwrap_or(0));
         runtime.spawn(async move {
             let expire_at = settlement.period.map_or(0, budget_expiry);
@@ -358,6 +397,56 @@ impl RedisStore {
             }
             tracing::warn!(key = %names.inflight, "limits: a settlement could not reach Redis; its reservation stays");
         });
+    }
+
+    /// Renews `member`'s lease until it is settled (starting the renewal task once).
+    fn track(self: &Arc<Self>, inflight: &str, member: &str) {
+        self.live_members().entry(inflight.to_owned()).or_default().insert(member.to_owned());
+        if !self.renewing.swap(true, Ordering::AcqRel)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(renew_leases(Arc::downgrade(self), self.renew_every));
+        }
+    }
+
+    fn untrack(&self, inflight: &str, member: &str) {
+        let mut live = self.live_members();
+        if let Some(members) = live.get_mut(inflight) {
+            members.remove(member);
+            if members.is_empty() {
+                live.remove(inflight);
+            }
+        }
+    }
+
+    fn live_members(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
+        // Only inserts and removes happen under this lock: a poisoned one is still whole.
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One renewal round: every live member's lease moves [`LEASE`] ahead.
+    async fn renew_round(&self) {
+        let batches: Vec<(String, Vec<String>)> = self
+            .live_members()
+            .iter()
+            .flat_map(|(inflight, members)| {
+                let members: Vec<String> = members.iter().cloned().collect();
+                members.chunks(RENEW_BATCH).map(|chunk| (inflight.clone(), chunk.to_vec())).collect::<Vec<_>>()
+            })
+            .collect();
+        for (inflight, members) in batches {
+            let Ok(mut connection) = self.manager() else { return };
+            let mut call = self.renew.prepare_invoke();
+            call.key(&inflight).arg(millis_u64(self.lease));
+            for member in &members {
+                call.arg(member);
+            }
+            let renewed: Result<i64, StoreDown> = self.run(call.invoke_async(&mut connection), SETTLE_TIMEOUT).await;
+            if renewed.is_err() {
+                // Down: the leases run out on their own; the next round tries again.
+                return;
+            }
+        }
     }
 
     pub async fn usage(&self, key: &KeyLimits, period: Option<Period>) -> Result<RemoteUsage, StoreDown> {
@@ -460,6 +549,15 @@ fn millis_u64(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The renewal task: runs while the store exists (a reload to another store ends it).
+async fn renew_leases(store: std::sync::Weak<RedisStore>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(store) = store.upgrade() else { return };
+        store.renew_round().await;
+    }
+}
+
 /// Redis key names for one key (and budget period).
 struct KeyNames {
     /// `weir:rl:{NAME}`
@@ -504,5 +602,99 @@ fn redact(url: &str) -> String {
             format!("{}://***@{}", head.unwrap_or_default(), tail.unwrap_or_default())
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
+mod tests {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+    use crate::config::RateConfig;
+    use crate::limits::memory::LocalKey;
+
+    struct Server(Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A real `redis-server` on a free port; `None` (skip) when it is not installed, unless
+    /// `CI=true`.
+    fn redis_server() -> Option<(Server, u16)> {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        match Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            Ok(child) => {
+                let server = Server(child);
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                    assert!(Instant::now() < deadline, "redis-server did not listen");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Some((server, port))
+            }
+            Err(err) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("redis-server is required under CI=true: {err}")
+            }
+            Err(err) => {
+                eprintln!("SKIPPED: redis-server is not available ({err})");
+                None
+            }
+        }
+    }
+
+    fn key(concurrent: u64) -> Arc<KeyLimits> {
+        let rate = RateConfig { concurrent: Some(concurrent), ..RateConfig::default() };
+        Arc::new(KeyLimits {
+            name: "k".into(),
+            rate,
+            budget: None,
+            local: LocalKey::carry(rate, None),
+            totals: Arc::default(),
+        })
+    }
+
+    async fn in_flight(store: &RedisStore, key: &KeyLimits) -> u64 {
+        store.usage(key, None).await.unwrap().inflight
+    }
+
+    /// Leases are short: a replica that stops renewing (it died) frees its places within a
+    /// lease, while a live replica's admissions keep theirs for as long as they run.
+    #[tokio::test]
+    async fn live_leases_are_renewed_and_dead_ones_expire() {
+        let Some((_server, port)) = redis_server() else { return };
+        let url = format!("redis://127.0.0.1:{port}/");
+        let lease = Duration::from_millis(600);
+        let live = Arc::new(RedisStore::with_lease(&url, Duration::from_secs(1), lease, Duration::from_millis(150)));
+        let dead = Arc::new(RedisStore::with_lease(&url, Duration::from_secs(1), lease, Duration::from_secs(3600)));
+        let key = key(2);
+        let demand = Demand::default();
+        assert!(live.admit(&key, &demand, "a1").await.unwrap().is_ok());
+        assert!(dead.admit(&key, &demand, "b1").await.unwrap().is_ok());
+        assert_eq!(live.admit(&key, &demand, "a2").await.unwrap(), Err(Refusal::Concurrent));
+        assert_eq!(in_flight(&live, &key).await, 2);
+
+        tokio::time::sleep(lease * 2).await;
+        assert_eq!(in_flight(&live, &key).await, 1, "the dead replica's lease ran out, the live one was renewed");
+        assert!(live.admit(&key, &demand, "a3").await.unwrap().is_ok());
+
+        for member in ["a1", "a3"] {
+            let settlement =
+                Settlement { member: member.into(), used_tokens: 0, period: None, spent: 0, revoke: false };
+            live.settle(&key, settlement);
+        }
+        assert!(live.live_members().is_empty(), "settled admissions are no longer renewed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while in_flight(&live, &key).await > 0 {
+            assert!(Instant::now() < deadline, "settlements did not free the places");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
