@@ -103,8 +103,10 @@ pub fn per_str(per: BudgetPeriod) -> &'static str {
 }
 
 /// USD → nano-USD, rounded up so that a fraction of a nano still counts.
+/// An infinite (or too large) cost is the largest one, never zero.
 pub fn usd_to_nanos(usd: f64) -> i64 {
-    if usd.is_finite() && usd > 0.0 { (usd * NANOS_PER_USD).ceil().min(i64::MAX as f64) as i64 } else { 0 }
+    // `as` saturates: +inf and anything past i64::MAX become i64::MAX.
+    if usd > 0.0 { (usd * NANOS_PER_USD).ceil() as i64 } else { 0 }
 }
 
 pub fn nanos_to_usd(nanos: i64) -> f64 {
@@ -184,6 +186,9 @@ mod tests {
         assert_eq!(usd_to_nanos(0.5), 500_000_000);
         assert_eq!(usd_to_nanos(1.5e-7), 150);
         assert_eq!(usd_to_nanos(-1.0), 0);
+        assert_eq!(usd_to_nanos(f64::NAN), 0);
+        assert_eq!(usd_to_nanos(f64::INFINITY), i64::MAX);
+        assert_eq!(usd_to_nanos(1e300), i64::MAX);
         assert!((nanos_to_usd(2_500_000_000) - 2.5).abs() < 1e-12);
     }
 }

@@ -111,7 +111,7 @@ if tpm > 0 then
   redis.call('PEXPIRE', KEYS[2], 120000)
 end
 if limit >= 0 and cost > 0 then
-  redis.call('HINCRBY', KEYS[4], 'reserved', cost)
+  redis.call('HINCRBY', KEYS[4], 'reserved', ARGV[8])
   redis.call('EXPIREAT', KEYS[4], expire_at)
 end
 local rpm_remaining, rpm_reset = 0, 0
@@ -171,10 +171,18 @@ if ARGV[6] == '1' and rpm > 0 then
 end
 local reserved, spent, expire_at = tonumber(held[2]) or 0, tonumber(ARGV[4]), tonumber(ARGV[5])
 if expire_at > 0 and (reserved ~= 0 or spent ~= 0) then
-  if reserved ~= 0 and redis.call('HINCRBY', KEYS[3], 'reserved', -reserved) < 0 then
+  if reserved ~= 0 and redis.call('HINCRBY', KEYS[3], 'reserved', '-' .. held[2]) < 0 then
     redis.call('HSET', KEYS[3], 'reserved', 0)
   end
-  if spent ~= 0 then redis.call('HINCRBY', KEYS[3], 'spent', spent) end
+  if spent ~= 0 then
+    -- An upstream's absurd usage saturates the spend instead of failing the script.
+    local current = tonumber(redis.call('HGET', KEYS[3], 'spent')) or 0
+    if current + spent >= 9.2e18 then
+      redis.call('HSET', KEYS[3], 'spent', '9200000000000000000')
+    else
+      redis.call('HINCRBY', KEYS[3], 'spent', ARGV[4])
+    end
+  end
   redis.call('EXPIREAT', KEYS[3], expire_at)
 end
 return 1
@@ -696,5 +704,55 @@ mod tests {
             assert!(Instant::now() < deadline, "settlements did not free the places");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn budgeted() -> (Arc<KeyLimits>, Demand, Period) {
+        let key = key(100);
+        let period = Period { per: crate::config::BudgetPeriod::Month, id: 202612, ends_at: 1_798_761_600 };
+        let demand = Demand { tokens: 0, cost: 500, budget: Some(super::super::BudgetDemand { period, limit: 1_000 }) };
+        (key, demand, period)
+    }
+
+    async fn settle_and_wait(store: &Arc<RedisStore>, key: &KeyLimits, settlement: Settlement) {
+        store.settle(key, settlement);
+        // Settlements run in a task of their own; give it time to land.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// A settlement counts once however often it is delivered; a revoke that reaches Redis
+    /// before its admission leaves a tombstone, so the late admission takes nothing; a spend
+    /// past i64 saturates instead of failing the script.
+    #[tokio::test]
+    async fn settlements_are_idempotent_and_revokes_beat_late_admissions() {
+        let Some((_server, port)) = redis_server() else { return };
+        let store = Arc::new(RedisStore::new(&format!("redis://127.0.0.1:{port}/"), Duration::from_secs(1)));
+        let (key, demand, period) = budgeted();
+        let spend = |member: &str, spent: i64| Settlement {
+            member: member.into(),
+            used_tokens: 0,
+            period: Some(period),
+            spent,
+            revoke: false,
+        };
+        assert!(store.admit(&key, &demand, "m1").await.unwrap().is_ok());
+        for _ in 0..3 {
+            settle_and_wait(&store, &key, spend("m1", 300)).await;
+        }
+        let budget = store.usage(&key, Some(period)).await.unwrap().budget;
+        assert_eq!((budget.spent, budget.reserved), (300, 0), "settled once");
+
+        let revoke = Settlement { revoke: true, ..spend("m2", 0) };
+        settle_and_wait(&store, &key, revoke).await;
+        assert_eq!(store.admit(&key, &demand, "m2").await.unwrap(), Err(Refusal::Concurrent), "tombstone");
+        let usage = store.usage(&key, Some(period)).await.unwrap();
+        assert_eq!((usage.inflight, usage.budget.reserved), (0, 0), "the late admission took nothing");
+
+        assert!(store.admit(&key, &Demand { cost: 0, ..demand }, "m3").await.unwrap().is_ok());
+        settle_and_wait(&store, &key, spend("m3", i64::MAX)).await;
+        assert!(store.admit(&key, &Demand { cost: 0, ..demand }, "m4").await.unwrap().is_err());
+        settle_and_wait(&store, &key, spend("m4", i64::MAX)).await;
+        let usage = store.usage(&key, Some(period)).await.unwrap();
+        assert_eq!(usage.budget.spent, 9_200_000_000_000_000_000, "saturated, not failed");
+        assert_eq!(usage.inflight, 0);
     }
 }
