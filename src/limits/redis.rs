@@ -1,6 +1,6 @@
 //! The Redis store: limits and budgets shared by every replica.
 //!
-//! Owns: three Lua scripts run with `EVALSHA` (loaded on first use), each atomic on the
+//! Owns: four Lua scripts run with `EVALSHA` (loaded on first use), each atomic on the
 //! server, so N replicas together admit what one would. Time inside the scripts is the
 //! Redis server's `TIME`, so replicas' clocks need not agree.
 //! - admit (one round trip, bounded by `state.timeout`): checks concurrency, the `tpm`
@@ -22,7 +22,7 @@
 //!
 //! Keys, hash-tagged by key name so a key's state sits in one cluster slot:
 //! `weir:rl:{NAME}:rpm` (GCRA theoretical arrival time, ms), `weir:rl:{NAME}:tpm` (hash
-//! `level`, `at`), `weir:rl:{NAME}:inflight` (sorted set of admissions by lease expiry) and
+//! `level`, `at`), `weir:rl:{NAME}:inflight` (sorted set of admissions by lease expiry),
 //! `weir:budget:{NAME}:PERIOD` (hash `spent`, `reserved` in nano-USD, expiring a week after
 //! the period ends), and `weir:rl:{NAME}:adm:MEMBER` (hash `tokens`, `cost`: what one admission
 //! holds until settled; or `revoked`, a tombstone), expiring after [`HOLD`]. Spend therefore
