@@ -24,9 +24,9 @@
 //! `weir:rl:{NAME}:rpm` (GCRA theoretical arrival time, ms), `weir:rl:{NAME}:tpm` (hash
 //! `level`, `at`), `weir:rl:{NAME}:inflight` (sorted set of admissions by lease expiry),
 //! `weir:budget:{NAME}:PERIOD` (hash `spent`, `reserved` in nano-USD, expiring a week after
-//! the period ends), and `weir:rl:{NAME}:adm:MEMBER` (hash `tokens`, `cost`: what one admission
-//! holds until settled; or `revoked`, a tombstone), expiring after [`HOLD`]. Spend therefore
-//! survives a gateway restart.
+//! the period ends), and `weir:rl:{NAME}:adm:MEMBER` (hash `tokens`, `cost`: what one
+//! admission holds until settled, expiring after [`HOLD`]; or `revoked`, a tombstone,
+//! expiring after [`TOMBSTONE`]). Spend therefore survives a gateway restart.
 //!
 //! Must not: hold the request for longer than `state.timeout`, or hammer a Redis that is
 //! down: after a failure the store is skipped for [`RETRY_AFTER_FAILURE`], and the outage
@@ -59,9 +59,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 const SETTLE_ATTEMPTS: u32 = 3;
 /// Budget hashes outlive their period by this, for `/admin` and audits.
 const BUDGET_RETENTION: u64 = 7 * 86_400;
-/// How long an admission's record (or a revoke's tombstone) is kept: a request settled
-/// later than this is not reconciled (its reservation stays, as if it had used it).
+/// How long an admission's record is kept: a request settled later than this is not
+/// reconciled (its reservation stays, as if it had used it).
 const HOLD: Duration = Duration::from_secs(24 * 3600);
+/// How long a revoke's tombstone is kept: longer than any stall after which Redis would
+/// still run an admission queued before it.
+const TOMBSTONE: Duration = Duration::from_secs(3600);
 
 const ADMIT: &str = r"
 local t = redis.call('TIME')
@@ -391,7 +394,7 @@ impl RedisStore {
             call.key(names.admission(&settlement.member)).key(&names.rpm);
             call.arg(tpm).arg(settlement.used_tokens).arg(&settlement.member);
             call.arg(settlement.spent).arg(expire_at).arg(u8::from(settlement.revoke)).arg(rpm);
-            call.arg(millis_u64(HOLD));
+            call.arg(millis_u64(TOMBSTONE));
             for attempt in 0..SETTLE_ATTEMPTS {
                 if attempt > 0 {
                     tokio::time::sleep(RETRY_AFTER_FAILURE).await;
