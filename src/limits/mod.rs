@@ -39,10 +39,6 @@ use crate::config::{BudgetConfig, Config, FailMode, Price, RateConfig, StateStor
 use crate::telemetry::metrics::Metrics;
 use crate::wire::{Endpoint, Record, Usage};
 
-/// Which limit refused a request: the `limit` label of `weir_ratelimit_rejections_total`
-/// (the names the config uses, as the metrics pre-register them).
-pub const LIMIT_LABELS: [&str; 5] = ["rpm", "tpm", "concurrent", "budget", "unavailable"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
     #[error(
@@ -77,8 +73,9 @@ pub enum LimitError {
 }
 
 impl LimitError {
-    /// The `limit` label this refusal counts under; `None` for a bad request, which is no
-    /// rate-limit rejection.
+    /// The `limit` label of `weir_ratelimit_rejections_total` this refusal counts under: the
+    /// config's names, as the metrics pre-register them. `None` for a bad request, which is
+    /// no rate-limit rejection.
     pub fn limit(&self) -> Option<&'static str> {
         match self {
             LimitError::Requests { .. } => Some("rpm"),
