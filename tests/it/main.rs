@@ -13,6 +13,7 @@ mod errors;
 mod limits;
 mod pool;
 mod reload;
+mod replicas;
 mod routing;
 mod streaming;
 mod telemetry;
