@@ -260,7 +260,7 @@ impl Nginx {
         let addr = loopback(free_port());
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&dir, addr, replicas, None)).expect("write nginx.conf");
-        let mut command = Command::new("nginx");
+        let mut command = Command::new(nginx_binary());
         command
             .args(["-p", path_str(&dir), "-c", path_str(&conf), "-e", path_str(&dir.join("error.log"))])
             .stdin(Stdio::null())
@@ -326,6 +326,17 @@ impl Nginx {
 
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+/// `nginx` from `PATH`, else Debian's `/usr/sbin/nginx` (not on every user's `PATH`).
+fn nginx_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("nginx")).find(|path| path.is_file()));
+    match on_path.flatten() {
+        Some(path) => path,
+        None if Path::new("/usr/sbin/nginx").is_file() => PathBuf::from("/usr/sbin/nginx"),
+        None => PathBuf::from("nginx"),
     }
 }
 
