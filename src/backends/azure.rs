@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use super::transport::{HttpUpstream, Transport, finish_headers, parse_url, secret_header};
 use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth, params};
 use crate::config::BackendConfig;
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
 
@@ -36,7 +36,7 @@ impl AzureBackend {
         };
         let version = config.api_version.as_deref().unwrap_or_default();
         Ok(AzureBackend {
-            http: HttpUpstream::new(config, &probe, transport),
+            http: HttpUpstream::new(config, &probe, transport)?,
             base_url: config.base_url.clone(),
             query: format!("api-version={}", encode_component(version)),
             api_key,

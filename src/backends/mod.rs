@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{BackendConfig, BackendKind};
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 pub use self::client::{BodyError, UpstreamBody};
 
@@ -152,6 +152,19 @@ impl BackendError {
     }
 }
 
+/// The `message` of an OpenAI-shaped error body, or the body itself as text.
+pub fn upstream_message(body: &[u8]) -> String {
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("message")).or_else(|| v.get("error")));
+    match message {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::from_utf8_lossy(body).trim().chars().take(1000).collect(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutPhase {
     FirstByte,
@@ -180,7 +193,11 @@ impl BackendRuntime {
     ) -> Result<BackendRuntime, BackendBuildError> {
         // A reload keeps the connection pool when nothing about the connection changed.
         let reuse = previous
-            .filter(|p| p.config.timeouts.connect == config.timeouts.connect && p.config.base_url == config.base_url)
+            .filter(|p| {
+                p.config.timeouts.connect == config.timeouts.connect
+                    && p.config.base_url == config.base_url
+                    && p.config.ca_file == config.ca_file
+            })
             .and_then(|p| p.kind.transport());
         let kind = match config.kind {
             BackendKind::OpenAi => Backend::OpenAi(Box::new(openai::OpenAiBackend::new(&config, reuse)?)),
@@ -253,4 +270,6 @@ pub enum BackendBuildError {
     UnknownBackend { model: String, backend: String },
     #[error("backend `{backend}`: invalid base_url: {detail}")]
     BadUrl { backend: String, detail: String },
+    #[error("backend `{backend}`: ca_file {path}: {detail}")]
+    BadCa { backend: String, path: String, detail: String },
 }

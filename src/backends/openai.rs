@@ -10,7 +10,7 @@ use http::{HeaderValue, Uri};
 use super::transport::{HttpUpstream, Transport, finish_headers, parse_url, secret_header};
 use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth, params};
 use crate::config::BackendConfig;
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 #[derive(Debug)]
 pub struct OpenAiBackend {
@@ -31,7 +31,7 @@ impl OpenAiBackend {
         };
         let chat_url = parse_url(config, "/chat/completions")?;
         Ok(OpenAiBackend {
-            http: HttpUpstream::new(config, &chat_url, transport),
+            http: HttpUpstream::new(config, &chat_url, transport)?,
             chat_url,
             completions_url: parse_url(config, "/completions")?,
             embeddings_url: parse_url(config, "/embeddings")?,

@@ -65,6 +65,16 @@ impl BackendKind {
             BackendKind::Mock => "mock",
         }
     }
+
+    /// The provider as the OpenTelemetry GenAI conventions name it (`gen_ai.provider.name`).
+    pub fn genai_provider(self) -> &'static str {
+        match self {
+            BackendKind::OpenAi => "openai",
+            BackendKind::Azure => "azure.ai.openai",
+            BackendKind::Anthropic => "anthropic",
+            BackendKind::Mock => "weir.mock",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +89,8 @@ pub struct BackendConfig {
     pub max_inflight: Option<usize>,
     pub timeouts: Timeouts,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra CA certificates (PEM) trusted for this backend's TLS, besides the platform's.
+    pub ca_file: Option<PathBuf>,
     pub mock: MockSettings,
 }
 

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod datasets;
 mod errors;
+mod ledger;
 mod limits;
 mod pool;
 mod reload;

@@ -23,7 +23,7 @@ use super::client::{BodyError, UpstreamBody};
 use super::transport::{HttpUpstream, Transport, finish_headers, parse_url, secret_header};
 use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth, params};
 use crate::config::BackendConfig;
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 pub use stream::{StreamError, StreamTranslator};
 
@@ -52,7 +52,7 @@ impl AnthropicBackend {
             Some(key) => Some(secret_header(&config.name, key.clone())?),
             None => None,
         };
-        Ok(AnthropicBackend { http: HttpUpstream::new(config, &messages_url, transport), messages_url, api_key })
+        Ok(AnthropicBackend { http: HttpUpstream::new(config, &messages_url, transport)?, messages_url, api_key })
     }
 
     pub fn transport(&self) -> Transport {
