@@ -14,6 +14,7 @@ mod ledger;
 mod limits;
 mod pool;
 mod reload;
+mod replicas;
 mod reservations;
 mod routing;
 mod streaming;
