@@ -15,6 +15,8 @@ mod ledger;
 mod limits;
 mod pool;
 mod reload;
+mod replicas;
+mod reservations;
 mod routing;
 mod streaming;
 mod telemetry;
