@@ -62,8 +62,16 @@ pub struct Experiment {
 struct Served {
     experiment: Arc<Experiment>,
     arm: usize,
+    /// Hash of the key that made the request; only it (or the admin token) may score it.
+    owner: Option<u64>,
     /// Only a request's first feedback counts (a reviewer's correction goes to the datasets).
     counted: AtomicBool,
+}
+
+impl Served {
+    fn may_score(&self, caller: Option<&str>) -> bool {
+        caller.is_none_or(|key| self.owner == Some(id_hash(key)))
+    }
 }
 
 /// What an experiment has seen, carried across reloads.
@@ -208,28 +216,31 @@ impl Experiments {
     }
 
     /// Called when an answer's headers go out: a feedback-scored experiment remembers which
-    /// arm answered, so feedback can be posted as soon as the client has the answer.
-    pub fn answering(&self, record: &Record) {
+    /// arm answered (and for which key, `owner`), so feedback can be posted as soon as the
+    /// client has the answer.
+    pub fn answering(&self, record: &Record, owner: Option<&str>) {
         let Some(experiment) = record.experiment.as_deref().and_then(|name| self.by_name.get(name)) else { return };
         if experiment.config.metric != Metric::Feedback || !(200..300).contains(&record.status) {
             return;
         }
         if let Some(arm) = experiment.variants.iter().position(|v| *v == record.variant) {
-            let served = Served { experiment: Arc::clone(experiment), arm, counted: AtomicBool::new(false) };
+            let owner = owner.map(id_hash);
+            let served = Served { experiment: Arc::clone(experiment), arm, owner, counted: AtomicBool::new(false) };
             self.served.insert(id_hash(&record.request_id), Arc::new(served));
         }
     }
 
-    /// Whether `request_id` is a request of a feedback-scored experiment.
-    pub fn knows(&self, request_id: &str) -> bool {
-        self.served.contains_key(&id_hash(request_id))
+    /// Whether `request_id` is a recent request of a feedback-scored experiment that `caller`
+    /// (a key's owner name, `None` for the admin token) may score: the key that made it.
+    pub fn knows(&self, request_id: &str, caller: Option<&str>) -> bool {
+        self.served.get(&id_hash(request_id)).is_some_and(|served| served.may_score(caller))
     }
 
-    /// Feedback on a request: its score counts for the arm that answered, once per request.
-    /// Returns whether an experiment counted it.
-    pub fn feedback(&self, request_id: &str, score: f64) -> bool {
+    /// Feedback on a request from `caller`: its score counts for the arm that answered, once
+    /// per request. Returns whether an experiment counted it.
+    pub fn feedback(&self, request_id: &str, caller: Option<&str>, score: f64) -> bool {
         let Some(served) = self.served.get(&id_hash(request_id)) else { return false };
-        if served.counted.swap(true, Ordering::Relaxed) {
+        if !served.may_score(caller) || served.counted.swap(true, Ordering::Relaxed) {
             return false;
         }
         served.experiment.add(served.arm, score);
@@ -450,5 +461,23 @@ experiments:
         // A reload with the same experiment keeps the counts.
         let again = Experiments::build(&config, Some(&experiments));
         assert_eq!(again.get("exp").unwrap().view().unwrap().arms[0].samples, 50);
+    }
+
+    #[test]
+    fn only_the_requests_key_or_the_admin_may_score_it_and_only_once() {
+        let yaml = YAML.replace("metric: success", "metric: feedback");
+        let config = crate::config::load_str(&yaml, "t.yaml", &|_| None).unwrap();
+        let experiments = Experiments::build(&config, None);
+        let mut answered = record("candidate", 200);
+        answered.request_id = "req_1".into();
+        experiments.answering(&answered, Some("team"));
+        assert!(experiments.knows("req_1", Some("team")) && experiments.knows("req_1", None));
+        assert!(!experiments.knows("req_1", Some("other")) && !experiments.knows("req_2", None));
+        assert!(!experiments.feedback("req_1", Some("other"), 1.0));
+        assert!(experiments.feedback("req_1", Some("team"), 1.0));
+        assert!(!experiments.feedback("req_1", None, 0.0), "counted once");
+        let failed = record("control", 502);
+        experiments.answering(&failed, Some("team"));
+        assert!(!experiments.knows("req", Some("team")), "only answers are scored");
     }
 }

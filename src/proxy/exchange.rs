@@ -49,6 +49,9 @@ pub struct Exchange {
     /// The datasets that record this request, chosen when its answer starts (so the capture
     /// knows whether to keep the whole answer).
     datasets: Option<Selection>,
+    /// Who may send feedback for this request (`KeyTable::owner`), once authenticated and
+    /// when a dataset or an experiment could take that feedback.
+    pub owner: Option<String>,
     pub guards: Guards,
     finished: bool,
 }
@@ -75,6 +78,7 @@ impl Exchange {
             capture: None,
             wants_assembly,
             datasets: None,
+            owner: None,
             guards: Guards::default(),
             finished: false,
         }
@@ -90,7 +94,7 @@ impl Exchange {
     /// The answer's headers are going out: an experiment scored by feedback remembers who
     /// answered, so feedback may follow at once.
     pub fn answering(&self) {
-        self.snapshot.experiments.answering(&self.record);
+        self.snapshot.experiments.answering(&self.record, self.owner.as_deref());
     }
 
     /// Sets up the capture of an answer about to be sent (status, backend and shape known):
@@ -148,7 +152,7 @@ impl Exchange {
         snapshot.limits.finish(record, self.guards.admission.take());
         snapshot.datasets.record(record, datasets);
         snapshot.experiments.observe(record);
-        log(record);
+        crate::telemetry::access::log(record);
     }
 
     /// Reads usage (and the whole answer, when a tap asked) out of the capture, and prices
@@ -174,29 +178,6 @@ impl Exchange {
         if let (Some(usage), Some(price)) = (record.usage, price) {
             record.cost_usd = Some(price.cost(&usage));
         }
-    }
-}
-
-/// The access log line of a finished request.
-fn log(record: &Record) {
-    let duration_ms = record.duration.as_secs_f64() * 1000.0;
-    let endpoint = record.endpoint_str();
-    let outcome = record.outcome;
-    if record.status >= 500 || outcome == Outcome::Failed {
-        tracing::warn!(
-            target: "weir::access",
-            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
-            status = record.status, outcome = outcome.as_str(), duration_ms, error = record.error.as_deref().unwrap_or(""),
-            "request failed"
-        );
-    } else {
-        tracing::debug!(
-            target: "weir::access",
-            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
-            variant = %record.variant, stream = record.stream, status = record.status, outcome = outcome.as_str(),
-            duration_ms, bytes_out = record.bytes_out,
-            "request"
-        );
     }
 }
 

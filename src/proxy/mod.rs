@@ -16,7 +16,7 @@ mod sse_filter;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -28,7 +28,7 @@ use crate::config::AuthMode;
 use crate::limits::{AdmitRequest, LimitError};
 use crate::router::{self, DispatchError, Outbound, Pick, RouteError};
 use crate::runtime::Snapshot;
-use crate::wire::body::{Body, read_body};
+use crate::wire::body::{Body, discard, read_body};
 use crate::wire::headers::{
     X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT, millis_header,
 };
@@ -64,15 +64,21 @@ impl From<LimitError> for ProxyError {
 pub struct Refused {
     pub error: ProxyError,
     exchange: Exchange,
+    /// Whether the connection can carry another request: a body refused unread was read to
+    /// its end (bounded) so it can, else the answer says `Connection: close`.
+    keep_alive: bool,
 }
 
 impl Refused {
     /// Sends `render(error)` as the answer: weir's headers (overhead, cache status, the
     /// key's rate headers, the backend tried) are added and the request is recorded.
     pub fn respond(self, render: impl FnOnce(ProxyError) -> Response<Body>) -> Response<Body> {
-        let Refused { error, mut exchange } = self;
+        let Refused { error, mut exchange, keep_alive } = self;
         let message = error.to_string();
         let mut response = render(error);
+        if !keep_alive {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         exchange.record.status = response.status().as_u16();
         exchange.record.error = Some(message);
         let headers = response.headers_mut();
@@ -91,20 +97,37 @@ impl Refused {
     }
 }
 
+/// A request's ids: weir's own, and the `x-request-id` the client sent (kept beside it).
+#[derive(Debug)]
+pub struct Ids {
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
 /// Serves one inference request: the streamed answer, or the refusal for the server to
 /// render. Either way the request is recorded exactly once.
 pub async fn handle(
     snapshot: Arc<Snapshot>,
     request: Request<Incoming>,
     endpoint: Endpoint,
-    request_id: String,
+    ids: Ids,
     started: Instant,
 ) -> Result<Response<Body>, Refused> {
-    let mut exchange = Exchange::begin(Arc::clone(&snapshot), request_id, started, endpoint, request.headers());
-    match forward(&snapshot, request, endpoint, &mut exchange).await {
+    let mut exchange = Exchange::begin(Arc::clone(&snapshot), ids.request_id, started, endpoint, request.headers());
+    exchange.record.client_request_id = ids.client;
+    let (parts, incoming) = request.into_parts();
+    let mut unread = Some(incoming);
+    match forward(&snapshot, &parts, &mut unread, endpoint, &mut exchange).await {
         Ok(Reply::Upstream(answer)) => Ok(answer.into_response(exchange)),
         Ok(Reply::Cache(served)) => Ok(cached::response(served, exchange)),
-        Err(error) => Err(Refused { error, exchange }),
+        Err(error) => {
+            // Refused before its body was read (a wrong key): read it off the connection.
+            let keep_alive = match unread.take() {
+                Some(body) => discard(&parts.headers, body).await,
+                None => true,
+            };
+            Err(Refused { error, exchange, keep_alive })
+        }
     }
 }
 
@@ -126,16 +149,26 @@ struct Answer {
     backend: Arc<BackendRuntime>,
 }
 
+/// `unread` is the request body, taken when it is read: a refusal that leaves it there was
+/// made before the body was read.
 async fn forward(
     snapshot: &Snapshot,
-    request: Request<Incoming>,
+    parts: &http::request::Parts,
+    unread: &mut Option<Incoming>,
     endpoint: Endpoint,
     exchange: &mut Exchange,
 ) -> Result<Reply, ProxyError> {
-    let (parts, incoming) = request.into_parts();
     let identity = snapshot.keys.authenticate(&parts.headers)?;
     exchange.record.key = identity.name().to_owned();
-    let body = read_body(&parts.headers, incoming, snapshot.config.server.max_body).await?;
+    if !snapshot.datasets.is_empty() || !snapshot.experiments.is_empty() {
+        let owner = snapshot.keys.owner(&identity, &parts.headers);
+        snapshot.datasets.owned_by(&exchange.record.request_id, &owner);
+        exchange.owner = Some(owner);
+    }
+    let Some(incoming) = unread.take() else {
+        return Err(RequestError::BodyRead("the request body was already taken".into()).into());
+    };
+    let body = read_body(parts, incoming, snapshot.config.server.max_body).await?;
     let head = parse_head(endpoint, &body)?;
     exchange.record.model.clone_from(&head.model);
     exchange.record.stream = head.stream;

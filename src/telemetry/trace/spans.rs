@@ -39,6 +39,7 @@ pub struct SpanRecord {
     key: String,
     experiment: Option<String>,
     request_id: String,
+    client_request_id: Option<String>,
     stream: bool,
     status: u16,
     cache: &'static str,
@@ -109,6 +110,7 @@ impl SpanRecord {
             key: record.key.clone(),
             experiment: record.experiment.clone(),
             request_id: record.request_id.clone(),
+            client_request_id: record.client_request_id.clone(),
             stream: record.stream,
             status: record.status,
             cache: record.cache.as_str(),
@@ -167,6 +169,9 @@ impl SpanRecord {
         }
         if let Some(experiment) = &self.experiment {
             attributes.push(KeyValue::new("weir.experiment", experiment.clone()));
+        }
+        if let Some(client_request_id) = &self.client_request_id {
+            attributes.push(KeyValue::new("weir.client_request_id", client_request_id.clone()));
         }
         if let Some(model) = &self.response_model {
             attributes.push(KeyValue::new("gen_ai.response.model", truncate(model, TEXT_LIMIT).into_owned()));
