@@ -325,12 +325,7 @@ pub fn table(report: &Report) -> String {
                 always_valid_cell(av, &v.variant),
             ]);
         }
-        let widths: Vec<usize> =
-            (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-        for row in rows {
-            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-            let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
-        }
+        out.push_str(&aligned(&rows, "  "));
         out.push('\n');
     }
     if report.experiments.is_empty() {
@@ -338,6 +333,20 @@ pub fn table(report: &Report) -> String {
     }
     if report.skipped_lines > 0 {
         let _ = writeln!(out, "({} damaged lines skipped)", report.skipped_lines);
+    }
+    out
+}
+
+/// `rows` as left-aligned columns two spaces apart, each line starting with `indent`.
+pub fn aligned(rows: &[Vec<String>], indent: &str) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{indent}{}", cells.join("  ").trim_end());
     }
     out
 }

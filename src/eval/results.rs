@@ -7,7 +7,6 @@
 //! Must not: trust the file — a torn last line (an interrupted run) is skipped.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -187,14 +186,7 @@ pub fn table(summaries: &[VariantSummary]) -> String {
             num(s.cost_usd, 6),
         ]);
     }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
-    out
+    crate::datasets::report::aligned(&rows, "")
 }
 
 #[cfg(test)]
