@@ -166,7 +166,10 @@ fn spawn_connection<H: Handler>(
 
 /// A panic in a handler answers 500 instead of dropping the connection without a word.
 async fn call_catching_panics<H: Handler>(handler: &H, request: Request<Incoming>) -> Response<Body> {
-    match std::panic::AssertUnwindSafe(handler.call(request)).catch_unwind().await {
+    // Boxed: hyper keeps the service future inline in the connection's task for the
+    // connection's whole life, so an inline request path (several KiB of state) would cost
+    // every open connection that much even while it only streams or idles.
+    match std::panic::AssertUnwindSafe(Box::pin(handler.call(request))).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
             let detail = panic
