@@ -8,6 +8,7 @@
 //! `gateway` holds in an `ArcSwap`; `reload` swaps it when the file changes; `telemetry` owns
 //! logs.
 
+pub mod apis;
 pub mod auth;
 pub mod backends;
 pub mod cache;
