@@ -13,6 +13,7 @@ pub mod auth;
 pub mod backends;
 pub mod cache;
 pub mod config;
+pub mod conversations;
 pub mod datasets;
 pub mod gateway;
 pub mod headers;
