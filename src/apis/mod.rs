@@ -11,6 +11,7 @@
 //! decides when to translate and when to pass through.
 
 pub mod chat_stream;
+pub mod convert;
 pub mod messages;
 pub mod responses;
 pub mod sse;

@@ -66,6 +66,8 @@ pub struct ResponsesStream {
     usage: Option<Tokens>,
     kept: usize,
     state: State,
+    /// The response object of the closing event, for the caller to store.
+    last: Option<Value>,
 }
 
 impl ResponsesStream {
@@ -83,7 +85,13 @@ impl ResponsesStream {
             usage: None,
             kept: 0,
             state: State::Running,
+            last: None,
         }
+    }
+
+    /// The final response object, once the stream has completed (taken once).
+    pub fn take_final(&mut self) -> Option<Value> {
+        self.last.take()
     }
 
     fn on(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError> {
@@ -148,7 +156,8 @@ impl ResponsesStream {
                 };
                 let output = self.items.iter().map(|item| item_value(item, status)).collect();
                 let response = self.shell.object(status, output, self.usage, Some(self.now));
-                self.emitter.emit(out, kind, json!({"response": response}));
+                self.emitter.emit(out, kind, json!({"response": response.clone()}));
+                self.last = Some(response);
                 self.state = State::Finished;
                 Ok(())
             }
