@@ -11,9 +11,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::StreamError;
 use super::sse::{Event, SseReader};
 use super::usage::Tokens;
+use super::{StreamError, StreamTranslate};
 
 /// One thing a chat stream said, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +205,65 @@ where
     }
     Ok(())
 }
+
+/// A translator fed by a chat stream: it says what each delta becomes and how a failure
+/// looks; [`StreamTranslate`] (push, finish, fail, and nothing after an end) comes with it.
+pub trait ChatSink: Send {
+    fn driver(&mut self) -> &mut Driver;
+    /// Translates one delta, appending the client's bytes.
+    fn on(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError>;
+    /// Appends the client's error event.
+    fn error(&mut self, err: &StreamError, out: &mut Vec<u8>);
+}
+
+/// The reader and the end state every [`ChatSink`] shares.
+#[derive(Debug, Default)]
+pub struct Driver {
+    reader: ChatStreamReader,
+    failed: bool,
+}
+
+impl<T: ChatSink> StreamTranslate for T {
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.drive(out, |reader, sink, out| reader.push(bytes, &mut |event| sink.on(event, out)))
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.drive(out, |reader, sink, out| reader.finish(&mut |event| sink.on(event, out)))
+    }
+
+    fn fail(&mut self, err: &StreamError, out: &mut Vec<u8>) {
+        let driver = self.driver();
+        if driver.failed || driver.reader.is_done() {
+            return;
+        }
+        driver.failed = true;
+        self.error(err, out);
+    }
+}
+
+trait Drive: ChatSink + Sized {
+    /// Runs `step` with the reader taken out of the sink (so both can be borrowed), unless
+    /// the stream already ended; a failure writes the error event once.
+    fn drive<F>(&mut self, out: &mut Vec<u8>, step: F) -> Result<(), StreamError>
+    where
+        F: FnOnce(&mut ChatStreamReader, &mut Self, &mut Vec<u8>) -> Result<(), StreamError>,
+    {
+        let driver = self.driver();
+        if driver.failed {
+            return Err(StreamError::Malformed("the stream already failed".into()));
+        }
+        if driver.reader.is_done() {
+            return Ok(());
+        }
+        let mut reader = std::mem::take(&mut driver.reader);
+        let result = step(&mut reader, self, out);
+        self.driver().reader = reader;
+        result.inspect_err(|err| self.fail(err, out))
+    }
+}
+
+impl<T: ChatSink> Drive for T {}
 
 /// `{"error": {"message", "code"|"type"}}` as sent mid-stream by OpenAI-compatible servers
 /// (and by weir's own Anthropic translation).

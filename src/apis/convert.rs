@@ -120,6 +120,21 @@ impl Converter {
         }
     }
 
+    /// The upstream failed: for a stream, appends the API's error event (once); a whole
+    /// answer has nothing to append (the caller cuts the body).
+    pub fn fail(&mut self, err: &StreamError, out: &mut Vec<u8>) {
+        match &mut self.mode {
+            Mode::Responses(translator) => translator.fail(err, out),
+            Mode::Messages(translator) => translator.fail(err, out),
+            Mode::Whole { .. } | Mode::Error { .. } => {}
+        }
+    }
+
+    /// Whether the client gets an event stream.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.mode, Mode::Responses(_) | Mode::Messages(_))
+    }
+
     /// The final Responses object once the answer completed (taken once).
     pub fn take_final(&mut self) -> Option<Value> {
         self.last.take()

@@ -78,6 +78,9 @@ pub trait StreamTranslate: Send {
     /// The upstream ended: appends the closing events, or the error event when the stream
     /// did not finish.
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError>;
+    /// The upstream failed (a transport error, a timeout): appends the client's error event
+    /// unless the stream already ended one way or the other.
+    fn fail(&mut self, err: &StreamError, out: &mut Vec<u8>);
 }
 
 #[cfg(test)]

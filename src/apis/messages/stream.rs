@@ -10,10 +10,10 @@
 use serde_json::{Value, json};
 
 use super::response::stop_reason;
-use crate::apis::chat_stream::{ChatEvent, ChatStreamReader};
+use crate::apis::StreamError;
+use crate::apis::chat_stream::{ChatEvent, ChatSink, Driver};
 use crate::apis::sse::write_event;
 use crate::apis::usage::Tokens;
-use crate::apis::{StreamError, StreamTranslate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Block {
@@ -23,16 +23,9 @@ enum Block {
     Tool(u64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Running,
-    Finished,
-    Failed,
-}
-
 #[derive(Debug)]
 pub struct MessagesStream {
-    reader: ChatStreamReader,
+    driver: Driver,
     id: String,
     model: String,
     /// An estimate of the input tokens for `message_start` (chat reports usage at the end).
@@ -43,14 +36,13 @@ pub struct MessagesStream {
     next: usize,
     finish: Option<String>,
     usage: Option<Tokens>,
-    state: State,
 }
 
 impl MessagesStream {
     /// `id` is the message id (`msg_...`); `model` is named until the upstream names its own.
     pub fn new(id: String, model: String, input_estimate: u64) -> MessagesStream {
         MessagesStream {
-            reader: ChatStreamReader::new(),
+            driver: Driver::default(),
             id,
             model,
             input_estimate,
@@ -59,11 +51,10 @@ impl MessagesStream {
             next: 0,
             finish: None,
             usage: None,
-            state: State::Running,
         }
     }
 
-    fn on(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn event(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError> {
         if let ChatEvent::Start { model, .. } = &event {
             if !model.is_empty() {
                 (*model).clone_into(&mut self.model);
@@ -102,7 +93,6 @@ impl MessagesStream {
                 });
                 write_event(out, "message_delta", &data);
                 write_event(out, "message_stop", &json!({"type": "message_stop"}));
-                self.state = State::Finished;
             }
         }
         Ok(())
@@ -149,12 +139,6 @@ impl MessagesStream {
             write_event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
         }
     }
-
-    fn fail(&mut self, err: StreamError, out: &mut Vec<u8>) -> StreamError {
-        self.state = State::Failed;
-        write_error(out, &err);
-        err
-    }
 }
 
 /// One Anthropic `error` event.
@@ -167,28 +151,16 @@ pub fn write_error(out: &mut Vec<u8>, err: &StreamError) {
     write_event(out, "error", &data);
 }
 
-impl StreamTranslate for MessagesStream {
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        match self.state {
-            State::Running => {}
-            State::Finished => return Ok(()),
-            State::Failed => return Err(StreamError::Malformed("the stream already failed".into())),
-        }
-        let mut reader = std::mem::take(&mut self.reader);
-        let result = reader.push(bytes, &mut |event| self.on(event, out));
-        self.reader = reader;
-        result.map_err(|err| self.fail(err, out))
+impl ChatSink for MessagesStream {
+    fn driver(&mut self) -> &mut Driver {
+        &mut self.driver
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        match self.state {
-            State::Running => {}
-            State::Finished => return Ok(()),
-            State::Failed => return Err(StreamError::Malformed("the stream already failed".into())),
-        }
-        let mut reader = std::mem::take(&mut self.reader);
-        let result = reader.finish(&mut |event| self.on(event, out));
-        self.reader = reader;
-        result.map_err(|err| self.fail(err, out))
+    fn on(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.event(event, out)
+    }
+
+    fn error(&mut self, err: &StreamError, out: &mut Vec<u8>) {
+        write_error(out, err);
     }
 }

@@ -11,10 +11,10 @@
 use serde_json::{Value, json};
 
 use super::response::{PartKind, Shell, Status, function_call_item, message_item, part};
-use crate::apis::chat_stream::{ChatEvent, ChatStreamReader};
+use crate::apis::chat_stream::{ChatEvent, ChatSink, Driver};
 use crate::apis::sse::write_event;
 use crate::apis::usage::Tokens;
-use crate::apis::{MAX_ANSWER, StreamError, StreamTranslate};
+use crate::apis::{MAX_ANSWER, StreamError};
 
 /// Writes events with increasing sequence numbers.
 #[derive(Debug, Default)]
@@ -45,16 +45,9 @@ enum Item {
     Call { id: String, call_id: String, name: String, arguments: String, open: bool },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Running,
-    Finished,
-    Failed,
-}
-
 #[derive(Debug)]
 pub struct ResponsesStream {
-    reader: ChatStreamReader,
+    driver: Driver,
     shell: Shell,
     now: u64,
     emitter: Emitter,
@@ -65,7 +58,6 @@ pub struct ResponsesStream {
     finish: Option<String>,
     usage: Option<Tokens>,
     kept: usize,
-    state: State,
     /// The response object of the closing event, for the caller to store.
     last: Option<Value>,
 }
@@ -74,7 +66,7 @@ impl ResponsesStream {
     /// `now` stamps `completed_at`.
     pub fn new(shell: Shell, now: u64) -> ResponsesStream {
         ResponsesStream {
-            reader: ChatStreamReader::new(),
+            driver: Driver::default(),
             shell,
             now,
             emitter: Emitter::default(),
@@ -84,7 +76,6 @@ impl ResponsesStream {
             finish: None,
             usage: None,
             kept: 0,
-            state: State::Running,
             last: None,
         }
     }
@@ -94,7 +85,7 @@ impl ResponsesStream {
         self.last.take()
     }
 
-    fn on(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn event(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError> {
         if let ChatEvent::Start { model, .. } = &event {
             if !model.is_empty() {
                 (*model).clone_into(&mut self.shell.model);
@@ -158,7 +149,6 @@ impl ResponsesStream {
                 let response = self.shell.object(status, output, self.usage, Some(self.now));
                 self.emitter.emit(out, kind, json!({"response": response.clone()}));
                 self.last = Some(response);
-                self.state = State::Finished;
                 Ok(())
             }
         }
@@ -229,12 +219,6 @@ impl ResponsesStream {
         }
         Ok(())
     }
-
-    fn fail(&mut self, err: StreamError, out: &mut Vec<u8>) -> StreamError {
-        self.state = State::Failed;
-        self.emitter.error(out, &err);
-        err
-    }
 }
 
 /// The `.done` events of one item.
@@ -281,28 +265,16 @@ fn item_value(item: &Item, status: Status) -> Value {
     }
 }
 
-impl StreamTranslate for ResponsesStream {
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        match self.state {
-            State::Running => {}
-            State::Finished => return Ok(()),
-            State::Failed => return Err(StreamError::Malformed("the stream already failed".into())),
-        }
-        let mut reader = std::mem::take(&mut self.reader);
-        let result = reader.push(bytes, &mut |event| self.on(event, out));
-        self.reader = reader;
-        result.map_err(|err| self.fail(err, out))
+impl ChatSink for ResponsesStream {
+    fn driver(&mut self) -> &mut Driver {
+        &mut self.driver
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        match self.state {
-            State::Running => {}
-            State::Finished => return Ok(()),
-            State::Failed => return Err(StreamError::Malformed("the stream already failed".into())),
-        }
-        let mut reader = std::mem::take(&mut self.reader);
-        let result = reader.finish(&mut |event| self.on(event, out));
-        self.reader = reader;
-        result.map_err(|err| self.fail(err, out))
+    fn on(&mut self, event: ChatEvent<'_>, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.event(event, out)
+    }
+
+    fn error(&mut self, err: &StreamError, out: &mut Vec<u8>) {
+        self.emitter.error(out, err);
     }
 }
