@@ -49,6 +49,18 @@ impl OpenAiBackend {
             Endpoint::ChatCompletions => &self.chat_url,
             Endpoint::Completions => &self.completions_url,
             Endpoint::Embeddings => &self.embeddings_url,
+            // The request path sends these as chat completions to this kind.
+            Endpoint::Responses | Endpoint::Messages => {
+                return Err(BackendError::Unsupported {
+                    backend: config.name.clone(),
+                    param: None,
+                    message: format!(
+                        "backend `{}` (kind openai) gets {} as chat completions",
+                        config.name,
+                        call.endpoint.as_str()
+                    ),
+                });
+            }
         };
         let body = params::apply_defaults(&call.body, call.params);
         let authorization = match call.auth {

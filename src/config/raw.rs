@@ -197,6 +197,10 @@ pub struct RawState {
     pub timeout: Option<String>,
     /// Completion tokens assumed at admission when a request sets no `max_tokens`.
     pub default_max_tokens: Option<u64>,
+    /// How long a stored Responses API response lives, such as `30d`. Default 30 days.
+    pub responses_ttl: Option<String>,
+    /// Most bytes of stored responses kept in memory (`store: memory`). Default `256MiB`.
+    pub responses_max_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -236,6 +236,10 @@ pub struct StateConfig {
     /// Completion tokens reserved at admission when a request sets neither `max_tokens` nor
     /// `max_completion_tokens`. Default 256.
     pub default_max_tokens: u64,
+    /// How long a stored Responses API response lives. Default 30 days.
+    pub responses_ttl: Duration,
+    /// Most bytes of stored responses held in memory (memory store). Default 256 MiB.
+    pub responses_max_size: u64,
 }
 
 impl Default for StateConfig {
@@ -245,6 +249,8 @@ impl Default for StateConfig {
             on_error: FailMode::Open,
             timeout: Duration::from_millis(100),
             default_max_tokens: 256,
+            responses_ttl: Duration::from_secs(30 * 24 * 3600),
+            responses_max_size: 256 * 1024 * 1024,
         }
     }
 }

@@ -174,7 +174,7 @@ pub fn estimate(endpoint: Endpoint, body: &[u8], counter: Counter, default_max_t
     }
     let completion = match endpoint {
         Endpoint::Embeddings => 0,
-        Endpoint::ChatCompletions | Endpoint::Completions => {
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses | Endpoint::Messages => {
             let per_choice = body.max_completion_tokens.or(body.max_tokens).unwrap_or(default_max_tokens);
             per_choice.saturating_mul(body.n.unwrap_or(1).max(1))
         }

@@ -21,7 +21,9 @@ use crate::limits::Admission;
 use crate::router::InFlight;
 use crate::runtime::Snapshot;
 use crate::telemetry::trace::Tracer;
-use crate::wire::{AnswerSummary, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext, usage_only};
+use crate::wire::{
+    AnswerSummary, Assembled, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext, usage_only,
+};
 
 /// What a request holds that must be given back when it ends, whatever the way.
 #[derive(Debug, Default)]
@@ -124,7 +126,13 @@ impl Exchange {
     fn read_back(&mut self) {
         let Some(capture) = self.capture.take() else { return };
         let record = &mut self.record;
-        if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
+        if let Some(endpoint) = record.endpoint.filter(|e| e.is_inbound()) {
+            // The client's own API, read with its own usage fields (cached tokens included).
+            let complete = record.outcome == Outcome::Completed && (200..300).contains(&record.status);
+            record.assembled =
+                capture.bytes().filter(|_| complete).and_then(|bytes| read_inbound(endpoint, &bytes, record.sse));
+            record.usage = record.assembled.as_ref().and_then(|a| a.usage);
+        } else if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
             record.assembled = capture.assemble(record.sse);
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
         } else if let Some(bytes) = capture.bytes() {
@@ -143,6 +151,29 @@ impl Exchange {
             record.cost_usd = Some(price.cost(&usage));
         }
     }
+}
+
+/// A Responses or Messages answer (JSON or stream) read back in the chat-neutral shape the
+/// taps take: the API's own object as the body, its usage, its stop reason.
+fn read_inbound(endpoint: Endpoint, bytes: &[u8], sse: bool) -> Option<Assembled> {
+    let (body, usage, reason, model) = match endpoint {
+        Endpoint::Responses => {
+            let answer = crate::apis::responses::read_answer(bytes, sse)?;
+            (answer.body, answer.usage, Some(answer.status), answer.model)
+        }
+        Endpoint::Messages => {
+            let answer = crate::apis::messages::read_answer(bytes, sse)?;
+            (answer.body, answer.usage, answer.stop_reason, answer.model)
+        }
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => return None,
+    };
+    Some(Assembled {
+        body,
+        usage: usage.map(crate::apis::usage::Tokens::to_wire),
+        finish_reasons: reason.into_iter().collect(),
+        response_model: model,
+        complete: true,
+    })
 }
 
 /// The access log line of a finished request.

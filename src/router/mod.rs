@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::backends::BackendRuntime;
 use crate::config::{ModelConfig, Sticky};
 
-pub use dispatch::{DispatchError, Dispatched, Outbound, dispatch};
+pub use dispatch::{DispatchError, Dispatched, Native, Outbound, dispatch};
 pub use health::{
     Availability, BASE_EJECTION, CONSECUTIVE_FAILURES, FAILURE_RATIO, Health, HealthBuilder, InFlight, MAX_EJECTION,
     RATIO_MIN_REQUESTS, RATIO_WINDOW, TargetHealth, Verdict,

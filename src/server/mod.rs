@@ -15,6 +15,7 @@ mod listener;
 mod models;
 mod routes;
 mod state;
+mod stored;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::error::GatewayError;
-use super::{AppState, FnHandler, Handler, admin, feedback, models};
+use super::{AppState, FnHandler, Handler, admin, feedback, models, stored};
 use crate::proxy;
 use crate::wire::Endpoint;
 use crate::wire::body::Body;
@@ -32,25 +32,43 @@ pub fn client_service(state: Arc<AppState>) -> impl Handler {
 
 async fn route_client(
     state: &AppState,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     request_id: &str,
     started: Instant,
 ) -> Response<Body> {
     // Clients configured with a base URL without `/v1` send the bare paths; accept both.
-    let path = request.uri().path();
-    let path = path.strip_prefix("/v1").unwrap_or(path);
+    let full_path = request.uri().path().to_owned();
+    let path = full_path.strip_prefix("/v1").unwrap_or(&full_path);
     let endpoint = match path {
         "/chat/completions" => Some(Endpoint::ChatCompletions),
         "/completions" => Some(Endpoint::Completions),
         "/embeddings" => Some(Endpoint::Embeddings),
+        "/responses" => Some(Endpoint::Responses),
+        "/messages" => Some(Endpoint::Messages),
         _ => None,
     };
+    // The Messages API answers in its own error shape and takes its key in `x-api-key`.
+    let anthropic = path == "/messages" || path.starts_with("/messages/");
+    let render = if anthropic { GatewayError::to_anthropic_response } else { GatewayError::to_response };
+    if anthropic {
+        stored::accept_x_api_key(request.headers_mut());
+    }
+    let stored_response = path.strip_prefix("/responses/").filter(|id| !id.is_empty() && !id.contains('/'));
     match (request.method(), endpoint, path) {
         (&Method::POST, Some(endpoint), _) => {
             match proxy::handle(state.snapshot(), request, endpoint, request_id.to_owned(), started).await {
                 Ok(answer) => answer,
-                Err(refused) => refused.respond(|err| GatewayError::from(err).to_response()),
+                Err(refused) => refused.respond(|err| render(&GatewayError::from(err))),
             }
+        }
+        (&Method::POST, None, "/messages/count_tokens") => {
+            stored::count_tokens(&state.snapshot(), request).await.unwrap_or_else(|err| render(&err))
+        }
+        (&Method::GET | &Method::DELETE, None, _) if stored_response.is_some() => {
+            let id = stored_response.unwrap_or_default();
+            stored::response(&state.snapshot(), request.method(), id, request.headers())
+                .await
+                .unwrap_or_else(|err| err.to_response())
         }
         (&Method::GET, None, "/models") => {
             models::list(&state.snapshot(), request.headers()).unwrap_or_else(|err| err.to_response())
@@ -58,11 +76,13 @@ async fn route_client(
         (&Method::POST, None, "/feedback") => {
             feedback::handle(&state.snapshot(), request).await.unwrap_or_else(|err| err.to_response())
         }
-        (method, Some(_), _) | (method, None, "/models" | "/feedback") => {
-            GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() }
-                .to_response()
+        (method, Some(_), _) | (method, None, "/models" | "/feedback" | "/messages/count_tokens") => {
+            render(&GatewayError::MethodNotAllowed { method: method.clone(), path: full_path.clone() })
         }
-        _ => GatewayError::NotFound(request.uri().path().to_owned()).to_response(),
+        _ if stored_response.is_some() => {
+            render(&GatewayError::MethodNotAllowed { method: request.method().clone(), path: full_path.clone() })
+        }
+        _ => render(&GatewayError::NotFound(full_path.clone())),
     }
 }
 
