@@ -6,9 +6,10 @@
 //! top        gateway (lifecycle) · server (listeners, handlers, the error map) · proxy (the request path)
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
-//! features   auth · limits · cache · router → backends
+//! features   auth · limits · cache · router → backends · conversations (stored responses)
 //! config     config: raw → validated → typed
 //! ground     wire: endpoint, request head, bodies, headers, trace context, capture, usage, record
+//!            apis: the Responses and Messages APIs as pure translations to and from chat
 //! ```
 //!
 //! A request: `server` accepts it and hands it to `proxy`, which authenticates (`auth`),

@@ -129,6 +129,7 @@ impl Tokens {
             prompt_tokens: self.input,
             completion_tokens: self.output,
             cached_tokens: self.cached_input,
+            cache_write_tokens: self.cache_write,
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct RawPrice {
     pub input_per_mtok: Option<f64>,
     pub output_per_mtok: Option<f64>,
     pub cached_input_per_mtok: Option<f64>,
+    /// USD per million prompt tokens written to the provider's cache. Default: the input price.
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 /// One entry of `keys:`, a virtual API key.

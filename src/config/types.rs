@@ -180,15 +180,20 @@ pub struct Price {
     pub output_per_mtok: f64,
     /// Defaults to `input_per_mtok`.
     pub cached_input_per_mtok: f64,
+    /// Prompt-cache writes (Anthropic's `cache_creation_input_tokens`). Defaults to
+    /// `input_per_mtok`.
+    pub cache_write_per_mtok: f64,
 }
 
 impl Price {
     /// USD for `usage`: cached prompt tokens at the cached rate, the rest at the input rate.
     pub fn cost(&self, usage: &crate::wire::Usage) -> f64 {
         let cached = usage.cached_tokens.min(usage.prompt_tokens);
-        let fresh = usage.prompt_tokens - cached;
+        let written = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
+        let fresh = usage.prompt_tokens - cached - written;
         (fresh as f64 * self.input_per_mtok
             + cached as f64 * self.cached_input_per_mtok
+            + written as f64 * self.cache_write_per_mtok
             + usage.completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
     }

@@ -431,7 +431,12 @@ impl Limits {
 }
 
 fn estimate_usage(estimate: Estimate) -> Usage {
-    Usage { prompt_tokens: estimate.prompt, completion_tokens: estimate.completion, cached_tokens: 0 }
+    Usage {
+        prompt_tokens: estimate.prompt,
+        completion_tokens: estimate.completion,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+    }
 }
 
 /// Where an admission's reservation was made, so it is settled there.

@@ -105,7 +105,9 @@ impl ProxyBody {
             Some(chunk) => inbound.converter.push(chunk, &mut out),
             None => inbound.converter.finish(&mut out),
         };
-        if let (Some(response), Some(store)) = (inbound.converter.take_final(), inbound.store.take()) {
+        if let Some(response) = inbound.converter.take_final()
+            && let Some(store) = inbound.store.take()
+        {
             store.store(response);
         }
         match result {

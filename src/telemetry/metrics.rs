@@ -62,10 +62,10 @@ struct RouteSeries {
     duration: Histogram,
     ttft: Histogram,
     /// `input`, `output`, `cached`.
-    tokens: [Counter; 3],
+    tokens: [Counter; 4],
 }
 
-const TOKEN_KINDS: [&str; 3] = ["input", "output", "cached"];
+const TOKEN_KINDS: [&str; 4] = ["input", "output", "cached", "cache_write"];
 
 impl RouteSeries {
     fn new() -> RouteSeries {
@@ -152,6 +152,7 @@ impl Metrics {
                 route.tokens[0].add(usage.prompt_tokens);
                 route.tokens[1].add(usage.completion_tokens);
                 route.tokens[2].add(usage.cached_tokens);
+                route.tokens[3].add(usage.cache_write_tokens);
             }
         });
         if let Some(cost) = record.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {

@@ -53,7 +53,7 @@ fn a_finished_stream_is_counted_timed_and_priced() {
     exchange.duration = Duration::from_millis(300);
     exchange.first_byte = Some(Duration::from_millis(40));
     exchange.weir_time = Some(Duration::from_micros(30));
-    exchange.usage = Some(Usage { prompt_tokens: 10, completion_tokens: 5, cached_tokens: 4 });
+    exchange.usage = Some(Usage { prompt_tokens: 10, completion_tokens: 5, cached_tokens: 4, cache_write_tokens: 0 });
     exchange.cost_usd = Some(0.00002);
     exchange.attempts.push(Attempt {
         kind: AttemptKind::Primary,
