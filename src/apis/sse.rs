@@ -34,7 +34,7 @@ impl SseReader {
     /// Feeds bytes, calling `on_event` for each event they complete, in order.
     pub fn push<F>(&mut self, bytes: &[u8], on_event: &mut F) -> Result<(), StreamError>
     where
-        F: FnMut(Event<'_>) -> Result<(), StreamError>,
+        F: FnMut(Event<'_>) -> Result<(), StreamError> + ?Sized,
     {
         let mut rest = bytes;
         while let Some(end) = memchr::memchr(b'\n', rest) {
@@ -58,7 +58,7 @@ impl SseReader {
     /// The stream ended: a last event without its closing blank line still counts.
     pub fn finish<F>(&mut self, on_event: &mut F) -> Result<(), StreamError>
     where
-        F: FnMut(Event<'_>) -> Result<(), StreamError>,
+        F: FnMut(Event<'_>) -> Result<(), StreamError> + ?Sized,
     {
         let line = std::mem::take(&mut self.pending);
         if !line.is_empty() {
@@ -69,7 +69,7 @@ impl SseReader {
 
     fn line<F>(&mut self, line: &[u8], on_event: &mut F) -> Result<(), StreamError>
     where
-        F: FnMut(Event<'_>) -> Result<(), StreamError>,
+        F: FnMut(Event<'_>) -> Result<(), StreamError> + ?Sized,
     {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {

@@ -130,7 +130,7 @@ struct Answer {
     strip_usage: bool,
     backend: Arc<crate::backends::BackendRuntime>,
     /// A Responses or Messages request answered by a chat backend: its answer is converted.
-    inbound: Option<Inbound>,
+    inbound: Option<Box<Inbound>>,
 }
 
 async fn forward(
@@ -225,7 +225,7 @@ async fn forward(
         stream,
         strip_usage,
         backend: dispatched.backend,
-        inbound: inbound.filter(|_| !dispatched.native),
+        inbound: inbound.filter(|_| !dispatched.native).map(Box::new),
     }))
 }
 

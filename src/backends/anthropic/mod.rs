@@ -99,7 +99,7 @@ impl AnthropicBackend {
         let mode = if !status.is_success() {
             Mode::Error { whole: Vec::new(), client_error: status.is_client_error() }
         } else if translated.stream {
-            Mode::Stream(StreamTranslator::new(translated.include_usage, unix_now()))
+            Mode::Stream(Box::new(StreamTranslator::new(translated.include_usage, unix_now())))
         } else {
             Mode::Message { whole: Vec::new() }
         };
@@ -168,7 +168,7 @@ pub struct TranslatedBody {
 }
 
 enum Mode {
-    Stream(StreamTranslator),
+    Stream(Box<StreamTranslator>),
     Message { whole: Vec<u8> },
     Error { whole: Vec<u8>, client_error: bool },
 }
