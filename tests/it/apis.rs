@@ -158,6 +158,39 @@ async fn the_sdk_creates_streams_and_continues_responses_on_a_translated_backend
 }
 
 #[tokio::test]
+async fn stored_responses_in_redis_are_continued_by_any_replica() {
+    let Some(redis) = crate::cache::RedisGuard::start() else { return };
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let state = format!("state: {{ store: \"redis://127.0.0.1:{}/0\", responses_ttl: 1h }}", redis.port);
+    let config = yaml(&upstream.url(), &upstream.url(), "", &state);
+    let (a, b) = (support::start(&config).await, support::start(&config).await);
+    let first = support::openai(&a, Some(TEAM_KEY))
+        .responses()
+        .create(request(json!({"model": "chat", "input": "remember this"})))
+        .await
+        .unwrap();
+    let on_b = support::openai(&b, Some(TEAM_KEY));
+    let mut found = None;
+    // The store is written off the request task: give it a moment.
+    for _ in 0..50 {
+        if let Ok(stored) = on_b.responses().retrieve(&first.id).await {
+            found = Some(stored);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(found.expect("replica b reads what replica a stored").id, first.id);
+    let follow_up = json!({"model": "chat", "input": "and now?", "previous_response_id": first.id});
+    on_b.responses().create(request(follow_up)).await.unwrap();
+    let sent = upstream.requests().pop().unwrap().json();
+    assert_eq!(sent["messages"][0], json!({"role": "user", "content": "remember this"}));
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 3, "{sent}");
+    assert!(support::openai(&b, Some(ALL_KEY)).responses().retrieve(&first.id).await.is_err(), "another key: 404");
+    assert!(on_b.responses().delete(&first.id).await.unwrap().deleted);
+    assert!(support::openai(&a, Some(TEAM_KEY)).responses().retrieve(&first.id).await.is_err());
+}
+
+#[tokio::test]
 async fn responses_errors_are_openai_shaped_with_the_field_at_fault() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = support::start(&yaml(&upstream.url(), &upstream.url(), "", "")).await;
