@@ -222,7 +222,8 @@ impl BackendRuntime {
     pub fn speaks_natively(&self, endpoint: Endpoint) -> bool {
         match endpoint {
             Endpoint::Messages => matches!(self.kind, Backend::Anthropic(_)),
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => false,
+            Endpoint::Responses => matches!(self.kind, Backend::OpenAi(_)) && self.config.responses_native,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => false,
         }
     }
 

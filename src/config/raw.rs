@@ -61,6 +61,9 @@ pub struct RawBackend {
     pub api_key: Option<String>,
     /// Azure `api-version` query parameter.
     pub api_version: Option<String>,
+    /// `kind: openai` only: `native` sends Responses API requests to `{base_url}/responses`
+    /// as they came; `translate` (default) sends them as chat completions.
+    pub responses: Option<String>,
     /// Most requests in flight to this backend at once. Default: unlimited.
     pub max_inflight: Option<u64>,
     pub timeouts: Option<RawTimeouts>,

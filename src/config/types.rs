@@ -86,6 +86,9 @@ pub struct BackendConfig {
     /// `None` when absent or empty.
     pub api_key: Option<String>,
     pub api_version: Option<String>,
+    /// `responses: native`: the upstream speaks the Responses API (OpenAI itself); default
+    /// false (Responses requests go as chat completions).
+    pub responses_native: bool,
     pub max_inflight: Option<usize>,
     pub timeouts: Timeouts,
     pub headers: Vec<(HeaderName, HeaderValue)>,

@@ -48,6 +48,9 @@ pub struct Exchange {
     /// otherwise only the usage is read back, which is cheaper.
     pub wants_assembly: bool,
     pub guards: Guards,
+    /// A Responses answer from a backend that speaks the API natively, stored once read
+    /// back (converted answers are stored by their converter).
+    pub store: Option<super::inbound::StoreJob>,
     finished: bool,
 }
 
@@ -67,7 +70,15 @@ impl Exchange {
         record.trace = TraceContext::start(headers, tracer.map(Tracer::sample_ratio));
         let wants_assembly = record.trace.sampled() && tracer.is_some_and(Tracer::captures_content);
         snapshot.datasets.begin(&record.request_id);
-        Exchange { snapshot, record, capture: None, wants_assembly, guards: Guards::default(), finished: false }
+        Exchange {
+            snapshot,
+            record,
+            capture: None,
+            wants_assembly,
+            guards: Guards::default(),
+            store: None,
+            finished: false,
+        }
     }
 
     /// Names the backend that answers (a cached answer's origin).
@@ -108,6 +119,9 @@ impl Exchange {
         let datasets = snapshot.datasets.select(&self.record);
         self.wants_assembly |= !datasets.is_empty();
         self.read_back();
+        if let (Some(job), Some(answer)) = (self.store.take(), self.record.assembled.as_ref()) {
+            job.store(answer.body.clone());
+        }
         let record = &self.record;
         snapshot.metrics.record_request(record);
         if let Some(fill) = self.guards.fill.take() {

@@ -48,6 +48,9 @@ pub struct Inbound {
     pub chat_head: RequestHead,
     /// The client's own request, for a backend that speaks its API (`None`: no kind does).
     pub native_head: Option<RequestHead>,
+    /// The body such a backend gets when it is not the client's as sent (a Responses request
+    /// continuing a stored conversation: the prior items spelled out).
+    pub native_body: Option<Bytes>,
     pub native_headers: Vec<(HeaderName, HeaderValue)>,
     /// What an answer from a chat backend is converted for.
     pub target: Target,
@@ -66,9 +69,11 @@ pub struct StoreJob {
 }
 
 impl StoreJob {
-    /// Keeps `response` with the conversation it ends.
+    /// Keeps `response` with the conversation it ends, under its own id (weir's, or the
+    /// upstream's for a backend that speaks the Responses API natively).
     pub fn store(self, response: Value) {
         let StoreJob { conversations, id, owner, mut items } = self;
+        let id = response.get("id").and_then(Value::as_str).map_or(id, str::to_owned);
         if let Some(output) = response.get("output").and_then(Value::as_array) {
             items.extend(output.iter().cloned());
         }
@@ -99,7 +104,20 @@ async fn responses(snapshot: &Snapshot, body: &Bytes, owner: &str) -> Result<Inb
         },
         None => Vec::new(),
     };
+    // A native backend gets the client's bytes, or — continuing weir's stored conversation,
+    // which the upstream does not know — the request with the prior items spelled out.
+    let continued = (!prior.is_empty()).then(|| request.clone());
     let translated = apis::responses::translate(request, &prior)?;
+    let native_body = match continued {
+        Some(mut request) => {
+            request.remove("previous_response_id");
+            let items = prior.iter().chain(&translated.input_items).cloned().collect();
+            request.insert("input".into(), Value::Array(items));
+            Bytes::from(serde_json::to_vec(&request).map_err(|err| apis::invalid("", err.to_string()))?)
+        }
+        None => body.clone(),
+    };
+    let native_head = parse_head(Endpoint::Responses, &native_body).ok();
     let (chat_body, chat_head) = chat_request(&translated.chat)?;
     let id = new_id("resp");
     let shell = Shell { id: id.clone(), created_at: unix_now(), model: chat_head.model.clone(), echo: translated.echo };
@@ -111,7 +129,8 @@ async fn responses(snapshot: &Snapshot, body: &Bytes, owner: &str) -> Result<Inb
     Ok(Inbound {
         chat_body,
         chat_head,
-        native_head: None,
+        native_head,
+        native_body: Some(native_body),
         native_headers: Vec::new(),
         target: Target::Responses { shell, now: unix_now() },
         store,
@@ -131,7 +150,15 @@ fn messages(body: &Bytes, headers: &HeaderMap) -> Result<Inbound, InboundError> 
     // Chat backends report usage at the end; `message_start` carries an estimate.
     let input_estimate = (chat_body.len() as u64).div_ceil(4);
     let target = Target::Messages { id: new_id("msg"), model: chat_head.model.clone(), input_estimate };
-    Ok(Inbound { chat_body, chat_head, native_head: Some(native_head), native_headers, target, store: None })
+    Ok(Inbound {
+        chat_body,
+        chat_head,
+        native_head: Some(native_head),
+        native_body: None,
+        native_headers,
+        target,
+        store: None,
+    })
 }
 
 fn chat_request(chat: &Map<String, Value>) -> Result<(Bytes, RequestHead), InboundError> {

@@ -212,13 +212,19 @@ async fn forward(
     };
     let native = inbound.as_ref().and_then(|inbound| {
         let head = inbound.native_head.as_ref()?;
-        Some(Native { endpoint, head, body: &body, headers: &inbound.native_headers })
+        let body = inbound.native_body.as_ref().unwrap_or(&body);
+        Some(Native { endpoint, head, body, headers: &inbound.native_headers })
     });
     let outbound = Outbound { endpoint: chat_endpoint, head, body: chat_body, auth, native };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
     let stream = head.stream;
     let strip_usage = head.injects_usage && !dispatched.native;
+    let mut inbound = inbound;
+    if dispatched.native {
+        // A native Responses answer is stored once read back, under the upstream's id.
+        exchange.store = inbound.as_mut().and_then(|inbound| inbound.store.take());
+    }
     Ok(Reply::Upstream(Answer {
         upstream: dispatched.response,
         sent: dispatched.sent,

@@ -191,6 +191,53 @@ async fn stored_responses_in_redis_are_continued_by_any_replica() {
 }
 
 #[tokio::test]
+async fn responses_pass_through_to_a_native_backend_and_are_continued_by_weir() {
+    let answer = json!({"id": "resp_upstream1", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-up",
+        "output": [{"id": "msg_up", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "native hello", "annotations": []}]}],
+        "usage": {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 2,
+            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 11}});
+    let openai = MockUpstream::start(Behavior::reply(200, answer.to_string())).await;
+    let models = "  native: { targets: [ { backend: oai, model: gpt-up } ] }";
+    let config = yaml(&openai.url(), &openai.url(), models, "").replace(
+        "backends:\n",
+        &format!("backends:\n  oai: {{ kind: openai, base_url: {}, responses: native }}\n", openai.url()),
+    );
+    let gateway = support::start(&config).await;
+    let client = support::openai(&gateway, Some(TEAM_KEY));
+
+    let body = json!({"model": "native", "input": "hi", "reasoning": {"effort": "low"}, "include": ["reasoning.encrypted_content"]});
+    let (status, _, got) = support::body_json(post(&gateway, "/responses", TEAM_KEY, &body).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(got, answer, "the upstream's answer, untouched");
+    let sent = openai.only_request();
+    assert_eq!(sent.path, "/v1/responses");
+    let mut expected = body.clone();
+    expected["model"] = json!("gpt-up");
+    assert_eq!(sent.json(), expected);
+
+    // weir keeps it too, so a later request (to any backend) can continue it.
+    let mut stored = None;
+    for _ in 0..50 {
+        if let Ok(found) = client.responses().retrieve("resp_upstream1").await {
+            stored = Some(found);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored.expect("stored under the upstream's id").output_text().as_deref(), Some("native hello"));
+    let follow_up = json!({"model": "native", "input": "again", "previous_response_id": "resp_upstream1"});
+    let (status, _, _) = support::body_json(post(&gateway, "/responses", TEAM_KEY, &follow_up).await).await;
+    assert_eq!(status, 200);
+    let sent = openai.requests().pop().unwrap().json();
+    assert!(sent.get("previous_response_id").is_none(), "the upstream never saw weir's conversation: {sent}");
+    let input = sent["input"].as_array().unwrap();
+    assert_eq!(input.len(), 3, "{sent}");
+    assert_eq!(input[1]["id"], "msg_up");
+    assert_eq!(input[2]["content"], "again");
+}
+
+#[tokio::test]
 async fn responses_errors_are_openai_shaped_with_the_field_at_fault() {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = support::start(&yaml(&upstream.url(), &upstream.url(), "", "")).await;
