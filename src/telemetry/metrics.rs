@@ -77,7 +77,7 @@ impl RouteSeries {
 #[derive(Debug)]
 pub struct Metrics {
     /// `model, backend, variant, status, cache`.
-    requests: Family<Counter, 5>,
+    requests: Family<Counter, 6>,
     /// `model, backend, variant`: durations, TTFT, tokens.
     routes: Family<RouteSeries, 3>,
     backend_duration: Family<Histogram, 1>,
@@ -139,8 +139,9 @@ impl Metrics {
         let (backend, variant) = (record.backend.as_str(), record.variant.as_str());
         let status = if record.status == 0 { 499 } else { record.status.clamp(100, 599) };
         let mut digits = [0u8; 3];
-        self.requests
-            .with([model, backend, variant, status_label(status, &mut digits), record.cache.as_str()], Counter::inc);
+        let labels =
+            [model, backend, variant, status_label(status, &mut digits), record.cache.as_str(), record.endpoint_str()];
+        self.requests.with(labels, Counter::inc);
         self.routes.with([model, backend, variant], |route| {
             route.duration.observe(record.duration.as_secs_f64());
             if record.stream && (200..300).contains(&status) {
@@ -224,7 +225,7 @@ impl Metrics {
             for target in model.targets.iter().chain(&model.fallbacks) {
                 let labels = [name.as_str(), target.backend.as_str(), target.variant.as_str()];
                 self.routes.register(labels);
-                self.requests.register([labels[0], labels[1], labels[2], "200", cache]);
+                self.requests.register([labels[0], labels[1], labels[2], "200", cache, "chat"]);
                 if model.price.is_some() {
                     for key in &keys {
                         self.cost.register([labels[0], labels[1], labels[2], key]);

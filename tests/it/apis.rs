@@ -475,6 +475,14 @@ async fn dataset_records_and_spans_name_the_endpoint() {
         assert_eq!(response.status(), 200);
         response.bytes().await.unwrap();
     }
+    let metrics = support::http().get(format!("http://{}/metrics", gateway.admin_addr())).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for endpoint in ["responses", "messages"] {
+        let series = format!(
+            r#"weir_requests_total{{model="chat",backend="up",variant="up",status="200",cache="bypass",endpoint="{endpoint}"}} 1"#
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
     gateway.shutdown().await;
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
