@@ -32,7 +32,7 @@ use serde_json::Value;
 
 pub use files::{date_of_day, day_of, file_name, parse_file_name};
 pub use record::Source;
-pub use writer::{FLUSH_INTERVAL, QUEUE_CAPACITY};
+pub use writer::{FLUSH_INTERVAL, QUEUE_BYTES, QUEUE_CAPACITY};
 
 use self::filter::Facts;
 use self::redact::Redactor;
@@ -87,7 +87,7 @@ impl Datasets {
                     &config.name,
                     &config.dir,
                     config.max_file_size,
-                    QUEUE_CAPACITY,
+                    (QUEUE_CAPACITY, QUEUE_BYTES),
                     Arc::clone(metrics),
                 ) {
                     Ok(writer) => Arc::new(writer),

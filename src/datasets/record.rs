@@ -67,6 +67,19 @@ impl Source {
         }
     }
 
+    /// Roughly the bytes this record keeps alive while it waits for the disk: the client's
+    /// body, the assembled answer and the names (the writer's queue is bounded by this).
+    pub fn weight(&self) -> usize {
+        let names = [&self.request_id, &self.key, &self.model, &self.backend, &self.variant];
+        let names: usize = names.iter().map(|s| s.len()).sum();
+        let extra = self.experiment.as_ref().map_or(0, String::len) + self.error.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Source>()
+            + self.request.len()
+            + self.response.as_ref().map_or(0, value_weight)
+            + names
+            + extra
+    }
+
     /// The record as one JSON line (with its `\n`), every string redacted by `redactor`.
     pub fn line(&self, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
         let ts = rfc3339(self.ts);
@@ -108,6 +121,29 @@ impl Source {
         redactor.apply(&mut value);
         to_line(&value)
     }
+}
+
+/// Roughly the heap a JSON value holds: its strings and keys, and a node's size for each
+/// node. Iterative, so a deep value costs no stack.
+pub fn value_weight(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    let mut total = 0usize;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        total = total.saturating_add(NODE);
+        match value {
+            Value::String(s) => total = total.saturating_add(s.len()),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (key, item) in map {
+                    total = total.saturating_add(key.len().saturating_add(NODE));
+                    stack.push(item);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    total
 }
 
 /// A feedback line: `{"type":"feedback","request_id","score","comment","ts",...}`.

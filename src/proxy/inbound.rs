@@ -203,7 +203,8 @@ pub fn count_tokens(snapshot: &Snapshot, body: &Bytes) -> Result<(String, u64), 
         Some(route) => crate::limits::tokens::Counter::for_models(route.token_models()),
         None => crate::limits::tokens::Counter::for_models([chat_head.model.as_str()]),
     };
-    let estimate = crate::limits::tokens::estimate(Endpoint::ChatCompletions, &chat_body, counter, 0);
+    let estimate = crate::limits::tokens::estimate(Endpoint::ChatCompletions, &chat_body, counter, 0)
+        .map_err(|bad| apis::invalid(bad.param, bad.reason))?;
     Ok((chat_head.model, estimate.prompt))
 }
 

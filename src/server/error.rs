@@ -155,7 +155,15 @@ impl GatewayError {
             // budget is `insufficient_quota`.
             GatewayError::Limit(err) => match err.as_ref() {
                 LimitError::Requests { .. } => plain(S::TOO_MANY_REQUESTS, "requests", Some("rate_limit_exceeded")),
-                LimitError::Tokens { .. } => plain(S::TOO_MANY_REQUESTS, "tokens", Some("rate_limit_exceeded")),
+                LimitError::Tokens { .. } | LimitError::TooLarge { .. } => {
+                    plain(S::TOO_MANY_REQUESTS, "tokens", Some("rate_limit_exceeded"))
+                }
+                LimitError::Invalid { param, .. } => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("invalid_value"),
+                    param: Some((*param).into()),
+                },
                 LimitError::Concurrent { .. } => {
                     plain(S::TOO_MANY_REQUESTS, "requests", Some("concurrency_limit_exceeded"))
                 }
@@ -252,7 +260,9 @@ impl GatewayError {
         let mut response = body::json(described.status, error_json(&described, &self.to_string()));
         if let GatewayError::Limit(limit) = self {
             let headers = response.headers_mut();
-            headers.insert(RETRY_AFTER, rate_headers::retry_after(limit.retry_after()));
+            if let Some(wait) = limit.retry_after() {
+                headers.insert(RETRY_AFTER, rate_headers::retry_after(wait));
+            }
             if let Some(view) = limit.view() {
                 view.apply(headers);
             }
