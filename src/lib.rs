@@ -8,8 +8,10 @@
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
 //! features   auth · limits · cache · router → backends · router → experiments (shares, decisions)
+//!            · conversations (stored responses)
 //! config     config: raw → validated → typed
 //! ground     wire: endpoint, request head, bodies, headers, trace context, capture, usage, record
+//!            apis: the Responses and Messages APIs as pure translations to and from chat
 //! ```
 //!
 //! A request: `server` accepts it and hands it to `proxy`, which authenticates (`auth`),
@@ -18,10 +20,12 @@
 //! the answer back. When the answer ends, the request's guards are released and every tap
 //! reads the same finished record.
 
+pub mod apis;
 pub mod auth;
 pub mod backends;
 pub(crate) mod cache;
 pub mod config;
+pub mod conversations;
 pub mod datasets;
 pub mod eval;
 pub mod experiments;

@@ -93,6 +93,9 @@ pub struct RawBackend {
     pub api_key: Option<String>,
     /// Azure `api-version` query parameter.
     pub api_version: Option<String>,
+    /// `kind: openai` only: `native` sends Responses API requests to `{base_url}/responses`
+    /// as they came; `translate` (default) sends them as chat completions.
+    pub responses: Option<String>,
     /// Most requests in flight to this backend at once. Default: unlimited.
     pub max_inflight: Option<u64>,
     pub timeouts: Option<RawTimeouts>,
@@ -174,6 +177,8 @@ pub struct RawPrice {
     pub input_per_mtok: Option<f64>,
     pub output_per_mtok: Option<f64>,
     pub cached_input_per_mtok: Option<f64>,
+    /// USD per million prompt tokens written to the provider's cache. Default: the input price.
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 /// One entry of `keys:`, a virtual API key.
@@ -232,6 +237,10 @@ pub struct RawState {
     pub timeout: Option<String>,
     /// Completion tokens assumed at admission when a request sets no `max_tokens`.
     pub default_max_tokens: Option<u64>,
+    /// How long a stored Responses API response lives, such as `30d`. Default 30 days.
+    pub responses_ttl: Option<String>,
+    /// Most bytes of stored responses kept in memory (`store: memory`). Default `256MiB`.
+    pub responses_max_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

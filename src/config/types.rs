@@ -175,6 +175,9 @@ pub struct BackendConfig {
     /// `None` when absent or empty.
     pub api_key: Option<String>,
     pub api_version: Option<String>,
+    /// `responses: native`: the upstream speaks the Responses API (OpenAI itself); default
+    /// false (Responses requests go as chat completions).
+    pub responses_native: bool,
     pub max_inflight: Option<usize>,
     pub timeouts: Timeouts,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -271,15 +274,20 @@ pub struct Price {
     pub output_per_mtok: f64,
     /// Defaults to `input_per_mtok`.
     pub cached_input_per_mtok: f64,
+    /// Prompt-cache writes (Anthropic's `cache_creation_input_tokens`). Defaults to
+    /// `input_per_mtok`.
+    pub cache_write_per_mtok: f64,
 }
 
 impl Price {
     /// USD for `usage`: cached prompt tokens at the cached rate, the rest at the input rate.
     pub fn cost(&self, usage: &crate::wire::Usage) -> f64 {
         let cached = usage.cached_tokens.min(usage.prompt_tokens);
-        let fresh = usage.prompt_tokens - cached;
+        let written = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
+        let fresh = usage.prompt_tokens - cached - written;
         (fresh as f64 * self.input_per_mtok
             + cached as f64 * self.cached_input_per_mtok
+            + written as f64 * self.cache_write_per_mtok
             + usage.completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
     }
@@ -327,6 +335,10 @@ pub struct StateConfig {
     /// Completion tokens reserved at admission when a request sets neither `max_tokens` nor
     /// `max_completion_tokens`. Default 256.
     pub default_max_tokens: u64,
+    /// How long a stored Responses API response lives. Default 30 days.
+    pub responses_ttl: Duration,
+    /// Most bytes of stored responses held in memory (memory store). Default 256 MiB.
+    pub responses_max_size: u64,
 }
 
 impl Default for StateConfig {
@@ -336,6 +348,8 @@ impl Default for StateConfig {
             on_error: FailMode::Open,
             timeout: Duration::from_millis(100),
             default_max_tokens: 256,
+            responses_ttl: Duration::from_secs(30 * 24 * 3600),
+            responses_max_size: 256 * 1024 * 1024,
         }
     }
 }

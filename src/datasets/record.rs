@@ -220,7 +220,7 @@ fn usage_json(usage: Usage) -> Value {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
     })
 }
 
@@ -253,7 +253,7 @@ mod tests {
             stream: false,
             request: Bytes::from_static(request.as_bytes()),
             response: Some(json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]})),
-            usage: Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0 }),
+            usage: Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0, cache_write_tokens: 0 }),
             latency: Duration::from_micros(12_345),
             ttft: None,
             cost_usd: Some(0.5),

@@ -487,7 +487,12 @@ fn add_saturating(counter: &AtomicU64, n: u64) {
 }
 
 fn estimate_usage(estimate: Estimate) -> Usage {
-    Usage { prompt_tokens: estimate.prompt, completion_tokens: estimate.completion, cached_tokens: 0 }
+    Usage {
+        prompt_tokens: estimate.prompt,
+        completion_tokens: estimate.completion,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+    }
 }
 
 /// Where an admission's reservation was made, so it is settled there.

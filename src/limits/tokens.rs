@@ -204,7 +204,8 @@ pub fn estimate(
     };
     let completion = match endpoint {
         Endpoint::Embeddings => 0,
-        Endpoint::ChatCompletions | Endpoint::Completions => {
+        // The inbound APIs are estimated on their chat translation.
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses | Endpoint::Messages => {
             let max_completion = count_field(body.max_completion_tokens, "max_completion_tokens", 0, u64::MAX)?;
             let max_tokens = count_field(body.max_tokens, "max_tokens", 0, u64::MAX)?;
             let n = count_field(body.n, "n", 1, MAX_CHOICES)?;

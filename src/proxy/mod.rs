@@ -10,6 +10,7 @@
 
 mod cached;
 mod exchange;
+pub mod inbound;
 mod response;
 mod sse_filter;
 
@@ -26,7 +27,7 @@ use crate::backends::{BackendError, BackendResponse, BackendRuntime, UpstreamAut
 use crate::cache::{CacheRequest, to_sse};
 use crate::config::AuthMode;
 use crate::limits::{AdmitRequest, LimitError};
-use crate::router::{self, DispatchError, Outbound, Pick, RouteError};
+use crate::router::{self, DispatchError, Native, Outbound, Pick, RouteError};
 use crate::runtime::Snapshot;
 use crate::wire::body::{Body, discard, read_body};
 use crate::wire::headers::{
@@ -35,6 +36,7 @@ use crate::wire::headers::{
 use crate::wire::{CAPTURE_LIMIT, Endpoint, Outcome, RequestError, parse_head};
 
 use exchange::Exchange;
+use inbound::Inbound;
 
 /// Why the request path refused a request, before any answer.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,9 @@ pub enum ProxyError {
     Limit(Box<LimitError>),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// A Responses or Messages request that cannot go ahead.
+    #[error(transparent)]
+    Inbound(#[from] inbound::InboundError),
 }
 
 impl From<LimitError> for ProxyError {
@@ -147,6 +152,8 @@ struct Answer {
     /// weir asked upstream for the usage chunk; the client did not.
     strip_usage: bool,
     backend: Arc<BackendRuntime>,
+    /// A Responses or Messages request answered by a chat backend: its answer is converted.
+    inbound: Option<Box<Inbound>>,
 }
 
 /// `unread` is the request body, taken when it is read: a refusal that leaves it there was
@@ -169,24 +176,37 @@ async fn forward(
         return Err(RequestError::BodyRead("the request body was already taken".into()).into());
     };
     let body = read_body(parts, incoming, snapshot.config.server.max_body).await?;
-    let head = parse_head(endpoint, &body)?;
+    exchange.record.request_body = body.clone();
+    // The Responses and Messages APIs run on their chat translation; chat backends get it,
+    // backends that speak the client's API get the client's own request.
+    let inbound = match endpoint.is_inbound() {
+        true => Some(inbound::prepare(snapshot, endpoint, &body, &parts.headers, identity.name()).await?),
+        false => None,
+    };
+    let parsed;
+    let (head, chat_endpoint, chat_body) = match &inbound {
+        Some(inbound) => (&inbound.chat_head, Endpoint::ChatCompletions, &inbound.chat_body),
+        None => {
+            parsed = parse_head(endpoint, &body)?;
+            (&parsed, endpoint, &body)
+        }
+    };
     exchange.record.model.clone_from(&head.model);
     exchange.record.stream = head.stream;
-    exchange.record.request_body = body.clone();
 
     let route = snapshot.route(&head.model)?;
     exchange.record.model_configured = true;
     if !identity.may_use(&head.model) {
-        return Err(AuthError::ModelNotAllowed { model: head.model }.into());
+        return Err(AuthError::ModelNotAllowed { model: head.model.clone() }.into());
     }
     // Limits: once the key may use the model, before anything is looked up or sent. A
     // response cache's lookup comes after this, so hits count against the key's limits too.
     let admit = AdmitRequest {
         key: identity.name(),
-        endpoint,
+        endpoint: chat_endpoint,
         models: route.token_models(),
         price: route.config.price,
-        body: &body,
+        body: chat_body,
     };
     exchange.guards.admission = snapshot.limits.admit(&snapshot.metrics, admit).await?;
     if let Some(ttl) = route.config.cache_ttl {
@@ -223,19 +243,33 @@ async fn forward(
         AuthMode::Passthrough => UpstreamAuth::Client(parts.headers.get(AUTHORIZATION)),
         AuthMode::Keys | AuthMode::None => UpstreamAuth::Backend,
     };
-    let outbound = Outbound { endpoint, head: &head, body: &body, auth };
+    let native = inbound.as_ref().and_then(|inbound| {
+        let head = inbound.native_head.as_ref()?;
+        let body = inbound.native_body.as_ref().unwrap_or(&body);
+        Some(Native { endpoint, head, body, headers: &inbound.native_headers })
+    });
+    let outbound = Outbound { endpoint: chat_endpoint, head, body: chat_body, auth, native };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
+    let stream = head.stream;
+    let strip_usage = head.injects_usage && !dispatched.native;
+    let mut inbound = inbound;
+    if dispatched.native {
+        // A native Responses answer is stored once read back, under the upstream's id.
+        exchange.store = inbound.as_mut().and_then(|inbound| inbound.store.take());
+    }
     let mut upstream = dispatched.response;
-    if head.stream && is_json(&upstream.headers) {
+    // A native answer is in the client's own API: only chat answers are restreamed.
+    if stream && !dispatched.native && is_json(&upstream.headers) {
         upstream = restream(upstream, &dispatched.backend, dispatched.sent).await?;
     }
     Ok(Reply::Upstream(Answer {
         upstream,
         sent: dispatched.sent,
-        stream: head.stream,
-        strip_usage: head.injects_usage,
+        stream,
+        strip_usage,
         backend: dispatched.backend,
+        inbound: inbound.filter(|_| !dispatched.native).map(Box::new),
     }))
 }
 
@@ -286,6 +320,10 @@ impl Answer {
         let mut body = response::ProxyBody::new(upstream.body, sse, timeouts.idle, deadline, upstream.permit, exchange);
         if self.strip_usage && sse {
             body = body.strip_usage_chunk();
+        }
+        if let Some(inbound) = self.inbound {
+            let converter = inbound.converter(upstream.status.as_u16(), sse);
+            body = body.convert(converter, inbound.store);
         }
         let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
         *response.status_mut() = upstream.status;

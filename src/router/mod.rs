@@ -23,7 +23,7 @@ use crate::backends::BackendRuntime;
 use crate::config::{ModelConfig, Sticky};
 use crate::experiments::Allocation;
 
-pub use dispatch::{DispatchError, Dispatched, Outbound, dispatch};
+pub use dispatch::{DispatchError, Dispatched, Native, Outbound, dispatch};
 pub use health::{
     Availability, BASE_EJECTION, CONSECUTIVE_FAILURES, FAILURE_RATIO, Health, HealthBuilder, InFlight, MAX_EJECTION,
     RATIO_MIN_REQUESTS, RATIO_WINDOW, TargetHealth, Verdict,

@@ -12,6 +12,7 @@ fn backend(name: &str) -> Arc<BackendRuntime> {
         base_url: String::new(),
         api_key: None,
         api_version: None,
+        responses_native: false,
         max_inflight: None,
         timeouts: Timeouts::default(),
         headers: Vec::new(),

@@ -16,6 +16,8 @@ use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::cache::Cache;
 use crate::config::{Config, SourceInfo, TargetConfig};
+use crate::config::{StateConfig, StateStore};
+use crate::conversations::Conversations;
 use crate::datasets::Datasets;
 use crate::experiments::Experiments;
 use crate::limits::Limits;
@@ -43,6 +45,8 @@ pub struct Snapshot {
     pub datasets: Datasets,
     /// Live experiments; counts of unchanged experiments are carried from `previous`.
     pub experiments: Experiments,
+    /// Stored Responses API responses; carried while `state` keeps its store and bounds.
+    pub conversations: Arc<Conversations>,
     pub loaded_at: SystemTime,
     /// Where the config came from, its hash and masked view; set by whoever loaded it.
     pub source: Arc<SourceInfo>,
@@ -85,6 +89,10 @@ impl Snapshot {
             Some(p) if p.config.cache == config.cache => Arc::clone(&p.cache),
             _ => Arc::new(Cache::new(&config.cache)),
         };
+        let conversations = match previous {
+            Some(p) if same_response_store(&p.config.state, &config.state) => Arc::clone(&p.conversations),
+            _ => Arc::new(conversations_for(&config.state)),
+        };
         let source = Arc::new(SourceInfo::in_memory());
         Ok(Snapshot {
             config,
@@ -98,6 +106,7 @@ impl Snapshot {
             health,
             datasets,
             experiments,
+            conversations,
             loaded_at: SystemTime::now(),
             source,
         })
@@ -105,6 +114,20 @@ impl Snapshot {
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {
         self.models.get(model).ok_or_else(|| RouteError::UnknownModel { model: model.to_owned() })
+    }
+}
+
+fn same_response_store(old: &StateConfig, new: &StateConfig) -> bool {
+    old.store == new.store
+        && old.timeout == new.timeout
+        && old.responses_ttl == new.responses_ttl
+        && old.responses_max_size == new.responses_max_size
+}
+
+fn conversations_for(state: &StateConfig) -> Conversations {
+    match &state.store {
+        StateStore::Memory => Conversations::memory(state.responses_ttl, state.responses_max_size),
+        StateStore::Redis(url) => Conversations::redis(url, state.responses_ttl, state.timeout),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::backends::BackendError;
 use crate::datasets::feedback::FeedbackError;
 use crate::limits::{LimitError, headers as rate_headers};
 use crate::proxy::ProxyError;
+use crate::proxy::inbound::InboundError;
 use crate::router::{DispatchError, RouteError};
 use crate::runtime::reload::ReloadError;
 use crate::wire::RequestError;
@@ -56,6 +57,9 @@ pub enum GatewayError {
     /// `POST /admin/reload` rejected the config; the active one stays.
     #[error("config reload rejected, the active config stays: {0}")]
     Reload(#[from] ReloadError),
+    /// A Responses or Messages request (or stored response) that cannot be served.
+    #[error(transparent)]
+    Inbound(#[from] InboundError),
 }
 
 impl From<LimitError> for GatewayError {
@@ -88,6 +92,7 @@ impl From<ProxyError> for GatewayError {
             ProxyError::Route(err) => GatewayError::Route(err),
             ProxyError::Limit(err) => GatewayError::Limit(err),
             ProxyError::Dispatch(err) => err.into(),
+            ProxyError::Inbound(err) => GatewayError::Inbound(err),
         }
     }
 }
@@ -214,6 +219,22 @@ impl GatewayError {
             GatewayError::ExperimentNotFound(_) => {
                 plain(S::NOT_FOUND, "invalid_request_error", Some("experiment_not_found"))
             }
+            GatewayError::Inbound(err) => match err {
+                InboundError::Invalid(invalid) => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("invalid_value"),
+                    param: Some(invalid.param.clone()).filter(|p| !p.is_empty()),
+                },
+                InboundError::PreviousNotFound(_) => Described {
+                    status: S::NOT_FOUND,
+                    kind: "invalid_request_error",
+                    code: Some("previous_response_not_found"),
+                    param: Some("previous_response_id".into()),
+                },
+                InboundError::NotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("response_not_found")),
+                InboundError::Store(_) => plain(S::SERVICE_UNAVAILABLE, "api_error", Some("state_store_unavailable")),
+            },
             GatewayError::Reload(err) => match err {
                 ReloadError::Invalid(_) | ReloadError::Tls(_) | ReloadError::Backend(_) | ReloadError::Bind { .. } => {
                     plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_config"))
@@ -288,6 +309,35 @@ fn body_left_unread(err: &RequestError) -> bool {
         | RequestError::BodiesOverBudget { .. } => true,
         RequestError::InvalidJson(_) | RequestError::TooDeep { .. } | RequestError::InvalidField { .. } => false,
     }
+}
+
+impl GatewayError {
+    /// The response in the Anthropic Messages API's shape (`{"type":"error","error":{type,
+    /// message}}`, the type Anthropic uses for the status), with the same status and headers
+    /// as [`GatewayError::to_response`]. A backend's own error keeps its message.
+    pub fn to_anthropic_response(&self) -> Response<Body> {
+        let mut response = self.to_response();
+        let message = match self {
+            GatewayError::Backend(backend) => match backend.as_ref() {
+                BackendError::Rejected { status, body, .. } if status.is_client_error() => {
+                    upstream_error_message(body).unwrap_or_else(|| self.to_string())
+                }
+                _ => self.to_string(),
+            },
+            _ => self.to_string(),
+        };
+        let kind = crate::apis::messages::response::error_type(response.status().as_u16());
+        let body = crate::apis::messages::response::error_body(kind, &message);
+        *response.body_mut() = body::full(body.to_string());
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        response
+    }
+}
+
+/// `error.message` of an OpenAI- or Anthropic-shaped error body.
+fn upstream_error_message(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get("error")?.get("message")?.as_str().map(str::to_owned)
 }
 
 fn error_json(described: &Described, message: &str) -> Bytes {

@@ -18,6 +18,7 @@ mod models;
 mod routes;
 mod send_timeout;
 mod state;
+mod stored;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

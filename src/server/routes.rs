@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::error::GatewayError;
-use super::{AppState, FnHandler, Handler, admin, feedback, models};
+use super::{AppState, FnHandler, Handler, admin, feedback, models, stored};
 use crate::proxy;
 use crate::wire::Endpoint;
 use crate::wire::body::{Body, discard};
@@ -32,26 +32,44 @@ pub fn client_service(state: Arc<AppState>) -> impl Handler {
 
 async fn route_client(
     state: &AppState,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     request_id: &str,
     started: Instant,
 ) -> Response<Body> {
     // Clients configured with a base URL without `/v1` send the bare paths; accept both.
-    let path = request.uri().path();
-    let path = path.strip_prefix("/v1").unwrap_or(path);
+    let full_path = request.uri().path().to_owned();
+    let path = full_path.strip_prefix("/v1").unwrap_or(&full_path);
     let endpoint = match path {
         "/chat/completions" => Some(Endpoint::ChatCompletions),
         "/completions" => Some(Endpoint::Completions),
         "/embeddings" => Some(Endpoint::Embeddings),
+        "/responses" => Some(Endpoint::Responses),
+        "/messages" => Some(Endpoint::Messages),
         _ => None,
     };
+    // The Messages API answers in its own error shape and takes its key in `x-api-key`.
+    let anthropic = path == "/messages" || path.starts_with("/messages/");
+    let render = if anthropic { GatewayError::to_anthropic_response } else { GatewayError::to_response };
+    if anthropic {
+        stored::accept_x_api_key(request.headers_mut());
+    }
+    let stored_response = path.strip_prefix("/responses/").filter(|id| !id.is_empty() && !id.contains('/'));
     match (request.method(), endpoint, path) {
         (&Method::POST, Some(endpoint), _) => {
             let ids = proxy::Ids { request_id: request_id.to_owned(), client: client_request_id(request.headers()) };
             match proxy::handle(state.snapshot(), request, endpoint, ids, started).await {
                 Ok(answer) => answer,
-                Err(refused) => refused.respond(|err| GatewayError::from(err).to_response()),
+                Err(refused) => refused.respond(|err| render(&GatewayError::from(err))),
             }
+        }
+        (&Method::POST, None, "/messages/count_tokens") => {
+            stored::count_tokens(&state.snapshot(), request).await.unwrap_or_else(|err| render(&err))
+        }
+        (&Method::GET | &Method::DELETE, None, _) if stored_response.is_some() => {
+            let id = stored_response.unwrap_or_default();
+            stored::response(&state.snapshot(), request.method(), id, request.headers())
+                .await
+                .unwrap_or_else(|err| err.to_response())
         }
         (&Method::GET, None, "/models") => {
             models::list(&state.snapshot(), request.headers()).unwrap_or_else(|err| err.to_response())
@@ -59,24 +77,33 @@ async fn route_client(
         (&Method::POST, None, "/feedback") => {
             feedback::handle(&state.snapshot(), request).await.unwrap_or_else(|err| err.to_response())
         }
-        (method, Some(_), _) | (method, None, "/models" | "/feedback") => {
-            let error =
-                GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() };
-            refuse_unread(request, error).await
+        (method, Some(_), _) | (method, None, "/models" | "/feedback" | "/messages/count_tokens") => {
+            let error = GatewayError::MethodNotAllowed { method: method.clone(), path: full_path.clone() };
+            refuse_unread_as(request, &error, render).await
         }
-        _ => {
-            let error = GatewayError::NotFound(request.uri().path().to_owned());
-            refuse_unread(request, error).await
+        _ if stored_response.is_some() => {
+            let error = GatewayError::MethodNotAllowed { method: request.method().clone(), path: full_path.clone() };
+            refuse_unread_as(request, &error, render).await
         }
+        _ => refuse_unread_as(request, &GatewayError::NotFound(full_path.clone()), render).await,
     }
 }
 
 /// Answers `error` to a request whose body was not read, reading it off the connection first
 /// (bounded) so the connection can carry the next request, or closing it when it cannot.
 pub(super) async fn refuse_unread(request: Request<Incoming>, error: GatewayError) -> Response<Body> {
+    refuse_unread_as(request, &error, GatewayError::to_response).await
+}
+
+/// [`refuse_unread`] in the shape `render` gives (the Messages API has its own).
+async fn refuse_unread_as(
+    request: Request<Incoming>,
+    error: &GatewayError,
+    render: fn(&GatewayError) -> Response<Body>,
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let keep_alive = discard(&parts.headers, body).await;
-    let mut response = error.to_response();
+    let mut response = render(error);
     if !keep_alive {
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     }

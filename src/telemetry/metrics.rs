@@ -63,10 +63,10 @@ struct RouteSeries {
     duration: Histogram,
     ttft: Histogram,
     /// `input`, `output`, `cached`.
-    tokens: [Counter; 3],
+    tokens: [Counter; 4],
 }
 
-const TOKEN_KINDS: [&str; 3] = ["input", "output", "cached"];
+const TOKEN_KINDS: [&str; 4] = ["input", "output", "cached", "cache_write"];
 
 impl RouteSeries {
     fn new() -> RouteSeries {
@@ -78,7 +78,7 @@ impl RouteSeries {
 #[derive(Debug)]
 pub struct Metrics {
     /// `model, backend, variant, status, cache`.
-    requests: Family<Counter, 5>,
+    requests: Family<Counter, 6>,
     /// `model, backend, variant`: durations, TTFT, tokens.
     routes: Family<RouteSeries, 3>,
     backend_duration: Family<Histogram, 1>,
@@ -143,8 +143,9 @@ impl Metrics {
         let (backend, variant) = (record.backend.as_str(), record.variant.as_str());
         let status = if record.status == 0 { 499 } else { record.status.clamp(100, 599) };
         let mut digits = [0u8; 3];
-        self.requests
-            .with([model, backend, variant, status_label(status, &mut digits), record.cache.as_str()], Counter::inc);
+        let labels =
+            [model, backend, variant, status_label(status, &mut digits), record.cache.as_str(), record.endpoint_str()];
+        self.requests.with(labels, Counter::inc);
         self.routes.with([model, backend, variant], |route| {
             route.duration.observe(record.duration.as_secs_f64());
             if record.stream && (200..300).contains(&status) {
@@ -156,6 +157,7 @@ impl Metrics {
                 route.tokens[0].add(usage.prompt_tokens);
                 route.tokens[1].add(usage.completion_tokens);
                 route.tokens[2].add(usage.cached_tokens);
+                route.tokens[3].add(usage.cache_write_tokens);
             }
         });
         if let Some(cost) = record.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
@@ -233,7 +235,7 @@ impl Metrics {
             for target in model.targets.iter().chain(&model.fallbacks) {
                 let labels = [name.as_str(), target.backend.as_str(), target.variant.as_str()];
                 self.routes.register(labels);
-                self.requests.register([labels[0], labels[1], labels[2], "200", cache]);
+                self.requests.register([labels[0], labels[1], labels[2], "200", cache, "chat"]);
                 if model.price.is_some() {
                     for key in &keys {
                         self.cost.register([labels[0], labels[1], labels[2], key]);

@@ -4,6 +4,7 @@
 mod support;
 
 mod adapters;
+mod apis;
 mod cache;
 mod chat;
 mod cli;

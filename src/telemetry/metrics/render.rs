@@ -15,7 +15,8 @@ pub fn render(m: &Metrics) -> String {
     let routes = m.routes.snapshot();
 
     header(&mut out, "weir_requests_total", "counter", "Requests answered, by the HTTP status sent to the client.");
-    counters(&mut out, "weir_requests_total", &["model", "backend", "variant", "status", "cache"], &m.requests, 1.0);
+    let labels = ["model", "backend", "variant", "status", "cache", "endpoint"];
+    counters(&mut out, "weir_requests_total", &labels, &m.requests, 1.0);
 
     header(&mut out, "weir_request_duration_seconds", "histogram", "Time from request arrival to the last byte sent.");
     for series in &routes {

@@ -101,7 +101,7 @@ impl SpanRecord {
             ids,
             start: SystemTime::now().checked_sub(record.duration).unwrap_or_else(SystemTime::now),
             duration: record.duration,
-            operation: record.endpoint.map_or("chat", Endpoint::as_str),
+            operation: record.endpoint.map_or("chat", Endpoint::operation),
             model: configured.then(|| record.model.clone()),
             requested_model: truncate(&record.model, TEXT_LIMIT).into_owned(),
             provider: record.provider,

@@ -227,10 +227,12 @@ async fn metrics_are_served_on_the_admin_port() {
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let text = response.text().await.unwrap();
     assert!(
-        text.contains(r#"weir_requests_total{model="chat",backend="up",variant="up",status="200",cache="bypass"} 1"#),
+        text.contains(r#"weir_requests_total{model="chat",backend="up",variant="up",status="200",cache="bypass",endpoint="chat"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass"} 1"#));
+    assert!(text.contains(
+        r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass",endpoint="chat"} 1"#
+    ));
     assert!(text.contains(r#"weir_backend_inflight{backend="up"} 0"#), "in-flight back to 0 after the body");
     // The client port serves no metrics.
     let response = support::http().get(format!("http://{}/metrics", gateway.addr())).send().await.unwrap();
