@@ -4,6 +4,7 @@
 //! `server` (listeners, routes, errors) → `auth` (virtual keys) → `proxy` (parse once,
 //! pick, forward, stream back) → `router` (which target) → `backends` (one upstream call).
 //! `limits` admits each request of a limited key and settles it when it ends.
+//! `prompts` renders a request's versioned prompt into the messages sent upstream.
 //! `config` reads and validates the file; `snapshot` compiles it into the live state that
 //! `gateway` holds in an `ArcSwap`; `reload` swaps it when the file changes; `telemetry` owns
 //! logs.
@@ -16,6 +17,7 @@ pub mod datasets;
 pub mod gateway;
 pub mod headers;
 pub mod limits;
+pub mod prompts;
 pub mod proxy;
 pub mod reload;
 pub mod router;

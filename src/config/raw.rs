@@ -23,6 +23,10 @@ pub struct RawConfig {
     pub state: Option<RawState>,
     pub telemetry: Option<RawTelemetry>,
     pub datasets: Vec<RawDataset>,
+    /// A directory of prompt files, one per prompt (`ID.yaml`), relative to the config file.
+    pub prompts_dir: Option<String>,
+    /// Versioned prompt templates by id.
+    pub prompts: BTreeMap<String, RawPrompt>,
 }
 
 /// `server:`, the listeners and request limits.
@@ -107,6 +111,8 @@ pub struct RawTarget {
     pub variant: Option<String>,
     /// Request fields sent where the client did not set them (weir extension).
     pub params: Option<serde_json::Value>,
+    /// `ID@VERSION`: the prompt version this target renders (a prompt A/B arm).
+    pub prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -116,6 +122,8 @@ pub struct RawFallback {
     pub model: String,
     /// As a target's `params`.
     pub params: Option<serde_json::Value>,
+    /// As a target's `prompt`.
+    pub prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -233,4 +241,42 @@ pub struct RawDatasetFilter {
     pub variant: Option<String>,
     pub key: Option<String>,
     pub status: Option<serde_json::Value>,
+}
+
+/// One entry of `prompts:`, or the whole of a file in `prompts_dir`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPrompt {
+    /// The version used when neither the request nor the target names one. Required when
+    /// there is more than one version.
+    pub default: Option<String>,
+    pub versions: BTreeMap<String, RawPromptVersion>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPromptVersion {
+    /// Message templates, rendered in order before the request's own messages.
+    pub messages: Vec<RawPromptMessage>,
+    pub variables: BTreeMap<String, RawPromptVariable>,
+    /// Request fields sent where the client did not set them, as a target's `params`.
+    pub params: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPromptMessage {
+    /// `system | developer | user | assistant`.
+    pub role: String,
+    /// A MiniJinja template.
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPromptVariable {
+    /// Used when the request does not set the variable.
+    pub default: Option<serde_json::Value>,
+    /// The request must set it. Default false.
+    pub required: Option<bool>,
 }

@@ -30,6 +30,7 @@ fn route(targets: &[(&str, &str, u32)], sticky: Sticky) -> ModelRoute {
             weight: *w,
             variant: (*v).into(),
             params: serde_json::Map::new(),
+            prompt: None,
         })
         .collect();
     let live = configs

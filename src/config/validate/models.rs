@@ -82,7 +82,15 @@ impl Cx<'_> {
                 self.err(&tp, format!("model `{name}` lists backend `{}` with model `{}` twice", t.backend, t.model));
             }
             let params = self.params(&join_key(&tp, "params"), t.params.as_ref());
-            targets.push(TargetConfig { backend: t.backend.clone(), model: t.model.clone(), weight, variant, params });
+            let prompt = t.prompt.as_deref().and_then(|text| self.prompt_ref(&join_key(&tp, "prompt"), text));
+            targets.push(TargetConfig {
+                backend: t.backend.clone(),
+                model: t.model.clone(),
+                weight,
+                variant,
+                params,
+                prompt,
+            });
         }
         if !raw.targets.is_empty() && total_weight == 0 {
             self.err(
@@ -105,6 +113,7 @@ impl Cx<'_> {
                     weight: 1,
                     variant: f.backend.clone(),
                     params: self.params(&join_key(&fp, "params"), f.params.as_ref()),
+                    prompt: f.prompt.as_deref().and_then(|text| self.prompt_ref(&join_key(&fp, "prompt"), text)),
                 }
             })
             .collect();

@@ -24,7 +24,8 @@ struct PendingKey {
 }
 
 pub(super) struct Builder<'e> {
-    env: &'e dyn Fn(&str) -> Option<String>,
+    /// `None` takes strings verbatim (prompt files: a prompt must not read the environment).
+    env: Option<&'e dyn Fn(&str) -> Option<String>>,
     /// The `${...}` references hidden from the YAML parser by [`protect_refs`].
     refs: &'e [String],
     stack: Vec<Frame>,
@@ -38,7 +39,7 @@ pub(super) struct Builder<'e> {
 }
 
 impl<'e> Builder<'e> {
-    pub(super) fn new(env: &'e dyn Fn(&str) -> Option<String>, refs: &'e [String]) -> Self {
+    pub(super) fn new(env: Option<&'e dyn Fn(&str) -> Option<String>>, refs: &'e [String]) -> Self {
         Builder {
             env,
             refs,
@@ -133,9 +134,10 @@ impl<'e> Builder<'e> {
             Value::String(text.clone())
         };
         let value = match value {
-            Value::String(s) => match expand(&s, self.env) {
-                Ok(expanded) => Value::String(expanded),
-                Err(message) => {
+            Value::String(s) => match self.env.map(|env| expand(&s, env)) {
+                None => Value::String(s),
+                Some(Ok(expanded)) => Value::String(expanded),
+                Some(Err(message)) => {
                     self.problems.push((pos, message));
                     Value::String(s)
                 }

@@ -1,0 +1,323 @@
+//! Prompts: versioned prompt templates served by weir, rendered into the messages a request
+//! sends upstream.
+//!
+//! Owns: compiling every version of every prompt once per config ([`PromptStore::build`], in
+//! the sandboxed dialect of [`crate::config::templates`]); reading a request's `prompt` object
+//! ([`PromptCall`]); choosing the version (the request's, else the one the target fixes, else
+//! the prompt's default); checking the variables against the version's declarations; rendering
+//! ([`Rendered`]); the errors, each naming the request field at fault ([`PromptError`]); and
+//! the listing `weir prompt list` and `GET /admin/prompts` show ([`PromptStore::list`]).
+//! Must not: touch request bodies or HTTP (the request path splices the rendered messages in),
+//! or read files (the config brought the prompt files in).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::templates::{self, MAX_RENDERED_BYTES};
+use crate::config::{PromptRef, PromptVariable, PromptsConfig};
+
+/// Every prompt of one config, compiled.
+#[derive(Debug, Default)]
+pub struct PromptStore {
+    env: minijinja::Environment<'static>,
+    prompts: BTreeMap<String, Prompt>,
+}
+
+#[derive(Debug)]
+struct Prompt {
+    default: String,
+    versions: BTreeMap<String, Version>,
+    origin: String,
+}
+
+#[derive(Debug)]
+struct Version {
+    /// `(role, template name in the store's environment)`; `Err` for a template that did not
+    /// compile (validation makes that unreachable; serving answers it with an error).
+    messages: Result<Vec<(String, String)>, String>,
+    variables: BTreeMap<String, PromptVariable>,
+    params: Map<String, Value>,
+    hash: String,
+}
+
+/// A request's `prompt` object: `{"id": "...", "version"?: "...", "variables"?: {...}}`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PromptCall {
+    pub id: String,
+    /// `None`: the target's fixed version, else the prompt's default.
+    pub version: Option<String>,
+    pub variables: Map<String, Value>,
+}
+
+/// A rendered prompt: what the upstream gets, and what records name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rendered<'s> {
+    pub id: &'s str,
+    pub version: &'s str,
+    pub messages: Vec<RenderedMessage<'s>>,
+    /// The version's request defaults, applied where the request set nothing.
+    #[serde(skip)]
+    pub params: &'s Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderedMessage<'s> {
+    pub role: &'s str,
+    pub content: String,
+}
+
+/// Why a request's prompt cannot be rendered: a client error (400) naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromptError {
+    /// The `prompt` field is not shaped as documented.
+    #[error("{message}")]
+    Invalid { param: &'static str, message: String },
+    #[error("unknown prompt `{id}`")]
+    UnknownPrompt { id: String },
+    #[error("prompt `{id}` has no version `{version}`")]
+    UnknownVersion { id: String, version: String },
+    #[error("prompt `{id}@{version}` needs the variable `{name}`")]
+    MissingVariable { id: String, version: String, name: String },
+    #[error("prompt `{id}@{version}` has no variable `{name}`")]
+    UnknownVariable { id: String, version: String, name: String },
+    #[error("prompt `{id}@{version}` cannot be rendered: {message}")]
+    Render { id: String, version: String, message: String },
+}
+
+impl PromptError {
+    /// The request field at fault, as OpenAI's `error.param`.
+    pub fn param(&self) -> String {
+        match self {
+            PromptError::Invalid { param, .. } => (*param).to_string(),
+            PromptError::UnknownPrompt { .. } => "prompt.id".into(),
+            PromptError::UnknownVersion { .. } => "prompt.version".into(),
+            PromptError::MissingVariable { name, .. } | PromptError::UnknownVariable { name, .. } => {
+                format!("prompt.variables.{name}")
+            }
+            PromptError::Render { .. } => "prompt".into(),
+        }
+    }
+}
+
+// === impl PromptCall ===
+
+impl PromptCall {
+    /// Reads a request's `prompt` value.
+    pub fn from_json(value: &Value) -> Result<PromptCall, PromptError> {
+        let invalid = |param, message: &str| PromptError::Invalid { param, message: message.to_string() };
+        let Value::Object(fields) = value else {
+            return Err(invalid(
+                "prompt",
+                "`prompt` must be an object such as {\"id\": \"support-answer\", \"variables\": {}}",
+            ));
+        };
+        let id = match fields.get("id") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            Some(_) => return Err(invalid("prompt.id", "`prompt.id` must be a non-empty string")),
+            None => return Err(invalid("prompt.id", "`prompt` needs an `id`")),
+        };
+        let version = match fields.get("version") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(version)) if !version.is_empty() => Some(version.clone()),
+            Some(_) => return Err(invalid("prompt.version", "`prompt.version` must be a non-empty string")),
+        };
+        let variables = match fields.get("variables") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(variables)) => variables.clone(),
+            Some(_) => return Err(invalid("prompt.variables", "`prompt.variables` must be an object")),
+        };
+        if let Some(other) = fields.keys().find(|k| !matches!(k.as_str(), "id" | "version" | "variables")) {
+            let message = format!("unknown field `prompt.{other}` (expected id, version, variables)");
+            return Err(PromptError::Invalid { param: "prompt", message });
+        }
+        Ok(PromptCall { id, version, variables })
+    }
+}
+
+// === impl PromptStore ===
+
+impl PromptStore {
+    /// Compiles every version of every prompt of `config`.
+    pub fn build(config: &PromptsConfig) -> PromptStore {
+        let mut env = templates::environment();
+        let mut prompts = BTreeMap::new();
+        for (id, prompt) in &config.by_id {
+            let mut versions = BTreeMap::new();
+            for (name, version) in &prompt.versions {
+                let messages = version
+                    .messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, message)| {
+                        let template = format!("{id}@{name}#{i}");
+                        env.add_template_owned(template.clone(), message.content.clone())
+                            .map(|()| (message.role.clone(), template))
+                            .map_err(|err| format!("messages[{i}]: {}", templates::describe(&err, &message.content)))
+                    })
+                    .collect();
+                versions.insert(
+                    name.clone(),
+                    Version {
+                        messages,
+                        variables: version.variables.clone(),
+                        params: version.params.clone(),
+                        hash: version.hash.clone(),
+                    },
+                );
+            }
+            prompts.insert(
+                id.clone(),
+                Prompt { default: prompt.default.clone(), versions, origin: prompt.origin.clone() },
+            );
+        }
+        PromptStore { env, prompts }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+
+    /// Renders what a request to a target asks for: the request's `prompt` if it has one, else
+    /// the prompt the target fixes, with no variables. `fixed` gives the version when the
+    /// request names the same prompt but no version. `Ok(None)`: no prompt at all.
+    pub fn render_for<'s>(
+        &'s self,
+        call: Option<&PromptCall>,
+        fixed: Option<&PromptRef>,
+    ) -> Result<Option<Rendered<'s>>, PromptError> {
+        match (call, fixed) {
+            (Some(call), fixed) => {
+                let fixed_version = fixed.filter(|f| f.id == call.id).map(|f| f.version.as_str());
+                self.render(&call.id, call.version.as_deref().or(fixed_version), &call.variables).map(Some)
+            }
+            (None, Some(fixed)) => self.render(&fixed.id, Some(&fixed.version), &Map::new()).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Renders version `version` (default: the prompt's default) of prompt `id`.
+    pub fn render<'s>(
+        &'s self,
+        id: &str,
+        version: Option<&str>,
+        variables: &Map<String, Value>,
+    ) -> Result<Rendered<'s>, PromptError> {
+        let (id, prompt) =
+            self.prompts.get_key_value(id).ok_or_else(|| PromptError::UnknownPrompt { id: id.to_string() })?;
+        let version = version.unwrap_or(&prompt.default);
+        let (version, v) = prompt
+            .versions
+            .get_key_value(version)
+            .ok_or_else(|| PromptError::UnknownVersion { id: id.clone(), version: version.to_string() })?;
+        let context = context(id, version, v, variables)?;
+        let render_error = |message: String| PromptError::Render { id: id.clone(), version: version.clone(), message };
+        let templates = v.messages.as_ref().map_err(|message| render_error(message.clone()))?;
+        let mut messages = Vec::with_capacity(templates.len());
+        let mut total = 0usize;
+        for (role, name) in templates {
+            let template = self.env.get_template(name).map_err(|err| render_error(err.to_string()))?;
+            let content =
+                template.render(&context).map_err(|err| render_error(templates::describe(&err, template.source())))?;
+            total = total.saturating_add(content.len());
+            if total > MAX_RENDERED_BYTES {
+                return Err(render_error(format!("the rendered messages exceed {MAX_RENDERED_BYTES} bytes")));
+            }
+            messages.push(RenderedMessage { role, content });
+        }
+        Ok(Rendered { id, version, messages, params: &v.params })
+    }
+
+    /// Every prompt and version, for `weir prompt list` and `GET /admin/prompts`.
+    pub fn list(&self) -> Vec<PromptListing<'_>> {
+        self.prompts
+            .iter()
+            .map(|(id, prompt)| PromptListing {
+                id,
+                default: &prompt.default,
+                origin: &prompt.origin,
+                versions: prompt
+                    .versions
+                    .iter()
+                    .map(|(name, v)| VersionListing {
+                        version: name,
+                        hash: &v.hash,
+                        messages: v.messages.as_ref().map_or(0, Vec::len),
+                        variables: v
+                            .variables
+                            .iter()
+                            .map(|(name, var)| VariableListing {
+                                name,
+                                required: var.required,
+                                default: var.default.as_ref(),
+                            })
+                            .collect(),
+                        params: &v.params,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// The template context: each declared variable the request set, else its default; an
+/// undeclared one, or a required one left out, is the client's error.
+fn context(
+    id: &str,
+    version: &str,
+    v: &Version,
+    variables: &Map<String, Value>,
+) -> Result<minijinja::Value, PromptError> {
+    if let Some(name) = variables.keys().find(|name| !v.variables.contains_key(*name)) {
+        return Err(PromptError::UnknownVariable { id: id.into(), version: version.into(), name: name.clone() });
+    }
+    let mut context = BTreeMap::new();
+    for (name, declared) in &v.variables {
+        let value = match (variables.get(name), &declared.default) {
+            (Some(value), _) => value,
+            (None, Some(default)) => default,
+            (None, None) if declared.required => {
+                return Err(PromptError::MissingVariable {
+                    id: id.into(),
+                    version: version.into(),
+                    name: name.clone(),
+                });
+            }
+            (None, None) => continue,
+        };
+        context.insert(name.as_str(), minijinja::Value::from(minijinja::value::Serde(value)));
+    }
+    Ok(minijinja::Value::from(context))
+}
+
+/// One prompt as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptListing<'s> {
+    pub id: &'s str,
+    pub default: &'s str,
+    /// The config file or prompt file it comes from.
+    pub origin: &'s str,
+    pub versions: Vec<VersionListing<'s>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionListing<'s> {
+    pub version: &'s str,
+    /// `sha256:` + hex of what the version renders.
+    pub hash: &'s str,
+    pub messages: usize,
+    pub variables: Vec<VariableListing<'s>>,
+    pub params: &'s Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariableListing<'s> {
+    pub name: &'s str,
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<&'s Value>,
+}
+
+#[cfg(test)]
+mod tests;
