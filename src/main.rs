@@ -1,4 +1,7 @@
-//! The `weir` command line: `serve`, `check`, `key hash`, `dataset export`, `experiment report`.
+//! The `weir` command line: `serve`, `check`, `key hash`, `dataset export`, `experiment report`,
+//! `prompt list`, `prompt render`.
+
+mod prompt_cli;
 
 use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
@@ -34,7 +37,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate a config file and list every problem as PATH:LINE:COL: message.
+    /// Validate a config file (and its prompt files, each template rendered with its declared
+    /// defaults) and list every problem as PATH:LINE:COL: message.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -53,6 +57,11 @@ enum Command {
     Experiment {
         #[command(subcommand)]
         command: ExperimentCommand,
+    },
+    /// Versioned prompts of a config.
+    Prompt {
+        #[command(subcommand)]
+        command: prompt_cli::PromptCommand,
     },
 }
 
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
         Command::Experiment { command: ExperimentCommand::Report { dir, experiment, format } } => {
             experiment_report(&dir, experiment.as_deref(), format)
         }
+        Command::Prompt { command } => prompt_cli::run(command),
     }
 }
 
@@ -247,11 +257,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     match weir::config::load_file(path) {
         Ok(config) => {
             println!(
-                "{}: ok ({} backends, {} models, {} keys)",
+                "{}: ok ({} backends, {} models, {} keys, {} prompts)",
                 path.display(),
                 config.backends.len(),
                 config.models.len(),
-                config.keys.len()
+                config.keys.len(),
+                config.prompts.by_id.len()
             );
             ExitCode::SUCCESS
         }

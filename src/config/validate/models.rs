@@ -40,7 +40,8 @@ impl Cx<'_> {
         let mut targets = Vec::new();
         // Variant name -> whether every target so far named it explicitly.
         let mut variants: HashMap<String, bool> = HashMap::new();
-        let mut upstreams: HashSet<(&str, &str)> = HashSet::new();
+        // Two targets may share an upstream model when they render different prompts.
+        let mut upstreams: HashSet<(&str, &str, Option<&str>)> = HashSet::new();
         let mut total_weight = 0u64;
         for (i, t) in raw.targets.iter().enumerate() {
             let tp = join_index(&targets_path, i);
@@ -78,7 +79,7 @@ impl Cx<'_> {
                     variants.insert(variant.clone(), named);
                 }
             }
-            if !upstreams.insert((t.backend.as_str(), t.model.as_str())) {
+            if !upstreams.insert((t.backend.as_str(), t.model.as_str(), t.prompt.as_deref().map(str::trim))) {
                 self.err(&tp, format!("model `{name}` lists backend `{}` with model `{}` twice", t.backend, t.model));
             }
             let params = self.params(&join_key(&tp, "params"), t.params.as_ref());
