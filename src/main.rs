@@ -81,6 +81,9 @@ enum DatasetCommand {
         /// Only this variant.
         #[arg(long)]
         variant: Option<String>,
+        /// Only requests that rendered this prompt: ID or ID@VERSION.
+        #[arg(long, value_name = "ID[@VERSION]")]
+        prompt: Option<String>,
         /// Only requests with feedback scored at least this (0 to 1).
         #[arg(long)]
         min_score: Option<f64>,
@@ -112,6 +115,9 @@ enum ExperimentCommand {
         /// Only this experiment.
         #[arg(long)]
         experiment: Option<String>,
+        /// Only requests that rendered this prompt: ID or ID@VERSION.
+        #[arg(long, value_name = "ID[@VERSION]")]
+        prompt: Option<String>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
     },
@@ -135,30 +141,46 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config, cli.log_format),
         Command::Check { config } => check(&config),
         Command::Key { command: KeyCommand::Hash } => key_hash(),
-        Command::Dataset { command: DatasetCommand::Export { dir, format, model, variant, min_score, since, out } } => {
+        Command::Dataset {
+            command: DatasetCommand::Export { dir, format, model, variant, prompt, min_score, since, out },
+        } => {
             let format = match format {
                 ExportFormat::OpenaiChat => export::Format::OpenAiChat,
                 ExportFormat::Eval => export::Format::Eval,
             };
-            dataset_export(&dir, format, model, variant, min_score, since.as_deref(), out.as_deref())
+            let prompt = match prompt_filter(prompt.as_deref()) {
+                Ok(prompt) => prompt,
+                Err(code) => return code,
+            };
+            let options = export::Options { model, variant, min_score, since: None, prompt };
+            dataset_export(&dir, format, options, since.as_deref(), out.as_deref())
         }
-        Command::Experiment { command: ExperimentCommand::Report { dir, experiment, format } } => {
-            experiment_report(&dir, experiment.as_deref(), format)
+        Command::Experiment { command: ExperimentCommand::Report { dir, experiment, prompt, format } } => {
+            match prompt_filter(prompt.as_deref()) {
+                Ok(prompt) => experiment_report(&dir, experiment.as_deref(), prompt.as_ref(), format),
+                Err(code) => code,
+            }
         }
         Command::Prompt { command } => prompt_cli::run(command),
     }
 }
 
+/// `--prompt ID[@VERSION]`, or the exit code of a malformed one.
+fn prompt_filter(text: Option<&str>) -> Result<Option<weir::datasets::read::PromptFilter>, ExitCode> {
+    text.map(weir::datasets::read::PromptFilter::parse).transpose().map_err(|err| {
+        eprintln!("weir: --prompt: {err}");
+        ExitCode::FAILURE
+    })
+}
+
 fn dataset_export(
     dir: &Path,
     format: export::Format,
-    model: Option<String>,
-    variant: Option<String>,
-    min_score: Option<f64>,
+    mut options: export::Options,
     since: Option<&str>,
     out: Option<&Path>,
 ) -> ExitCode {
-    if min_score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+    if options.min_score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
         eprintln!("weir: --min-score must be between 0 and 1");
         return ExitCode::FAILURE;
     }
@@ -169,7 +191,7 @@ fn dataset_export(
             return ExitCode::FAILURE;
         }
     };
-    let options = export::Options { model, variant, min_score, since };
+    options.since = since;
     let mut sink: Box<dyn Write> = match out {
         Some(path) => match std::fs::File::create(path) {
             Ok(file) => Box::new(std::io::BufWriter::new(file)),
@@ -192,8 +214,13 @@ fn dataset_export(
     }
 }
 
-fn experiment_report(dir: &Path, experiment: Option<&str>, format: ReportFormat) -> ExitCode {
-    let report = match report::report(dir, experiment, &mut std::io::stderr()) {
+fn experiment_report(
+    dir: &Path,
+    experiment: Option<&str>,
+    prompt: Option<&weir::datasets::read::PromptFilter>,
+    format: ReportFormat,
+) -> ExitCode {
+    let report = match report::report(dir, experiment, prompt, &mut std::io::stderr()) {
         Ok(report) => report,
         Err(err) => {
             eprintln!("weir: {err}");

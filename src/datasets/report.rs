@@ -108,14 +108,20 @@ struct Experiment {
     variants: Vec<(String, Tally)>,
 }
 
-/// Reads `dir` and computes the report (only `experiment` when given).
-pub fn report(dir: &Path, experiment: Option<&str>, warn: &mut dyn Write) -> Result<Report, ReadError> {
+/// Reads `dir` and computes the report (only `experiment` when given, only requests that
+/// rendered `prompt` when given).
+pub fn report(
+    dir: &Path,
+    experiment: Option<&str>,
+    prompt: Option<&read::PromptFilter>,
+    warn: &mut dyn Write,
+) -> Result<Report, ReadError> {
     let feedback = read::feedback(dir)?;
     let mut experiments: BTreeMap<String, Experiment> = BTreeMap::new();
     let skipped = read::for_each(dir, warn, |entry| {
         let Entry::Request(record) = entry else { return Ok(()) };
         let name = record.get("experiment").and_then(Value::as_str).unwrap_or("-");
-        if experiment.is_some_and(|wanted| wanted != name) {
+        if experiment.is_some_and(|wanted| wanted != name) || prompt.is_some_and(|p| !p.matches(&record)) {
             return Ok(());
         }
         let variants = &mut experiments.entry(name.to_owned()).or_default().variants;
