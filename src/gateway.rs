@@ -1,141 +1,29 @@
-//! The running gateway: live state, listeners, and their lifecycle.
+//! The running gateway: the top of the house, its lifecycle.
 //!
-//! [`Gateway::start`] builds the first [`Snapshot`], binds the client and admin ports and
-//! spawns their accept loops. A reload ([`crate::reload`]) swaps the snapshot, the client
-//! port's TLS config and, when an address changes, a listener: the new one accepts before
-//! the old one stops, and the old one's connections finish their requests.
-//! [`Gateway::shutdown`] stops accepting, marks the gateway not ready and drains in-flight
-//! requests up to `server.shutdown_timeout`.
+//! Owns: [`Gateway::start`], which builds the first [`Snapshot`], binds the client and admin
+//! ports and spawns their accept loops; the file watcher and signals that trigger a reload
+//! (`runtime::reload`: it swaps the snapshot, the client port's TLS config and, when an
+//! address changes, a listener: the new one accepts before the old one stops, and the old
+//! one's connections finish their requests); and [`Gateway::shutdown`], which stops
+//! accepting, marks the gateway not ready and drains in-flight requests up to
+//! `server.shutdown_timeout`.
+//! Must not: serve requests itself (that is `server` and `proxy`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
-
-use arc_swap::ArcSwap;
-use tokio::task::JoinHandle;
 
 use crate::backends::BackendBuildError;
 use crate::config::{Config, ConfigSource, Loaded, SourceInfo};
-use crate::reload::{self, FileWatcher, ReloadError, ReloadOutcome, Reloader, Trigger};
-use crate::server::{self, Bound, Listener, TlsAcceptorSource, TlsError};
-use crate::snapshot::Snapshot;
+use crate::runtime::Snapshot;
+use crate::runtime::reload::{self, FileWatcher, Host as _, ReloadError, ReloadOutcome, Reloader, Trigger};
+use crate::runtime::tls::{self, TlsAcceptorSource, TlsError};
+use crate::server::{AppState, Bound};
 
 /// How long shutdown waits for queued spans to be exported.
 const TRACE_FLUSH: Duration = Duration::from_secs(5);
 /// How long shutdown waits for dataset writers to flush their queues.
 const DATASET_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// State shared by every connection.
-pub struct AppState {
-    live: ArcSwap<Snapshot>,
-    ready: AtomicBool,
-    /// The client port's TLS config; empty means plaintext.
-    tls: TlsAcceptorSource,
-    reloader: Reloader,
-    /// Held only to swap fields, never across an `.await`.
-    ports: Mutex<Ports>,
-}
-
-/// The accept loops. `None` once shutdown took them.
-#[derive(Default)]
-struct Ports {
-    client: Option<Listener>,
-    admin: Option<Listener>,
-    /// Bound addresses, kept after shutdown for [`Gateway::addr`].
-    addrs: Option<(SocketAddr, SocketAddr)>,
-    /// Loops a reload replaced, still draining their connections.
-    retired: Vec<JoinHandle<()>>,
-    /// Set by shutdown: a reload finishing late must not start listening again.
-    stopped: bool,
-}
-
-impl AppState {
-    /// Live state with no listeners, no TLS, and a config that cannot be reloaded.
-    pub fn new(snapshot: Snapshot) -> AppState {
-        AppState::with(snapshot, TlsAcceptorSource::default(), Reloader::new(None))
-    }
-
-    fn with(snapshot: Snapshot, tls: TlsAcceptorSource, reloader: Reloader) -> AppState {
-        AppState {
-            live: ArcSwap::from_pointee(snapshot),
-            ready: AtomicBool::new(true),
-            tls,
-            reloader,
-            ports: Mutex::default(),
-        }
-    }
-
-    /// The current snapshot; a request takes it once and keeps it to the end.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.live.load_full()
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn reloader(&self) -> &Reloader {
-        &self.reloader
-    }
-
-    pub(crate) fn tls(&self) -> &TlsAcceptorSource {
-        &self.tls
-    }
-
-    /// Makes `snapshot` the one new requests take.
-    pub(crate) fn publish(&self, snapshot: Snapshot) {
-        self.live.store(Arc::new(snapshot));
-    }
-
-    /// The client and admin addresses as configured for the running listeners.
-    pub(crate) fn configured_addrs(&self) -> (SocketAddr, SocketAddr) {
-        let ports = self.ports();
-        let config = &self.snapshot().config.server;
-        let client = ports.client.as_ref().map_or(config.listen, |l| l.configured);
-        let admin = ports.admin.as_ref().map_or(config.admin_listen, |l| l.configured);
-        (client, admin)
-    }
-
-    /// The bound client and admin addresses.
-    fn bound_addrs(&self) -> (SocketAddr, SocketAddr) {
-        let config = &self.snapshot().config.server;
-        self.ports().addrs.unwrap_or((config.listen, config.admin_listen))
-    }
-
-    /// Starts accepting on the newly bound addresses and stops the loops they replace; those
-    /// get `drain` to finish their open requests.
-    pub(crate) fn move_listeners(self: &Arc<Self>, client: Option<Bound>, admin: Option<Bound>, drain: Duration) {
-        // Held while starting: spawning does not wait, and shutdown cannot slip in between.
-        let mut ports = self.ports();
-        if ports.stopped {
-            return;
-        }
-        let client =
-            client.map(|bound| Listener::start(bound, self.tls.clone(), server::client_service(Arc::clone(self))));
-        let admin = admin
-            .map(|bound| Listener::start(bound, TlsAcceptorSource::default(), server::admin_service(Arc::clone(self))));
-        let Ports { client: client_slot, admin: admin_slot, retired, .. } = &mut *ports;
-        retired.retain(|task| !task.is_finished());
-        for (slot, new) in [(client_slot, client), (admin_slot, admin)] {
-            let Some(new) = new else { continue };
-            tracing::info!(addr = %new.local, "listening");
-            if let Some(old) = slot.replace(new) {
-                tracing::info!(addr = %old.local, "stopped listening; open connections finish their requests");
-                retired.push(old.stop(drain));
-            }
-        }
-        let (client, admin) = (ports.client.as_ref().map(|l| l.local), ports.admin.as_ref().map(|l| l.local));
-        if let (Some(client), Some(admin)) = (client, admin) {
-            ports.addrs = Some((client, admin));
-        }
-    }
-
-    fn ports(&self) -> std::sync::MutexGuard<'_, Ports> {
-        // The lock guards plain field swaps that cannot leave Ports half-updated.
-        self.ports.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -173,7 +61,7 @@ impl Gateway {
         let listen = config.server.listen;
         let admin_listen = config.server.admin_listen;
         let tls = match &config.server.tls {
-            Some(tls) => Some(server::load_tls(tls)?),
+            Some(files) => Some(tls::load_tls(files)?),
             None => None,
         };
         let mut snapshot = Snapshot::build(config, None)?;
@@ -202,7 +90,7 @@ impl Gateway {
         &self.state
     }
 
-    /// Reads the config source again and applies it if valid (see [`crate::reload`]).
+    /// Reads the config source again and applies it if valid (see [`crate::runtime::reload`]).
     pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         reload::reload(&self.state, Trigger::Api).await
     }
@@ -213,8 +101,8 @@ impl Gateway {
         drop(self.watcher.take());
         let state = Arc::clone(&self.state);
         // No reload may start a listener while the gateway stops.
-        let _no_reloads = state.reloader().exclusive().await;
-        state.ready.store(false, Ordering::Relaxed);
+        let _no_reloads = state.runtime().reloader().exclusive().await;
+        state.runtime().set_ready(false);
         let drain = state.snapshot().config.server.shutdown_timeout;
         let (client, admin, retired) = {
             let mut ports = state.ports();

@@ -1,28 +1,34 @@
 //! weir: an OpenAI-compatible inference gateway.
 //!
-//! The request path, module by module:
-//! `server` (listeners, routes, errors) → `auth` (virtual keys) → `proxy` (parse once,
-//! pick, forward, stream back) → `router` (which target) → `backends` (one upstream call).
-//! `limits` admits each request of a limited key and settles it when it ends.
-//! `prompts` renders a request's versioned prompt into the messages sent upstream.
-//! `config` reads and validates the file; `snapshot` compiles it into the live state that
-//! `gateway` holds in an `ArcSwap`; `reload` swaps it when the file changes; `telemetry` owns
-//! logs.
+//! The modules are floors, and every import points down:
+//!
+//! ```text
+//! top        gateway (lifecycle) · server (listeners, handlers, the error map) · proxy (the request path)
+//! runtime    runtime: snapshot, live state, TLS, reload
+//! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
+//! features   auth · limits · cache · prompts · router → backends
+//! config     config: raw → validated → typed
+//! ground     wire: endpoint, request head, bodies, headers, trace context, capture, usage, record
+//! ```
+//!
+//! A request: `server` accepts it and hands it to `proxy`, which authenticates (`auth`),
+//! reads and parses it once (`wire`), admits it against its key's limits (`limits`), looks
+//! the cache up (`cache`), renders its prompt for the target (`prompts`), picks a target and calls it (`router` → `backends`), and streams
+//! the answer back. When the answer ends, the request's guards are released and every tap
+//! reads the same finished record.
 
 pub mod auth;
 pub mod backends;
-pub mod cache;
+pub(crate) mod cache;
 pub mod config;
 pub mod datasets;
 pub mod gateway;
-pub mod headers;
 pub mod limits;
 pub mod prompts;
-pub mod proxy;
-pub mod reload;
+pub(crate) mod proxy;
 pub mod router;
-pub mod server;
-pub mod snapshot;
+pub(crate) mod runtime;
+pub(crate) mod server;
 pub mod telemetry;
 pub mod wire;
 

@@ -166,8 +166,8 @@ fn main() -> ExitCode {
 }
 
 /// `--prompt ID[@VERSION]`, or the exit code of a malformed one.
-fn prompt_filter(text: Option<&str>) -> Result<Option<weir::datasets::read::PromptFilter>, ExitCode> {
-    text.map(weir::datasets::read::PromptFilter::parse).transpose().map_err(|err| {
+fn prompt_filter(text: Option<&str>) -> Result<Option<weir::datasets::PromptFilter>, ExitCode> {
+    text.map(weir::datasets::PromptFilter::parse).transpose().map_err(|err| {
         eprintln!("weir: --prompt: {err}");
         ExitCode::FAILURE
     })
@@ -217,7 +217,7 @@ fn dataset_export(
 fn experiment_report(
     dir: &Path,
     experiment: Option<&str>,
-    prompt: Option<&weir::datasets::read::PromptFilter>,
+    prompt: Option<&weir::datasets::PromptFilter>,
     format: ReportFormat,
 ) -> ExitCode {
     let report = match report::report(dir, experiment, prompt, &mut std::io::stderr()) {

@@ -142,7 +142,7 @@ pub fn plan_bodies(chunks: usize) -> Bodies {
     }
     let prompt = best.expect("at least one prompt").1;
     let upstream_json = upstream_view(&chat_request(&prompt, false));
-    let answer = weir::backends::mock::Answer::plan(weir::proxy::Endpoint::ChatCompletions, &upstream_json)
+    let answer = weir::backends::mock::Answer::plan(weir::wire::Endpoint::ChatCompletions, &upstream_json)
         .expect("mock plans the bench request");
     Bodies {
         request_json: Bytes::from(chat_request(&prompt, false).to_string()),
@@ -161,7 +161,7 @@ fn upstream_view(request: &Value) -> Value {
 
 fn sse_chunks_for(prompt: &str) -> Vec<Bytes> {
     let request = upstream_view(&chat_request(prompt, true));
-    weir::backends::mock::Answer::plan(weir::proxy::Endpoint::ChatCompletions, &request)
+    weir::backends::mock::Answer::plan(weir::wire::Endpoint::ChatCompletions, &request)
         .expect("mock plans the bench request")
         .to_sse_chunks()
 }

@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use super::transport::{HttpUpstream, Transport, finish_headers, parse_url, secret_header};
 use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth, params};
 use crate::config::BackendConfig;
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
 

@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{BackendConfig, BackendKind};
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 pub use self::client::{BodyError, UpstreamBody};
 
@@ -149,6 +149,19 @@ impl BackendError {
             BackendError::Protocol { .. } => "protocol",
             BackendError::Unsupported { .. } => "unsupported",
         }
+    }
+}
+
+/// The `message` of an OpenAI-shaped error body, or the body itself as text.
+pub fn upstream_message(body: &[u8]) -> String {
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("message")).or_else(|| v.get("error")));
+    match message {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::from_utf8_lossy(body).trim().chars().take(1000).collect(),
     }
 }
 

@@ -10,7 +10,7 @@ use http::{HeaderValue, Uri};
 use super::transport::{HttpUpstream, Transport, finish_headers, parse_url, secret_header};
 use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth, params};
 use crate::config::BackendConfig;
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 #[derive(Debug)]
 pub struct OpenAiBackend {

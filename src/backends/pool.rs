@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 type Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
@@ -99,7 +100,7 @@ impl H1Pool {
     fn take_idle(&self) -> Option<Conn> {
         loop {
             let mut conn = self.idle.lock().ok()?.pop()?;
-            if conn.idle_since.elapsed() > IDLE_TIMEOUT {
+            if expired(conn.idle_since, Instant::now()) {
                 continue;
             }
             let mut cx = Context::from_waker(Waker::noop());
@@ -130,8 +131,8 @@ impl H1Pool {
         let now = Instant::now();
         conn.idle_since = now;
         if let Ok(mut idle) = self.idle.lock() {
-            let expired = idle.iter().take_while(|c| now.duration_since(c.idle_since) > IDLE_TIMEOUT).count();
-            idle.drain(..expired);
+            let stale = idle.iter().take_while(|c| expired(c.idle_since, now)).count();
+            idle.drain(..stale);
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
             }
@@ -141,6 +142,11 @@ impl H1Pool {
 
 /// A reused keep-alive connection that the upstream had already closed (or closed as the
 /// request arrived): hyper saw no response at all.
+/// Whether a connection idle since `idle_since` has been idle too long to reuse at `now`.
+fn expired(idle_since: Instant, now: Instant) -> bool {
+    now.duration_since(idle_since) > IDLE_TIMEOUT
+}
+
 fn closed_before_answer(err: &hyper::Error) -> bool {
     if err.is_canceled() || err.is_incomplete_message() {
         return true;
@@ -246,5 +252,19 @@ pub fn poll_body_chunk(
                 _ => continue,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_expire_after_the_idle_timeout() {
+        let idle_since = Instant::now();
+        tokio::time::advance(IDLE_TIMEOUT).await;
+        assert!(!expired(idle_since, Instant::now()), "reusable up to the timeout");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(expired(idle_since, Instant::now()), "closed past it");
     }
 }

@@ -16,8 +16,8 @@ use super::client::{HttpClient, UpstreamBody, build_client};
 use super::pool::H1Pool;
 use super::{BackendCall, BackendError};
 use crate::config::BackendConfig;
-use crate::headers::X_REQUEST_ID;
-use crate::telemetry::trace::TRACEPARENT;
+use crate::wire::headers::TRACEPARENT;
+use crate::wire::headers::X_REQUEST_ID;
 
 /// How requests reach the upstream.
 #[derive(Debug, Clone)]
@@ -169,7 +169,7 @@ pub fn passed_on_headers(status: http::StatusCode, upstream: &HeaderMap) -> Head
     // A failed answer also keeps the upstream's rate-limit resets: the router reads them to
     // know how long to leave the target alone (never relayed: error answers are rebuilt).
     if !status.is_success() {
-        for name in crate::router::RETRY_HINT_HEADERS {
+        for name in crate::wire::headers::RETRY_HINT_HEADERS {
             if let Some(value) = upstream.get(&name) {
                 kept.insert(name, value.clone());
             }

@@ -189,6 +189,7 @@ impl Flight {
 // === impl Follower ===
 
 /// A request served from someone else's flight.
+#[derive(Debug)]
 pub struct Follower {
     flight: Arc<Flight>,
     changes: watch::Receiver<()>,

@@ -6,23 +6,29 @@
 //! `[DONE]`. Only done when followers are reading the stream; otherwise the upstream call is
 //! cancelled with its client, as always.
 
+use std::fmt::Display;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
 use tokio::time::Instant;
 
 use super::coalesce::{FlightEnd, Origin};
 use super::{Entry, Fill};
-use crate::backends::{InflightPermit, UpstreamBody};
 
 /// Reads the rest of `upstream` for the followers of `fill`'s flight, then stores it.
-pub fn finish_for_followers(
+/// `permit` (the backend's place in flight) is held until the upstream body is done.
+pub fn finish_for_followers<S, E>(
     mut fill: Fill,
-    mut upstream: UpstreamBody,
+    mut upstream: S,
     idle: Duration,
     deadline: Instant,
-    permit: Option<InflightPermit>,
+    permit: impl Send + 'static,
     origin: Origin,
-) {
+) where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: Display,
+{
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     runtime.spawn(async move {
         // Held until the upstream body is done, like the response it replaces.
@@ -31,7 +37,7 @@ pub fn finish_for_followers(
         let flights = &fill.cache.flights;
         loop {
             let limit = (Instant::now() + idle).min(deadline);
-            let next = tokio::time::timeout_at(limit, std::future::poll_fn(|cx| upstream.poll_chunk(cx))).await;
+            let next = tokio::time::timeout_at(limit, upstream.next()).await;
             match next {
                 Ok(Some(Ok(chunk))) => flight.push(flights, &chunk, || origin.clone()),
                 Ok(None) => break,

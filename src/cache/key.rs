@@ -12,7 +12,7 @@ use std::io::Write;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 /// Top-level request fields that do not change the answer.
 const IGNORED_FIELDS: [&str; 3] = ["stream", "stream_options", "user"];

@@ -1,9 +1,11 @@
 //! Cache: exact-match response cache with streaming replay and request coalescing.
 //!
 //! Owns: the [`Cache`] handle on the snapshot (carried across reloads while the `cache`
-//! section is unchanged), the lookup step of the request path ([`Cache::begin`]), and the
-//! fill tap run when a request's exchange finishes ([`complete`]). Entries are answers in
-//! the non-streamed JSON shape; one entry serves JSON and streaming clients alike.
+//! section is unchanged), the lookup step of the request path ([`Cache::begin`], which
+//! returns a [`Lookup`]: the status, an answer to serve, or a [`Fill`] guard for an answer
+//! to store), and the fill itself ([`Fill::complete`], given the finished [`Record`]).
+//! Entries are answers in the non-streamed JSON shape; one entry serves JSON and streaming
+//! clients alike.
 //! Must not: fail or slow a request because of the cache (a broken store is a miss), store
 //! anything but a whole, successful answer, or serve one key's entries to another under
 //! `scope: key`.
@@ -24,8 +26,8 @@ use http::header::CACHE_CONTROL;
 use serde_json::Value;
 
 use crate::config::{CacheConfig, CacheScope, CacheStore};
-use crate::proxy::{CAPTURE_LIMIT, CacheStatus, Endpoint, Exchange, Outcome};
-use crate::telemetry::metrics::CacheResult;
+use crate::telemetry::metrics::{CacheResult, Metrics};
+use crate::wire::{CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record};
 
 pub use coalesce::{Follower, Next, Origin};
 pub use drain::finish_for_followers;
@@ -59,9 +61,24 @@ pub struct CacheRequest<'a> {
     /// The model's `cache.ttl`.
     pub ttl: Duration,
     pub headers: &'a HeaderMap,
+    /// Where `weir_cache_requests_total` is counted.
+    pub metrics: &'a Metrics,
+}
+
+/// What the cache step decided for one request.
+#[derive(Debug, Default)]
+pub struct Lookup {
+    /// `x-weir-cache` and the dataset/span field.
+    pub status: CacheStatus,
+    /// An answer to serve instead of going upstream.
+    pub served: Option<Served>,
+    /// Going upstream: the answer is to be stored (and shared) when the request ends. The
+    /// request path holds this guard and completes it with the finished record.
+    pub fill: Option<Fill>,
 }
 
 /// An answer the cache serves instead of an upstream call.
+#[derive(Debug)]
 pub enum Served {
     /// A whole answer: the stored JSON bytes, or the SSE replay of them.
     Whole { body: Bytes, sse: bool, origin: Origin },
@@ -69,8 +86,8 @@ pub enum Served {
     Shared { follower: Follower, origin: Origin },
 }
 
-/// The cache's part in a request that went upstream: carried on its exchange, completed by
-/// [`complete`] when the exchange finishes.
+/// The cache's part in a request that went upstream: held by the request path, completed by
+/// [`Fill::complete`] when the request finishes (a fill dropped unfinished fails its flight).
 #[derive(Debug)]
 pub struct Fill {
     cache: Arc<Cache>,
@@ -110,10 +127,15 @@ impl Cache {
         self.flights.count()
     }
 
-    /// The cache step of a request whose model has caching on: an answer to serve, or
-    /// `None` to go upstream (with the exchange set up to fill the cache when it finishes).
-    /// Sets `exchange.cache` and reports `weir_cache_requests_total`.
-    pub async fn begin(self: &Arc<Self>, request: CacheRequest<'_>, exchange: &mut Exchange) -> Option<Served> {
+    /// The cache step of a request whose model has caching on: an answer to serve, or a
+    /// fill to complete once the request went upstream. Reports `weir_cache_requests_total`.
+    pub async fn begin(self: &Arc<Self>, request: CacheRequest<'_>) -> Lookup {
+        let mut lookup = Lookup::default();
+        lookup.served = self.decide(&request, &mut lookup).await;
+        lookup
+    }
+
+    async fn decide(self: &Arc<Self>, request: &CacheRequest<'_>, lookup: &mut Lookup) -> Option<Served> {
         let control = Control::of(request.headers);
         // parse_head accepted this body as a JSON object; the full parse happens only here,
         // for models with caching on.
@@ -128,28 +150,28 @@ impl Cache {
         let shape = Shape { stream: request.stream, include_usage };
 
         if control.no_cache {
-            self.account(exchange, request.model, CacheStatus::Bypass);
+            self.account(lookup, request, CacheStatus::Bypass);
             if !control.no_store {
-                self.plan_fill(exchange, key, request.ttl, None);
+                self.plan_fill(lookup, key, request.ttl, None);
             }
             return None;
         }
-        if let Some(served) = self.store.get(&key).and_then(|entry| self.hit(&entry, shape, &request, exchange)) {
+        if let Some(served) = self.store.get(&key).and_then(|entry| self.hit(&entry, shape, request, lookup)) {
             return Some(served);
         }
         if control.no_store {
             // Looks up, but never leads: nothing this request receives may be stored.
             if let Some(entry) = self.shared_get(&key).await {
-                if let Some(served) = self.hit(&entry, shape, &request, exchange) {
+                if let Some(served) = self.hit(&entry, shape, request, lookup) {
                     return Some(served);
                 }
             }
-            self.account(exchange, request.model, CacheStatus::Miss);
+            self.account(lookup, request, CacheStatus::Miss);
             return None;
         }
         match self.flights.join(key, shape, CAPTURE_LIMIT) {
-            Join::Lead(flight) => self.lead(flight, key, shape, &request, exchange).await,
-            Join::Follow(follower) => self.follow(follower, key, shape, &request, exchange).await,
+            Join::Lead(flight) => self.lead(flight, key, shape, request, lookup).await,
+            Join::Follow(follower) => self.follow(follower, key, shape, request, lookup).await,
         }
     }
 
@@ -160,7 +182,7 @@ impl Cache {
         key: CacheKey,
         shape: Shape,
         request: &CacheRequest<'_>,
-        exchange: &mut Exchange,
+        lookup: &mut Lookup,
     ) -> Option<Served> {
         // A flight for this key may have ended (and stored) between our lookup and joining.
         let found = match self.store.get(&key) {
@@ -169,15 +191,15 @@ impl Cache {
         };
         if let Some(entry) = found {
             flight.end(&self.flights, FlightEnd::Stored(Arc::clone(&entry)));
-            if let Some(served) = self.hit(&entry, shape, request, exchange) {
+            if let Some(served) = self.hit(&entry, shape, request, lookup) {
                 return Some(served);
             }
-            self.account(exchange, request.model, CacheStatus::Miss);
-            self.plan_fill(exchange, key, request.ttl, None);
+            self.account(lookup, request, CacheStatus::Miss);
+            self.plan_fill(lookup, key, request.ttl, None);
             return None;
         }
-        self.account(exchange, request.model, CacheStatus::Miss);
-        self.plan_fill(exchange, key, request.ttl, Some(flight));
+        self.account(lookup, request, CacheStatus::Miss);
+        self.plan_fill(lookup, key, request.ttl, Some(flight));
         None
     }
 
@@ -188,27 +210,27 @@ impl Cache {
         key: CacheKey,
         shape: Shape,
         request: &CacheRequest<'_>,
-        exchange: &mut Exchange,
+        lookup: &mut Lookup,
     ) -> Option<Served> {
         // The leader's bytes suit a follower that asked for the very same stream.
         let raw = shape.stream && follower.leader_shape() == shape;
         match follower.wait(raw).await {
             Wait::Streaming(origin) => {
-                self.account(exchange, request.model, CacheStatus::Hit);
+                self.account(lookup, request, CacheStatus::Hit);
                 Some(Served::Shared { follower, origin })
             }
             Wait::Stored(entry) => {
-                if let Some(served) = self.hit(&entry, shape, request, exchange) {
+                if let Some(served) = self.hit(&entry, shape, request, lookup) {
                     return Some(served);
                 }
-                self.account(exchange, request.model, CacheStatus::Miss);
-                self.plan_fill(exchange, key, request.ttl, None);
+                self.account(lookup, request, CacheStatus::Miss);
+                self.plan_fill(lookup, key, request.ttl, None);
                 None
             }
             // The leader failed or its answer was not cacheable: go upstream alone.
             Wait::Nothing => {
-                self.account(exchange, request.model, CacheStatus::Miss);
-                self.plan_fill(exchange, key, request.ttl, None);
+                self.account(lookup, request, CacheStatus::Miss);
+                self.plan_fill(lookup, key, request.ttl, None);
                 None
             }
         }
@@ -216,9 +238,9 @@ impl Cache {
 
     /// Serves `entry` in the shape the request wants; `None` when it cannot (a stream
     /// asked of an answer that has no streamed form).
-    fn hit(&self, entry: &Entry, shape: Shape, request: &CacheRequest<'_>, exchange: &mut Exchange) -> Option<Served> {
+    fn hit(&self, entry: &Entry, shape: Shape, request: &CacheRequest<'_>, lookup: &mut Lookup) -> Option<Served> {
         let body = if shape.stream { replay::to_sse(&entry.body, shape.include_usage)? } else { entry.body.clone() };
-        self.account(exchange, request.model, CacheStatus::Hit);
+        self.account(lookup, request, CacheStatus::Hit);
         let origin = Origin { backend: entry.backend.clone(), variant: entry.variant.clone() };
         Some(Served::Whole { body, sse: shape.stream, origin })
     }
@@ -230,25 +252,24 @@ impl Cache {
         Some(entry)
     }
 
-    fn account(&self, exchange: &mut Exchange, model: &str, status: CacheStatus) {
-        exchange.cache = status;
+    fn account(&self, lookup: &mut Lookup, request: &CacheRequest<'_>, status: CacheStatus) {
+        lookup.status = status;
         let result = match status {
             CacheStatus::Hit => CacheResult::Hit,
             CacheStatus::Miss => CacheResult::Miss,
             CacheStatus::Bypass => CacheResult::Bypass,
         };
-        exchange.snapshot.metrics.cache_request(model, result);
+        request.metrics.cache_request(request.model, result);
     }
 
     fn plan_fill(
         self: &Arc<Self>,
-        exchange: &mut Exchange,
+        lookup: &mut Lookup,
         key: CacheKey,
         ttl: Duration,
         flight: Option<Arc<coalesce::Flight>>,
     ) {
-        exchange.wants_assembly = true;
-        exchange.cache_fill = Some(Fill { cache: Arc::clone(self), key, ttl, flight });
+        lookup.fill = Some(Fill { cache: Arc::clone(self), key, ttl, flight });
     }
 
     fn insert(&self, key: CacheKey, entry: &Arc<Entry>) {
@@ -263,21 +284,63 @@ impl Cache {
 
 impl Fill {
     /// The leader's chunk on its way to the client: shared with followers of its stream.
-    pub fn observe(&self, chunk: &Bytes, exchange: &Exchange) {
+    pub fn observe(&self, chunk: &Bytes, record: &Record) {
         let Some(flight) = &self.flight else { return };
-        if exchange.sse && exchange.status == 200 {
+        if record.sse && record.status == 200 {
             flight.push(&self.cache.flights, chunk, || Origin {
-                backend: exchange.backend.clone(),
-                variant: exchange.variant.clone(),
+                backend: record.backend.clone(),
+                variant: record.variant.clone(),
             });
         }
     }
-}
 
-impl Fill {
     /// Whether other requests are reading this request's stream as it arrives.
     pub fn has_stream_followers(&self) -> bool {
         self.flight.as_ref().is_some_and(|flight| flight.has_stream_followers())
+    }
+
+    /// What the fill needs from the capture before the request's answer is read back: a JSON
+    /// answer's exact bytes (a JSON hit returns them as they came), or — for a stream whose
+    /// client hung up right after `data: [DONE]`, as SDKs do — the stream assembled, since
+    /// read-back assembles only completed requests. `None` when nothing will be stored.
+    /// `record.outcome` is already the final one.
+    pub fn raw_answer(&self, record: &Record, capture: Option<&Capture>) -> Option<Bytes> {
+        if record.status != 200 {
+            return None;
+        }
+        let capture = capture?;
+        match (record.sse, record.outcome) {
+            (false, Outcome::Completed) => capture.bytes(),
+            (true, Outcome::ClientGone) => {
+                let assembled = capture.assemble(true).filter(|a| a.complete)?;
+                serde_json::to_vec(&assembled.body).ok().map(Bytes::from)
+            }
+            _ => None,
+        }
+    }
+
+    /// Run when the request finishes: stores a whole, successful answer and ends the flight
+    /// (if this request led one) so its followers are served or go upstream.
+    pub fn complete(mut self, record: &Record, raw: Option<Bytes>) {
+        let entry = cacheable_body(record, raw).map(|body| {
+            Arc::new(Entry { body, backend: record.backend.clone(), variant: record.variant.clone(), ttl: self.ttl })
+        });
+        if let Some(entry) = &entry {
+            self.cache.insert(self.key, entry);
+        }
+        let Some(flight) = self.flight.take() else { return };
+        let end = match entry {
+            Some(entry) => FlightEnd::Stored(entry),
+            None if record.outcome == Outcome::Completed && record.status == 200 => FlightEnd::Unstored,
+            None => {
+                let reason = match record.outcome {
+                    Outcome::ClientGone => "the request leading this answer went away",
+                    Outcome::Failed | Outcome::Completed => "the request leading this answer failed",
+                };
+                FlightEnd::Failed(record.error.clone().unwrap_or_else(|| reason.to_owned()))
+            }
+        };
+        flight.end(&self.cache.flights, end);
     }
 }
 
@@ -290,61 +353,16 @@ impl Drop for Fill {
     }
 }
 
-/// What the fill needs from the capture before the exchange reads it back: a JSON answer's
-/// exact bytes (a JSON hit returns them as they came), or — for a stream whose client hung up
-/// right after `data: [DONE]`, as SDKs do — the stream assembled, since read-back assembles
-/// only completed exchanges. `None` when nothing will be stored from this exchange.
-pub fn raw_answer(exchange: &Exchange, outcome: Outcome) -> Option<Bytes> {
-    exchange.cache_fill.as_ref()?;
-    if exchange.status != 200 {
-        return None;
-    }
-    let capture = exchange.capture.as_ref()?;
-    match (exchange.sse, outcome) {
-        (false, Outcome::Completed) => capture.bytes(),
-        (true, Outcome::ClientGone) => {
-            let assembled = capture.assemble(true).filter(|a| a.complete)?;
-            serde_json::to_vec(&assembled.body).ok().map(Bytes::from)
-        }
-        _ => None,
-    }
-}
-
-/// The fill tap, run when the exchange finishes: stores a whole, successful answer and ends
-/// the flight (if this request led one) so its followers are served or go upstream.
-pub fn complete(exchange: &mut Exchange, outcome: Outcome, raw: Option<Bytes>) {
-    let Some(mut fill) = exchange.cache_fill.take() else { return };
-    let entry = cacheable_body(exchange, outcome, raw).map(|body| {
-        Arc::new(Entry { body, backend: exchange.backend.clone(), variant: exchange.variant.clone(), ttl: fill.ttl })
-    });
-    if let Some(entry) = &entry {
-        fill.cache.insert(fill.key, entry);
-    }
-    let Some(flight) = fill.flight.take() else { return };
-    let end = match entry {
-        Some(entry) => FlightEnd::Stored(entry),
-        None if outcome == Outcome::Completed && exchange.status == 200 => FlightEnd::Unstored,
-        None => {
-            let reason = match outcome {
-                Outcome::ClientGone => "the request leading this answer went away",
-                Outcome::Failed | Outcome::Completed => "the request leading this answer failed",
-            };
-            FlightEnd::Failed(exchange.error.clone().unwrap_or_else(|| reason.to_owned()))
-        }
-    };
-    flight.end(&fill.cache.flights, end);
-}
-
 /// The body to store: only a whole 200 answer (for streams, one that reached `[DONE]`).
-fn cacheable_body(exchange: &Exchange, outcome: Outcome, raw: Option<Bytes>) -> Option<Bytes> {
-    if exchange.status != 200 {
+fn cacheable_body(record: &Record, raw: Option<Bytes>) -> Option<Bytes> {
+    if record.status != 200 {
         return None;
     }
-    match (exchange.sse, outcome) {
+    match (record.sse, record.outcome) {
         // Read-back assembled it: that proves the bytes are a whole JSON answer.
-        (false, Outcome::Completed) => raw.filter(|_| exchange.assembled.is_some()),
+        (false, Outcome::Completed) => raw.filter(|_| record.assembled.is_some()),
         (true, Outcome::Completed) => {
-            let assembled = exchange.assembled.as_ref().filter(|a| a.complete)?;
+            let assembled = record.assembled.as_ref().filter(|a| a.complete)?;
             serde_json::to_vec(&assembled.body).ok().map(Bytes::from)
         }
         // Assembled (and checked complete) by `raw_answer`.

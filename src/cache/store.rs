@@ -2,7 +2,7 @@
 //! for its model's `cache.ttl`.
 //!
 //! Owns: [`Entry`] (what one cached answer holds) and the size bound (`cache.max_size`).
-//! Must not: decide what is cacheable (the exchange tap does) or talk to Redis.
+//! Must not: decide what is cacheable (the fill, given the finished record, does) or talk to Redis.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,9 +37,18 @@ impl Entry {
     }
 }
 
-/// Bounded by the entries' weights; expired entries are never returned.
+/// Bounded by the entries' weights; expired entries are never returned. Expiry is decided on
+/// tokio's clock (so tests can run it on a paused one); moka's own per-entry expiry only
+/// frees their memory.
 pub struct Store {
-    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    entries: moka::sync::Cache<CacheKey, Stored>,
+}
+
+/// An entry and the moment it stops being served.
+#[derive(Clone)]
+struct Stored {
+    entry: Arc<Entry>,
+    expires: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Store {
@@ -50,19 +59,19 @@ impl std::fmt::Debug for Store {
 
 struct PerEntryTtl;
 
-impl Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &CacheKey, entry: &Arc<Entry>, _now: Instant) -> Option<Duration> {
-        Some(entry.ttl)
+impl Expiry<CacheKey, Stored> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &CacheKey, stored: &Stored, _now: Instant) -> Option<Duration> {
+        Some(stored.entry.ttl)
     }
 
     fn expire_after_update(
         &self,
         _key: &CacheKey,
-        entry: &Arc<Entry>,
+        stored: &Stored,
         _now: Instant,
         _remaining: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.ttl)
+        Some(stored.entry.ttl)
     }
 }
 
@@ -70,18 +79,20 @@ impl Store {
     pub fn new(max_size: u64) -> Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_size)
-            .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
+            .weigher(|_key: &CacheKey, stored: &Stored| stored.entry.weight())
             .expire_after(PerEntryTtl)
             .build();
         Store { entries }
     }
 
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.entries.get(key)
+        let stored = self.entries.get(key)?;
+        (tokio::time::Instant::now() < stored.expires).then_some(stored.entry)
     }
 
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
-        self.entries.insert(key, entry);
+        let expires = tokio::time::Instant::now() + entry.ttl;
+        self.entries.insert(key, Stored { entry, expires });
     }
 
     /// `(entries, bytes)` after pending evictions have run.
@@ -110,12 +121,14 @@ mod tests {
         assert!(count > 0 && count < 200, "{count}");
     }
 
-    #[test]
-    fn entries_expire_after_their_ttl() {
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_their_ttl() {
         let store = Store::new(10_000);
         store.insert(CacheKey([1; 32]), entry(10, Duration::from_millis(30)));
         assert!(store.get(&CacheKey([1; 32])).is_some());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(store.get(&CacheKey([1; 32])).is_none());
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(store.get(&CacheKey([1; 32])).is_some(), "still within its ttl");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(store.get(&CacheKey([1; 32])).is_none(), "expired at exactly its ttl");
     }
 }

@@ -4,15 +4,17 @@
 //! expands `${VAR}` / `${VAR:-default}` (`yaml`), unit parsing (`units`), and the validation
 //! pass that turns a `RawConfig` into a typed [`Config`] (`validate`); where the text comes
 //! from and its hash (`source`), and the secret-masked view of it (`mask`); the prompt files
-//! of `prompts_dir` (`prompt_files`) and the sandboxed template dialect (`templates`).
-//! Must not: open sockets, build HTTP clients or touch live state — that is
-//! [`crate::snapshot`]'s job, so `weir check` stays side-effect free.
+//! of `prompts_dir` (`prompt_files`) and the sandboxed template dialect prompts are written in
+//! (`templates`).
+//! Must not: name any module but `wire` (its own limits, such as the dataset count, live
+//! here), open sockets, build HTTP clients or touch live state — that is the runtime's
+//! snapshot build, so `weir check` stays side-effect free.
 
 mod mask;
-pub mod prompt_files;
-pub mod raw;
+pub(crate) mod prompt_files;
+pub(crate) mod raw;
 mod source;
-pub mod templates;
+pub(crate) mod templates;
 mod types;
 mod units;
 mod validate;
@@ -24,6 +26,9 @@ use std::path::Path;
 pub use source::{ConfigSource, Loaded, SourceInfo, SourceText};
 pub use types::*;
 pub use units::{parse_duration, parse_size};
+
+/// Most datasets one config may declare (the datasets tap selects them with a 64-bit set).
+pub const MAX_DATASETS: usize = 64;
 
 /// Where `weir serve` looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/weir.yaml";

@@ -67,6 +67,16 @@ impl BackendKind {
             BackendKind::Mock => "mock",
         }
     }
+
+    /// The provider as the OpenTelemetry GenAI conventions name it (`gen_ai.provider.name`).
+    pub fn genai_provider(self) -> &'static str {
+        match self {
+            BackendKind::OpenAi => "openai",
+            BackendKind::Azure => "azure.ai.openai",
+            BackendKind::Anthropic => "anthropic",
+            BackendKind::Mock => "weir.mock",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

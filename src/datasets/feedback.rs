@@ -1,7 +1,8 @@
-//! `POST /v1/feedback`: a score (and optional comment) for a request this gateway served.
+//! Feedback: a score (and optional comment) for a request this gateway served.
 //!
-//! Owns: reading and checking the feedback body and handing the feedback line to every
-//! dataset. Must not: map errors to statuses (`server::error`) or wait for the disk.
+//! Owns: checking a feedback body ([`parse`]) and handing the feedback line to every
+//! dataset ([`Datasets::accept_feedback`]). Must not: speak HTTP (`POST /v1/feedback` is the
+//! server's handler), map errors to statuses, or wait for the disk.
 //!
 //! Body: `{"request_id": "...", "score": 0.0-1.0, "comment": "..."?, "ideal": "..."?}`.
 //! `ideal` (optional, an extension) is the answer a reviewer would have wanted; `weir dataset
@@ -9,18 +10,16 @@
 //! requests seen in the last [`super::FEEDBACK_WINDOW`] (at most
 //! [`super::FEEDBACK_WINDOW_REQUESTS`] of them, the oldest forgotten first), else 404.
 
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use super::record::rfc3339;
-use crate::proxy::{RequestError, read_body};
-use crate::server::body::{self, Body};
-use crate::server::error::GatewayError;
-use crate::snapshot::Snapshot;
+use super::{Datasets, ServedBy};
+use crate::wire::RequestError;
 
 /// Feedback bodies are small; this bounds them below `server.max_body`.
-const MAX_FEEDBACK_BODY: u64 = 64 * 1024;
+pub const MAX_FEEDBACK_BODY: u64 = 64 * 1024;
 /// Longest `request_id` accepted (request ids weir keeps are at most 128 bytes).
 const MAX_ID_LEN: usize = 256;
 
@@ -41,36 +40,35 @@ pub struct Feedback {
     pub ideal: Option<String>,
 }
 
-pub async fn handle(snapshot: &Snapshot, request: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-    let (parts, incoming) = request.into_parts();
-    let identity = snapshot.keys.authenticate(&parts.headers)?;
-    let limit = MAX_FEEDBACK_BODY.min(snapshot.config.server.max_body);
-    let body = read_body(&parts.headers, incoming, limit).await?;
-    let feedback = parse(&body)?;
-    if !snapshot.datasets.knows(&feedback.request_id) {
-        return Err(FeedbackError::UnknownRequest(feedback.request_id).into());
+/// Feedback the datasets took.
+#[derive(Debug)]
+pub struct Accepted {
+    /// How many datasets queued the feedback line.
+    pub queued: usize,
+    /// The public model and variant that served the request, once it was routed.
+    pub served_by: Option<Arc<ServedBy>>,
+}
+
+impl Datasets {
+    /// Appends `feedback`, sent with key `key`, to every dataset. Refused when it names no
+    /// request seen recently.
+    pub fn accept_feedback(&self, feedback: &Feedback, key: &str) -> Result<Accepted, FeedbackError> {
+        if !self.knows(&feedback.request_id) {
+            return Err(FeedbackError::UnknownRequest(feedback.request_id.clone()));
+        }
+        let mut line = Map::new();
+        line.insert("type".into(), json!("feedback"));
+        line.insert("request_id".into(), json!(feedback.request_id));
+        line.insert("score".into(), json!(feedback.score));
+        line.insert("comment".into(), json!(feedback.comment));
+        if let Some(ideal) = &feedback.ideal {
+            line.insert("ideal".into(), json!(ideal));
+        }
+        line.insert("key".into(), json!(key));
+        line.insert("ts".into(), json!(rfc3339(std::time::SystemTime::now())));
+        let queued = self.feedback(Value::Object(line));
+        Ok(Accepted { queued, served_by: self.served_by(&feedback.request_id) })
     }
-    let mut line = Map::new();
-    line.insert("type".into(), json!("feedback"));
-    line.insert("request_id".into(), json!(feedback.request_id));
-    line.insert("score".into(), json!(feedback.score));
-    line.insert("comment".into(), json!(feedback.comment));
-    if let Some(ideal) = &feedback.ideal {
-        line.insert("ideal".into(), json!(ideal));
-    }
-    line.insert("key".into(), json!(identity.name()));
-    line.insert("ts".into(), json!(rfc3339(std::time::SystemTime::now())));
-    let queued = snapshot.datasets.feedback(Value::Object(line));
-    if let Some(served) = snapshot.datasets.served_by(&feedback.request_id) {
-        snapshot.metrics.feedback(&served.model, &served.variant, feedback.score);
-    }
-    let answer = json!({
-        "object": "feedback",
-        "request_id": feedback.request_id,
-        "score": feedback.score,
-        "datasets": queued,
-    });
-    Ok(body::json(StatusCode::OK, answer.to_string()))
 }
 
 /// Checks a feedback body, naming the offending field.

@@ -1,7 +1,7 @@
 //! Which finished requests a dataset records: its `filter` (model, variant, key, status)
 //! and its `sample` ratio.
 //!
-//! Runs on the request's task when the exchange finishes, so it only compares names and
+//! Runs on the request's task when the request finishes, so it only compares names and
 //! draws one random number; it never allocates.
 
 use crate::config::{DatasetConfig, DatasetFilter};

@@ -2,9 +2,9 @@
 //! and fine-tuning, plus the offline tools that read those files back.
 //!
 //! Owns: the live sinks of a config snapshot ([`Datasets`]: filter, sample, redaction and a
-//! writer each), the tap called from `Exchange::finish`, the bounded index of recent request
-//! ids that `POST /v1/feedback` checks, and the CLI's `dataset export` and
-//! `experiment report` (`export`, `report`, reading through `read`).
+//! writer each), the tap that takes a finished request's [`Record`], the bounded index of
+//! recent request ids that `POST /v1/feedback` checks (its handler is the server's), and the
+//! CLI's `dataset export` and `experiment report` (`export`, `report`, reading through `read`).
 //! Must not: block or slow a request — the tap copies a few handles and `try_send`s; JSON,
 //! redaction and file I/O happen on each dataset's own writer thread.
 //!
@@ -14,14 +14,14 @@
 //! last snapshot using it is gone.
 
 pub mod export;
-pub mod feedback;
+pub(crate) mod feedback;
 mod files;
 mod filter;
-pub mod read;
-pub mod record;
-pub mod redact;
+pub(crate) mod read;
+pub(crate) mod record;
+pub(crate) mod redact;
 pub mod report;
-pub mod stats;
+pub(crate) mod stats;
 mod writer;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -31,18 +31,17 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use files::{date_of_day, day_of, file_name, parse_file_name};
+pub use read::PromptFilter;
 pub use record::Source;
 pub use writer::{FLUSH_INTERVAL, QUEUE_CAPACITY};
 
 use self::filter::Facts;
 use self::redact::Redactor;
 use self::writer::{Job, Writer};
-use crate::config::DatasetConfig;
-use crate::proxy::{Exchange, Outcome};
+use crate::config::{DatasetConfig, MAX_DATASETS};
 use crate::telemetry::metrics::Metrics;
+use crate::wire::Record;
 
-/// Most datasets one config may declare (a selection is a 64-bit set).
-pub const MAX_DATASETS: usize = 64;
 /// Request ids remembered for feedback: this many, for this long, whichever ends first.
 pub const FEEDBACK_WINDOW_REQUESTS: u64 = 200_000;
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -120,13 +119,12 @@ impl Datasets {
 
     /// Which datasets take this finished request (filters and sampling); decided before
     /// the answer is read back so that only recorded requests pay for assembly.
-    pub fn select(&self, exchange: &Exchange) -> Selection {
+    pub fn select(&self, record: &Record) -> Selection {
         // Routed requests remember who served them, so feedback can be counted per variant.
-        if !self.sinks.is_empty() && !exchange.variant.is_empty() {
-            self.recent.served(&exchange.request_id, &exchange.model, &exchange.variant);
+        if !self.sinks.is_empty() && !record.variant.is_empty() {
+            self.recent.served(&record.request_id, &record.model, &record.variant);
         }
-        let facts =
-            Facts { model: &exchange.model, variant: &exchange.variant, key: &exchange.key, status: exchange.status };
+        let facts = Facts { model: &record.model, variant: &record.variant, key: &record.key, status: record.status };
         let mut bits = 0u64;
         for (i, sink) in self.sinks.iter().enumerate() {
             if filter::takes(&sink.config, facts) {
@@ -136,12 +134,12 @@ impl Datasets {
         Selection(bits)
     }
 
-    /// The tap: queues the finished exchange to each selected dataset without waiting.
-    pub fn record(&self, exchange: &Exchange, outcome: Outcome, selection: Selection) {
+    /// The tap: queues the finished request to each selected dataset without waiting.
+    pub fn record(&self, record: &Record, selection: Selection) {
         if selection.is_empty() {
             return;
         }
-        let source = Arc::new(Source::from_exchange(exchange, outcome));
+        let source = Arc::new(Source::from_record(record));
         for (i, sink) in self.sinks.iter().enumerate() {
             if selection.contains(i) {
                 sink.writer.offer(Job::Record { source: Arc::clone(&source), redactor: Arc::clone(&sink.redactor) });

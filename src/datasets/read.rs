@@ -30,8 +30,8 @@ pub enum ReadError {
 pub enum Entry {
     /// A request record (SPEC §6).
     Request(Value),
-    /// `{"type":"feedback",...}`.
-    Feedback(Value),
+    /// `{"type":"feedback",...}`: joined to requests by the `feedback` pass of this module.
+    Feedback,
 }
 
 /// The joined feedback of one request.
@@ -76,7 +76,7 @@ pub fn for_each(
             match serde_json::from_slice::<Value>(text) {
                 Ok(value) if value.is_object() => {
                     let feedback = value.get("type").and_then(Value::as_str) == Some("feedback");
-                    each(if feedback { Entry::Feedback(value) } else { Entry::Request(value) })?;
+                    each(if feedback { Entry::Feedback } else { Entry::Request(value) })?;
                 }
                 Ok(_) | Err(_) => {
                     skipped += 1;

@@ -1,6 +1,6 @@
 //! The SPEC §6 record of one request, and of one feedback.
 //!
-//! Owns: [`Source`], the small owned copy of a finished exchange handed to the writers
+//! Owns: [`Source`], the small owned copy of a finished [`Record`] handed to the writers
 //! (reference-counted body handles, the assembled answer, names and numbers), and turning it
 //! into one redacted JSON line. Must not: do the JSON work on the request's task — the
 //! writer thread calls [`Source::line`].
@@ -13,10 +13,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::redact::Redactor;
-use crate::proxy::{Exchange, Outcome};
-use crate::wire::Usage;
+use crate::wire::{Record, Usage};
 
-/// What a dataset record is made from, taken from an [`Exchange`] as it finishes.
+/// What a dataset record is made from, taken from a finished [`Record`].
 #[derive(Debug)]
 pub struct Source {
     pub request_id: String,
@@ -44,34 +43,34 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn from_exchange(exchange: &Exchange, outcome: Outcome) -> Source {
+    pub fn from_record(record: &Record) -> Source {
         Source {
-            request_id: exchange.request_id.clone(),
-            ts: SystemTime::now().checked_sub(exchange.duration).unwrap_or_else(SystemTime::now),
-            key: exchange.key.clone(),
-            model: exchange.model.clone(),
-            backend: exchange.backend.clone(),
-            variant: exchange.variant.clone(),
-            experiment: exchange.experiment.clone(),
-            endpoint: exchange.endpoint.map(crate::proxy::Endpoint::as_str),
-            stream: exchange.stream,
-            request: exchange.request_body.clone(),
-            response: exchange.assembled.as_ref().map(|a| a.body.clone()),
-            usage: exchange.usage,
-            latency: exchange.duration,
-            ttft: exchange.first_byte,
-            cost_usd: exchange.cost_usd,
-            cache: exchange.cache.as_str(),
-            status: exchange.status,
-            error: exchange.error.clone(),
-            outcome: outcome.as_str(),
+            request_id: record.request_id.clone(),
+            ts: SystemTime::now().checked_sub(record.duration).unwrap_or_else(SystemTime::now),
+            key: record.key.clone(),
+            model: record.model.clone(),
+            backend: record.backend.clone(),
+            variant: record.variant.clone(),
+            experiment: record.experiment.clone(),
+            endpoint: record.endpoint.map(crate::wire::Endpoint::as_str),
+            stream: record.stream,
+            request: record.request_body.clone(),
+            response: record.assembled.as_ref().map(|a| a.body.clone()),
+            usage: record.usage,
+            latency: record.duration,
+            ttft: record.first_byte,
+            cost_usd: record.cost_usd,
+            cache: record.cache.as_str(),
+            status: record.status,
+            error: record.error.clone(),
+            outcome: record.outcome.as_str(),
         }
     }
 
     /// The record as one JSON line (with its `\n`), every string redacted by `redactor`.
     pub fn line(&self, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
         let ts = rfc3339(self.ts);
-        let mut record = Record {
+        let mut record = Row {
             request_id: &self.request_id,
             ts: &ts,
             key: &self.key,
@@ -119,7 +118,7 @@ pub fn feedback_line(feedback: &Value, redactor: &Redactor) -> Result<Vec<u8>, s
 }
 
 #[derive(Serialize)]
-struct Record<'a> {
+struct Row<'a> {
     request_id: &'a str,
     ts: &'a str,
     key: &'a str,

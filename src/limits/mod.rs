@@ -1,21 +1,21 @@
 //! Limits: per-key rate limits (`rpm`, `tpm`, `concurrent`) and cost budgets.
 //!
-//! Owns: admission before the upstream call ([`Limits::admit`] → an [`Admission`] that
+//! Owns: admission before the upstream call ([`Limits::admit`] → an [`Admission`] guard that
 //! reserves one request, the estimated tokens, a place in flight and the estimated cost) and
-//! reconciliation when the request ends ([`Limits::finish`], a tap of `Exchange::finish`:
-//! the reservation is traded for the real usage and cost, or released when no upstream call
-//! answered). The state lives in memory ([`memory`]) or in Redis ([`redis`]), where every
+//! reconciliation when the request ends ([`Limits::finish`], given the finished [`Record`]
+//! and the guard: the reservation is traded for the real usage and cost, or released when no
+//! upstream call answered). The state lives in memory ([`memory`]) or in Redis ([`redis`]), where every
 //! replica shares it through one atomic script per admission and one per settlement.
-//! Must not: authenticate (that is `auth`), map its errors to HTTP (`server::error`), or
-//! delay a request on a slow store for longer than `state.timeout`.
+//! Must not: authenticate (that is `auth`), map its errors to HTTP, or delay a request on a
+//! slow store for longer than `state.timeout`.
 //!
 //! A key with no `rate` and no `budget` costs nothing here: no parse, no admission.
 
 pub mod budget;
-pub mod headers;
-pub mod memory;
-pub mod redis;
-pub mod tokens;
+pub(crate) mod headers;
+pub(crate) mod memory;
+pub(crate) mod redis;
+pub(crate) mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,11 +29,9 @@ use self::headers::{RateView, Window, format_reset};
 use self::memory::LocalKey;
 use self::redis::{RedisStore, StoreDown};
 use self::tokens::{Counter, Estimate};
-use crate::config::{BudgetConfig, Config, FailMode, RateConfig, StateStore};
-use crate::proxy::{Endpoint, Exchange};
-use crate::router::ModelRoute;
+use crate::config::{BudgetConfig, Config, FailMode, Price, RateConfig, StateStore};
 use crate::telemetry::metrics::Metrics;
-use crate::wire::Usage;
+use crate::wire::{Endpoint, Record, Usage};
 
 /// Which limit refused a request: the `limit` label of `weir_ratelimit_rejections_total`.
 pub const LIMIT_LABELS: [&str; 5] = ["requests", "tokens", "concurrent", "budget", "unavailable"];
@@ -94,6 +92,21 @@ impl LimitError {
             LimitError::Unavailable { .. } => None,
         }
     }
+}
+
+/// A request to admit, as limits see it.
+#[derive(Debug, Clone)]
+pub struct AdmitRequest<'a, M> {
+    /// The virtual key's name.
+    pub key: &'a str,
+    pub endpoint: Endpoint,
+    /// The names the prompt's tokens may be counted for, best first: the public model, then
+    /// each target's upstream model (the first one tiktoken knows picks the tokenizer).
+    pub models: M,
+    /// The model's `price`, for the estimated cost of a budgeted key.
+    pub price: Option<Price>,
+    /// The client's body; parsed only when tokens or cost matter.
+    pub body: &'a [u8],
 }
 
 /// What one request asks of its key's limits.
@@ -220,32 +233,28 @@ impl Limits {
         self.clock.set(clock);
     }
 
-    /// Admits one request of key `key` for public model `model`, reserving what it may use;
-    /// `None` when the key has no limits. `body` is only parsed when tokens or cost matter.
-    pub async fn admit(
+    /// Admits one request, reserving what it may use; `None` when its key has no limits.
+    pub async fn admit<'a, M: Iterator<Item = &'a str>>(
         &self,
         metrics: &Metrics,
-        key: &str,
-        endpoint: Endpoint,
-        route: &ModelRoute,
-        body: &[u8],
+        request: AdmitRequest<'a, M>,
     ) -> Result<Option<Admission>, LimitError> {
-        let Some(limits) = self.keys.get(key).filter(|k| k.limited()) else { return Ok(None) };
-        let demand = self.demand(limits, endpoint, route, body);
+        let Some(limits) = self.keys.get(request.key).filter(|k| k.limited()) else { return Ok(None) };
+        let demand = self.demand(limits, request);
         let result = self.admit_demand(metrics, limits, &demand).await;
         result.inspect_err(|err| metrics.ratelimit_rejection(&limits.name, err.limit())).map(Some)
     }
 
-    fn demand(&self, limits: &KeyLimits, endpoint: Endpoint, route: &ModelRoute, body: &[u8]) -> Demand {
+    fn demand<'a, M: Iterator<Item = &'a str>>(&self, limits: &KeyLimits, request: AdmitRequest<'a, M>) -> Demand {
         if !limits.needs_estimate() {
             return Demand::default();
         }
-        let models = std::iter::once(route.config.name.as_str()).chain(route.targets.iter().map(|t| t.model.as_str()));
-        let estimate = tokens::estimate(endpoint, body, Counter::for_models(models), self.default_max_tokens);
+        let counter = Counter::for_models(request.models);
+        let estimate = tokens::estimate(request.endpoint, request.body, counter, self.default_max_tokens);
         let budget = limits
             .budget
             .map(|b| BudgetDemand { period: Period::at(b.per, self.clock.now()), limit: usd_to_nanos(b.usd) });
-        let cost = match (budget, route.config.price) {
+        let cost = match (budget, request.price) {
             (Some(_), Some(price)) => usd_to_nanos(price.cost(&estimate_usage(estimate))),
             _ => 0,
         };
@@ -338,29 +347,28 @@ impl Limits {
         }
     }
 
-    /// The tap at `Exchange::finish`: counts the key's totals and settles its admission.
-    pub fn finish(&self, exchange: &mut Exchange) {
-        let admission = exchange.admission.take();
-        if let Some(limits) = self.keys.get(&exchange.key) {
+    /// When a request has finished: counts the key's totals and settles its admission.
+    pub fn finish(&self, record: &Record, admission: Option<Admission>) {
+        if let Some(limits) = self.keys.get(&record.key) {
             limits.totals.requests.fetch_add(1, Ordering::Relaxed);
-            if let Some(usage) = exchange.usage {
+            if let Some(usage) = record.usage {
                 limits.totals.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
                 limits.totals.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
             }
-            if let Some(cost) = exchange.cost_usd {
+            if let Some(cost) = record.cost_usd {
                 limits.totals.cost_nanos.fetch_add(usd_to_nanos(cost), Ordering::Relaxed);
             }
         }
         let Some(admission) = admission else { return };
         // Without reported usage, an answer that came back keeps its estimate (we cannot
         // know better); one that never reached a backend, or was refused by it, used nothing.
-        let answered = !exchange.attempts.is_empty() && (200..300).contains(&exchange.status);
-        let tokens = match exchange.usage {
+        let answered = !record.attempts.is_empty() && (200..300).contains(&record.status);
+        let tokens = match record.usage {
             Some(usage) => usage.total(),
             None if answered => admission.tokens,
             None => 0,
         };
-        let cost = match exchange.cost_usd {
+        let cost = match record.cost_usd {
             Some(cost) => usd_to_nanos(cost),
             None if answered => admission.cost,
             None => 0,
@@ -433,8 +441,9 @@ enum Via {
     Redis { store: Arc<RedisStore>, member: String },
 }
 
-/// A request's reservation. Settled exactly once: by [`Limits::finish`] with what the
-/// request used, or on drop with nothing used, so its place in flight is always freed.
+/// A request's reservation, held by the request path. Settled exactly once: by
+/// [`Limits::finish`] with what the request used, or on drop with nothing used, so its place
+/// in flight is always freed.
 #[derive(Debug)]
 pub struct Admission {
     key: Arc<KeyLimits>,

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use tiktoken_rs::CoreBPE;
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
 
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 pub const PER_MESSAGE: u64 = 3;
 pub const REPLY_PRIMING: u64 = 3;

@@ -18,12 +18,13 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
-use super::record::{Exchange, Outcome};
+use super::Exchange;
 use crate::auth::Identity;
 use crate::cache::{Next, Served};
 use crate::config::AuthMode;
-use crate::server::body::Body;
-use crate::snapshot::Snapshot;
+use crate::runtime::Snapshot;
+use crate::wire::Outcome;
+use crate::wire::body::Body;
 
 /// Whose entries a request may see under `scope: key`: the virtual key's name; with
 /// `auth: passthrough` (every client is `anonymous`), a digest of the client's own credential.
@@ -43,9 +44,8 @@ pub fn response(served: Served, mut exchange: Exchange) -> Response<Body> {
         Served::Whole { body, sse, origin } => (Source::Whole(Some(body)), sse, origin),
         Served::Shared { follower, origin } => (Source::Shared(Box::pin(follower.into_stream())), true, origin),
     };
-    exchange.backend = origin.backend;
-    exchange.variant = origin.variant;
-    exchange.status = StatusCode::OK.as_u16();
+    exchange.set_backend(origin.backend, origin.variant);
+    exchange.record.status = StatusCode::OK.as_u16();
     let mut headers = HeaderMap::new();
     super::prepare_answer(&mut headers, sse, &mut exchange);
     let body = CachedBody { source, exchange, done: false };
@@ -96,7 +96,7 @@ impl http_body::Body for CachedBody {
             }
             Some(Next::Failed(message)) => {
                 this.done = true;
-                this.exchange.error = Some(message.clone());
+                this.exchange.record.error = Some(message.clone());
                 this.exchange.finish(Outcome::Failed);
                 let event = serde_json::json!({"error": {"message": message, "type": "api_error", "code": "upstream_error", "param": null}});
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))))

@@ -1,14 +1,15 @@
 //! Proxy: the request path for inference endpoints, from parsed request to streamed answer.
 //!
 //! Owns: the order of steps — authenticate, read and parse the body once, resolve the model,
-//! pick a target, call the backend, stream the answer back with weir's headers — and the
-//! per-request [`Exchange`] that every tap reports from.
+//! admit against the key's limits, look the cache up, pick a target and call it, stream the
+//! answer back with weir's headers — and the per-request [`Exchange`] with the guards those
+//! steps take, released when the request ends. It is the only module that calls the
+//! features one after another.
 //! Must not: decide routing policy (`router`), speak a provider's protocol (`backends`), or
-//! map errors to statuses (`server::error`).
+//! map errors to statuses (the server does, for the [`Refused`] it gets back).
 
 mod cached;
-mod record;
-mod request;
+mod exchange;
 mod response;
 mod sse_filter;
 
@@ -16,74 +17,94 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::json;
 
-use crate::auth::Identity;
+use crate::auth::AuthError;
 use crate::backends::{BackendResponse, UpstreamAuth};
+use crate::cache::CacheRequest;
 use crate::config::AuthMode;
-use crate::headers::{X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT};
-use crate::router::{self, Outbound, Pick};
-use crate::server::body::{self, Body};
-use crate::server::error::GatewayError;
-use crate::snapshot::Snapshot;
+use crate::limits::{AdmitRequest, LimitError};
+use crate::router::{self, DispatchError, Outbound, Pick, RouteError};
+use crate::runtime::Snapshot;
+use crate::wire::body::{Body, read_body};
+use crate::wire::headers::{
+    X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT, millis_header,
+};
+use crate::wire::{CAPTURE_LIMIT, Capture, Endpoint, Outcome, RequestError, parse_head};
 
-pub use record::{Attempt, AttemptKind, CAPTURE_LIMIT, CacheStatus, Exchange, Outcome};
-pub use request::{RequestError, RequestHead, parse_head, read_body};
+use exchange::Exchange;
 
-/// The OpenAI endpoints weir forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
+/// Why the request path refused a request, before any answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// Boxed: a refusal carries its rate headers.
+    #[error(transparent)]
+    Limit(Box<LimitError>),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
 }
 
-impl Endpoint {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "chat",
-            Endpoint::Completions => "text_completion",
-            Endpoint::Embeddings => "embeddings",
-        }
+impl From<LimitError> for ProxyError {
+    fn from(err: LimitError) -> Self {
+        ProxyError::Limit(Box::new(err))
     }
 }
 
-/// Serves one inference request to the end; never fails — errors become OpenAI-shaped
-/// responses and are recorded on the exchange.
+/// A refused request, still to be answered: the server renders the error into its HTTP
+/// form, and [`Refused::respond`] adds weir's headers and ends the request's exchange.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ProxyError,
+    exchange: Exchange,
+}
+
+impl Refused {
+    /// Sends `render(error)` as the answer: weir's headers (overhead, cache status, the
+    /// key's rate headers, the backend tried) are added and the request is recorded.
+    pub fn respond(self, render: impl FnOnce(ProxyError) -> Response<Body>) -> Response<Body> {
+        let Refused { error, mut exchange } = self;
+        let message = error.to_string();
+        let mut response = render(error);
+        exchange.record.status = response.status().as_u16();
+        exchange.record.error = Some(message);
+        let headers = response.headers_mut();
+        set_overhead(headers, &mut exchange);
+        headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.record.cache.as_str()));
+        if let Some(admission) = &exchange.guards.admission {
+            admission.view.apply(headers);
+        }
+        // Known once a target was picked; errors before that have no backend to name.
+        if !exchange.record.backend.is_empty() {
+            set_header(headers, X_WEIR_BACKEND, &exchange.record.backend);
+            set_header(headers, X_WEIR_VARIANT, &exchange.record.variant);
+        }
+        exchange.finish(Outcome::Completed);
+        response
+    }
+}
+
+/// Serves one inference request: the streamed answer, or the refusal for the server to
+/// render. Either way the request is recorded exactly once.
 pub async fn handle(
     snapshot: Arc<Snapshot>,
     request: Request<Incoming>,
     endpoint: Endpoint,
     request_id: String,
     started: Instant,
-) -> Response<Body> {
-    let mut exchange = Exchange::new(Arc::clone(&snapshot), request_id, started);
-    exchange.endpoint = Some(endpoint);
-    crate::telemetry::trace::begin(&mut exchange, request.headers());
-    snapshot.datasets.begin(&exchange.request_id);
+) -> Result<Response<Body>, Refused> {
+    let mut exchange = Exchange::begin(Arc::clone(&snapshot), request_id, started, endpoint, request.headers());
     match forward(&snapshot, request, endpoint, &mut exchange).await {
-        Ok(Reply::Upstream(answer)) => answer.into_response(exchange),
-        Ok(Reply::Cache(served)) => cached::response(served, exchange),
-        Err(err) => {
-            let mut response = err.to_response();
-            exchange.status = response.status().as_u16();
-            exchange.error = Some(err.to_string());
-            set_overhead(response.headers_mut(), &mut exchange);
-            response.headers_mut().insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
-            if let Some(admission) = &exchange.admission {
-                admission.view.apply(response.headers_mut());
-            }
-            // Known once a target was picked; errors before that have no backend to name.
-            if !exchange.backend.is_empty() {
-                set_header(response.headers_mut(), X_WEIR_BACKEND, &exchange.backend);
-                set_header(response.headers_mut(), X_WEIR_VARIANT, &exchange.variant);
-            }
-            exchange.finish(Outcome::Completed);
-            response
-        }
+        Ok(Reply::Upstream(answer)) => Ok(answer.into_response(exchange)),
+        Ok(Reply::Cache(served)) => Ok(cached::response(served, exchange)),
+        Err(error) => Err(Refused { error, exchange }),
     }
 }
 
@@ -110,39 +131,56 @@ async fn forward(
     request: Request<Incoming>,
     endpoint: Endpoint,
     exchange: &mut Exchange,
-) -> Result<Reply, GatewayError> {
+) -> Result<Reply, ProxyError> {
     let (parts, incoming) = request.into_parts();
     let identity = snapshot.keys.authenticate(&parts.headers)?;
-    exchange.key = identity.name().to_owned();
-    let body = request::read_body(&parts.headers, incoming, snapshot.config.server.max_body).await?;
+    exchange.record.key = identity.name().to_owned();
+    let body = read_body(&parts.headers, incoming, snapshot.config.server.max_body).await?;
     let head = parse_head(endpoint, &body)?;
-    exchange.model.clone_from(&head.model);
-    exchange.stream = head.stream;
-    exchange.request_body = body.clone();
+    exchange.record.model.clone_from(&head.model);
+    exchange.record.stream = head.stream;
+    exchange.record.request_body = body.clone();
 
     let route = snapshot.route(&head.model)?;
+    exchange.record.model_configured = true;
     if !identity.may_use(&head.model) {
-        return Err(crate::auth::AuthError::ModelNotAllowed { model: head.model }.into());
+        return Err(AuthError::ModelNotAllowed { model: head.model }.into());
     }
     // Limits: once the key may use the model, before anything is looked up or sent. A
     // response cache's lookup comes after this, so hits count against the key's limits too.
-    exchange.admission = snapshot.limits.admit(&snapshot.metrics, &exchange.key, endpoint, route, &body).await?;
+    let admit = AdmitRequest {
+        key: identity.name(),
+        endpoint,
+        models: route.token_models(),
+        price: route.config.price,
+        body: &body,
+    };
+    exchange.guards.admission = snapshot.limits.admit(&snapshot.metrics, admit).await?;
     if let Some(ttl) = route.config.cache_ttl {
         let scope = cached::scope(snapshot, &identity, &parts.headers);
-        let lookup = crate::cache::CacheRequest {
-            endpoint,
-            key_name: &scope,
-            model: &head.model,
-            body: &body,
-            stream: head.stream,
-            ttl,
-            headers: &parts.headers,
-        };
-        if let Some(served) = snapshot.cache.begin(lookup, exchange).await {
+        let lookup = snapshot
+            .cache
+            .begin(CacheRequest {
+                endpoint,
+                key_name: &scope,
+                model: &head.model,
+                body: &body,
+                stream: head.stream,
+                ttl,
+                headers: &parts.headers,
+                metrics: &snapshot.metrics,
+            })
+            .await;
+        exchange.record.cache = lookup.status;
+        if lookup.fill.is_some() {
+            exchange.wants_assembly = true;
+            exchange.guards.fill = lookup.fill;
+        }
+        if let Some(served) = lookup.served {
             return Ok(Reply::Cache(served));
         }
     }
-    exchange.experiment.clone_from(&route.config.experiment);
+    exchange.record.experiment.clone_from(&route.config.experiment);
     let pick = Pick {
         pinned: route.pinned(parts.headers.get(X_WEIR_VARIANT))?,
         sticky: route.sticky_hash(identity.name(), head.user.as_deref(), &parts.headers),
@@ -153,8 +191,8 @@ async fn forward(
         AuthMode::Keys | AuthMode::None => UpstreamAuth::Backend,
     };
     let outbound = Outbound { endpoint, head: &head, body: &body, auth };
-    let dispatched = router::dispatch(route, pick, outbound, exchange).await?;
-    exchange.target_hold = Some(dispatched.hold);
+    let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
+    exchange.guards.target = Some(dispatched.hold);
     Ok(Reply::Upstream(Answer {
         upstream: dispatched.response,
         sent: dispatched.sent,
@@ -169,7 +207,7 @@ impl Answer {
         let upstream = self.upstream;
         let sse = self.stream
             || upstream.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        exchange.status = upstream.status.as_u16();
+        exchange.record.status = upstream.status.as_u16();
         let mut headers = upstream.headers;
         prepare_answer(&mut headers, sse, &mut exchange);
 
@@ -190,8 +228,8 @@ impl Answer {
 /// headers for streams), weir's headers, the key's rate headers, and a capture so the taps
 /// can read the answer back when the exchange finishes.
 fn prepare_answer(headers: &mut HeaderMap, sse: bool, exchange: &mut Exchange) {
-    exchange.sse = sse;
-    exchange.capture = Some(crate::wire::Capture::new(record::CAPTURE_LIMIT));
+    exchange.record.sse = sse;
+    exchange.capture = Some(Capture::new(CAPTURE_LIMIT));
     if sse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -199,41 +237,20 @@ fn prepare_answer(headers: &mut HeaderMap, sse: bool, exchange: &mut Exchange) {
     } else if !headers.contains_key(CONTENT_TYPE) {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    set_header(headers, X_WEIR_BACKEND, &exchange.backend);
-    set_header(headers, X_WEIR_VARIANT, &exchange.variant);
-    headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.cache.as_str()));
+    set_header(headers, X_WEIR_BACKEND, &exchange.record.backend);
+    set_header(headers, X_WEIR_VARIANT, &exchange.record.variant);
+    headers.insert(X_WEIR_CACHE, HeaderValue::from_static(exchange.record.cache.as_str()));
     set_overhead(headers, exchange);
-    if let Some(admission) = &exchange.admission {
+    if let Some(admission) = &exchange.guards.admission {
         admission.view.apply(headers);
     }
 }
 
-/// `GET /v1/models`: the public models this key may use, in OpenAI's list shape.
-pub fn list_models(snapshot: &Snapshot, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
-    let identity: Identity<'_> = snapshot.keys.authenticate(headers)?;
-    let created = snapshot.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut names: Vec<&String> = snapshot.models.keys().filter(|name| identity.may_use(name)).collect();
-    names.sort();
-    let data: Vec<_> = names
-        .into_iter()
-        .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "weir"}))
-        .collect();
-    Ok(body::json(StatusCode::OK, json!({"object": "list", "data": data}).to_string()))
-}
-
 /// Reports weir's own time so far, and keeps it for `weir_overhead_seconds`.
 fn set_overhead(headers: &mut HeaderMap, exchange: &mut Exchange) {
-    let overhead = exchange.overhead();
-    exchange.weir_time = Some(overhead);
+    let overhead = exchange.record.overhead();
+    exchange.record.weir_time = Some(overhead);
     headers.insert(X_WEIR_OVERHEAD_MS, millis_header(overhead));
-}
-
-/// `1.234` (milliseconds, microsecond precision), formatted with integers: float
-/// formatting showed up in profiles of the hot path.
-pub fn millis_header(duration: std::time::Duration) -> HeaderValue {
-    let micros = duration.as_micros();
-    let text = format!("{}.{:03}", micros / 1000, micros % 1000);
-    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0.000"))
 }
 
 fn set_header(headers: &mut HeaderMap, name: http::HeaderName, value: &str) {

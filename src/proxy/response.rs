@@ -15,9 +15,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::record::{Exchange, Outcome};
+use super::Exchange;
 use super::sse_filter::UsageChunkFilter;
 use crate::backends::{InflightPermit, TimeoutPhase, UpstreamBody};
+use crate::cache::{Origin, finish_for_followers};
+use crate::wire::Outcome;
 
 /// Error type of a response body that had to be cut (non-SSE only; SSE ends with an event).
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,7 @@ impl ProxyBody {
     /// connection for anything else (a truncated JSON body must not look complete).
     fn fail(&mut self, code: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
         self.done = true;
-        self.exchange.error = Some(message.clone());
+        self.exchange.record.error = Some(message.clone());
         self.exchange.finish(Outcome::Failed);
         if !self.sse {
             return Poll::Ready(Some(Err(BodyCut(message))));
@@ -127,7 +129,7 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(Some(Err(err))) => {
-                let message = format!("backend `{}` failed mid-response: {err}", this.exchange.backend);
+                let message = format!("backend `{}` failed mid-response: {err}", this.exchange.record.backend);
                 this.fail("upstream_error", message)
             }
             Poll::Ready(None) => {
@@ -149,7 +151,7 @@ impl Body for ProxyBody {
                     };
                     let limit = if phase == TimeoutPhase::Total { "total" } else { "idle" };
                     let message =
-                        format!("backend `{}` timed out mid-response ({limit} timeout)", this.exchange.backend);
+                        format!("backend `{}` timed out mid-response ({limit} timeout)", this.exchange.record.backend);
                     return this.fail("upstream_timeout", message);
                 }
                 Poll::Pending
@@ -177,11 +179,12 @@ impl Drop for ProxyBody {
         }
         // The client left mid-stream; identical requests reading this stream through the
         // cache get the rest of it instead of a cut.
-        if let Some(fill) = self.exchange.cache_fill.take_if(|fill| fill.has_stream_followers()) {
-            let upstream = std::mem::replace(&mut self.upstream, UpstreamBody::Full(None));
-            let origin =
-                crate::cache::Origin { backend: self.exchange.backend.clone(), variant: self.exchange.variant.clone() };
-            crate::cache::finish_for_followers(fill, upstream, self.idle, self.deadline, self._permit.take(), origin);
+        if let Some(fill) = self.exchange.guards.fill.take_if(|fill| fill.has_stream_followers()) {
+            let mut upstream = std::mem::replace(&mut self.upstream, UpstreamBody::Full(None));
+            let record = &self.exchange.record;
+            let origin = Origin { backend: record.backend.clone(), variant: record.variant.clone() };
+            let chunks = futures_util::stream::poll_fn(move |cx| upstream.poll_chunk(cx));
+            finish_for_followers(fill, chunks, self.idle, self.deadline, self._permit.take(), origin);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The attempt loop: retries with backoff, then the variant's other targets, then fallbacks.
 //!
 //! Owns: the order targets are tried in, whether a failure is retried, moved past or
-//! relayed, the backoff between tries, and reporting each attempt (exchange history,
+//! relayed, the backoff between tries, and reporting each attempt (the request's record,
 //! metrics, health, logs).
 //! Must not: retry once an answer's headers are accepted. Everything here happens before
 //! a byte reaches the client, so a stream is never replayed.
@@ -21,10 +21,10 @@ use http::StatusCode;
 
 use super::health::{InFlight, Verdict};
 use super::{ModelRoute, Pick, RouteError, Target, hints};
-use crate::backends::{BackendCall, BackendError, BackendResponse, BackendRuntime, UpstreamAuth};
+use crate::backends::{BackendCall, BackendError, BackendResponse, BackendRuntime, UpstreamAuth, upstream_message};
 use crate::config::RetryConfig;
-use crate::proxy::{Attempt, AttemptKind, Endpoint, Exchange, RequestHead};
-use crate::server::error::{GatewayError, upstream_message};
+use crate::telemetry::metrics::Metrics;
+use crate::wire::{Attempt, AttemptKind, Endpoint, Record, RequestHead};
 
 /// Upstream error bodies are read whole up to this size to relay their message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -41,6 +41,22 @@ pub struct Outbound<'a> {
     /// The client's body; each target gets it with its own upstream model name.
     pub body: &'a Bytes,
     pub auth: UpstreamAuth<'a>,
+}
+
+/// Why no answer came back: nothing could be tried, or the last failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// Boxed: an upstream rejection carries its body, and errors travel by value.
+    #[error(transparent)]
+    Backend(Box<BackendError>),
+}
+
+impl From<BackendError> for DispatchError {
+    fn from(err: BackendError) -> Self {
+        DispatchError::Backend(Box::new(err))
+    }
 }
 
 /// The answer weir commits to.
@@ -73,21 +89,22 @@ struct Classified {
     move_on: bool,
 }
 
-/// Tries targets until one answers. On success `exchange.backend`/`variant` name the target
-/// that answered; on failure, the last one tried. Every attempt is in `exchange.attempts`.
+/// Tries targets until one answers. On success `record.backend`/`variant` name the target
+/// that answered; on failure, the last one tried. Every attempt is in `record.attempts`.
 pub async fn dispatch(
     route: &ModelRoute,
     pick: Pick,
     outbound: Outbound<'_>,
-    exchange: &mut Exchange,
-) -> Result<Dispatched, GatewayError> {
+    metrics: &Metrics,
+    record: &mut Record,
+) -> Result<Dispatched, DispatchError> {
     let mut last: Option<BackendError> = None;
     let mut first_kind = AttemptKind::Primary;
     let chosen = route.choose(pick, tokio::time::Instant::now());
     if let Some((variant, first)) = chosen.clone() {
         let siblings = variant.filter(|&i| i != first);
         for index in std::iter::once(first).chain(siblings) {
-            match try_target(route, &route.targets[index], first_kind, outbound, exchange).await {
+            match try_target(route, &route.targets[index], first_kind, outbound, metrics, record).await {
                 Outcome::Answered(answer) => return Ok(answer),
                 Outcome::Relay(err) => return Err(err.into()),
                 Outcome::Failed(err) => {
@@ -104,7 +121,7 @@ pub async fn dispatch(
         if tried.iter().any(|t| Arc::ptr_eq(&t.health, &target.health)) {
             continue;
         }
-        match try_target(route, target, AttemptKind::Fallback, outbound, exchange).await {
+        match try_target(route, target, AttemptKind::Fallback, outbound, metrics, record).await {
             Outcome::Answered(answer) => return Ok(answer),
             Outcome::Relay(err) => return Err(err.into()),
             Outcome::Failed(err) => last = Some(err),
@@ -129,7 +146,8 @@ async fn try_target(
     target: &Target,
     first_kind: AttemptKind,
     outbound: Outbound<'_>,
-    exchange: &mut Exchange,
+    metrics: &Metrics,
+    record: &mut Record,
 ) -> Outcome {
     let retry = &route.config.retry;
     let mut failed = None;
@@ -138,12 +156,13 @@ async fn try_target(
             let pause = backoff(number);
             tokio::time::sleep(pause).await;
             // Waiting out a backend's failure is backend time, not weir's overhead.
-            exchange.backend_wait += pause;
+            record.backend_wait += pause;
         }
         let Some(mut hold) = target.health.admit(tokio::time::Instant::now()) else { break };
         let kind = if number > 0 { AttemptKind::Retry } else { first_kind };
-        exchange.backend.clone_from(&target.backend.config.name);
-        exchange.variant.clone_from(&target.variant);
+        record.backend.clone_from(&target.backend.config.name);
+        record.provider = Some(target.backend.config.kind.genai_provider());
+        record.variant.clone_from(&target.variant);
         let call = BackendCall {
             endpoint: outbound.endpoint,
             body: outbound.head.body_for_upstream(outbound.body, &target.model),
@@ -151,22 +170,22 @@ async fn try_target(
             params: &target.params,
             stream: outbound.head.stream,
             auth: outbound.auth,
-            request_id: &exchange.request_id,
-            traceparent: exchange.trace.upstream_header(exchange.attempts.len()),
+            request_id: &record.request_id,
+            traceparent: record.trace.upstream_header(record.attempts.len()),
         };
         let sent = tokio::time::Instant::now();
-        let offset = exchange.started.elapsed();
+        let offset = record.started.elapsed();
         let result = match target.backend.send(call).await {
             Ok(response) if response.status.is_success() => Ok(response),
             Ok(response) => Err(rejection(target, response).await),
             Err(err) => Err((err, None)),
         };
         let duration = sent.elapsed();
-        exchange.backend_wait += duration;
+        record.backend_wait += duration;
         let (err, hint) = match result {
             Ok(response) => {
                 hold.verdict(Verdict::Success);
-                record(exchange, target, kind, offset, duration, Some(response.status), None);
+                push_attempt(record, target, kind, offset, duration, Some(response.status), None);
                 let backend = Arc::clone(&target.backend);
                 return Outcome::Answered(Dispatched { response, sent, backend, hold });
             }
@@ -175,19 +194,19 @@ async fn try_target(
         let classified = classify(&err, hint, retry);
         hold.verdict(classified.verdict);
         drop(hold);
-        exchange.snapshot.metrics.backend_error(target.backend.name(), err.reason());
+        metrics.backend_error(target.backend.name(), err.reason());
         let status = match &err {
             BackendError::Rejected { status, .. } => Some(*status),
             _ => None,
         };
-        record(exchange, target, kind, offset, duration, status, Some(&err));
+        push_attempt(record, target, kind, offset, duration, status, Some(&err));
         if !classified.move_on {
             return Outcome::Relay(err);
         }
         let again =
             classified.retry && number + 1 < retry.attempts && !matches!(classified.verdict, Verdict::RateLimited(_));
         tracing::info!(
-            request_id = %exchange.request_id, backend = target.backend.name(), model = %target.model,
+            request_id = %record.request_id, backend = target.backend.name(), model = %target.model,
             variant = %target.variant, attempt = number + 1, error = %err,
             next = if again { "retry" } else { "next target" },
             "upstream attempt failed"
@@ -256,8 +275,8 @@ async fn rejection(target: &Target, upstream: BackendResponse) -> (BackendError,
     (BackendError::Rejected { backend, status, message, body, retry_after }, hint)
 }
 
-fn record(
-    exchange: &mut Exchange,
+fn push_attempt(
+    record: &mut Record,
     target: &Target,
     kind: AttemptKind,
     offset: Duration,
@@ -265,9 +284,10 @@ fn record(
     status: Option<StatusCode>,
     error: Option<&BackendError>,
 ) {
-    exchange.attempts.push(Attempt {
+    record.attempts.push(Attempt {
         kind,
         backend: target.backend.config.name.clone(),
+        provider: target.backend.config.kind.genai_provider(),
         model: target.model.clone(),
         variant: target.variant.clone(),
         offset,

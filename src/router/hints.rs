@@ -9,16 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName};
 
-const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
-const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-
-/// Headers of a failed upstream answer that backends keep for [`retry_hint`] besides
-/// `Retry-After`.
-pub const RETRY_HINT_HEADERS: [HeaderName; 5] =
-    [RETRY_AFTER_MS, RESET_REQUESTS, RESET_TOKENS, REMAINING_REQUESTS, REMAINING_TOKENS];
+use crate::wire::headers::{REMAINING_REQUESTS, REMAINING_TOKENS, RESET_REQUESTS, RESET_TOKENS, RETRY_AFTER_MS};
 
 /// A hint longer than this is treated as this: a broken header must not bench a target for days.
 pub const MAX_HINT: Duration = Duration::from_secs(15 * 60);

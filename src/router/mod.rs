@@ -22,12 +22,12 @@ use tokio::time::Instant;
 use crate::backends::BackendRuntime;
 use crate::config::{ModelConfig, Sticky};
 
-pub use dispatch::{Dispatched, Outbound, dispatch};
+pub use dispatch::{DispatchError, Dispatched, Outbound, dispatch};
 pub use health::{
     Availability, BASE_EJECTION, CONSECUTIVE_FAILURES, FAILURE_RATIO, Health, HealthBuilder, InFlight, MAX_EJECTION,
     RATIO_MIN_REQUESTS, RATIO_WINDOW, TargetHealth, Verdict,
 };
-pub use hints::{RETRY_HINT_HEADERS, parse_go_duration, parse_retry_after, retry_hint};
+pub use hints::{parse_go_duration, parse_retry_after, retry_hint};
 pub use sticky::stable_hash;
 
 /// A public model with its targets resolved against the snapshot's backends.
@@ -114,6 +114,12 @@ impl ModelRoute {
             }
         }
         ModelRoute { config, targets, fallbacks, variants }
+    }
+
+    /// The names a prompt's tokens may be counted for, best first: the public name, then each
+    /// target's upstream model.
+    pub fn token_models(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.config.name.as_str()).chain(self.targets.iter().map(|t| t.model.as_str()))
     }
 
     /// The variant an `x-weir-variant` header pins, if any. An empty header pins nothing.

@@ -1,5 +1,7 @@
 //! The admin port's handlers: `/metrics`, `/healthz`, `/readyz`, and the token-guarded `/admin/*`
 //! (`POST /admin/reload`, `GET /admin/config`).
+//!
+//! Owns: the admin token check and those handlers. Must not: be reachable on the client port.
 
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};
@@ -8,10 +10,10 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use super::body::{self, Body};
+use super::AppState;
 use super::error::GatewayError;
-use crate::gateway::AppState;
-use crate::reload::{self, Trigger};
+use crate::runtime::reload::{self, Trigger};
+use crate::wire::body::{self, Body};
 
 pub async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
@@ -22,10 +24,7 @@ pub async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Respons
         (&Method::GET, "/readyz") => body::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         (_, path) if path.starts_with("/admin/") => {
             if !admin_authorized(state, &request) {
-                return body::json(
-                    StatusCode::UNAUTHORIZED,
-                    r#"{"error":{"message":"admin routes need `Authorization: Bearer <server.admin_token>`","type":"invalid_request_error","code":"invalid_admin_token","param":null}}"#,
-                );
+                return GatewayError::AdminUnauthorized.to_response();
             }
             admin_route(state, request).await
         }
@@ -65,10 +64,7 @@ async fn key_usage(state: &AppState, name: &str) -> Response<Body> {
     let snapshot = state.snapshot();
     match snapshot.limits.usage(name).await {
         Some(usage) => body::json(StatusCode::OK, usage.to_string()),
-        None => body::json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": {"message": format!("no key named `{name}` in the config"), "type": "invalid_request_error", "code": "key_not_found", "param": null}}).to_string(),
-        ),
+        None => GatewayError::KeyNotFound(name.to_owned()).to_response(),
     }
 }
 

@@ -4,20 +4,25 @@
 //! turns any of them into OpenAI's error shape
 //! `{"error": {"message", "type", "code", "param"}}`. The `match` in `describe` has no
 //! catch-all arm, so a new error cannot ship without a status.
+//!
+//! Owns: [`GatewayError`] and its one exhaustive map to status, type, code and headers (the
+//! request path's refusals and the admin port's errors included). Must not: be bypassed by a
+//! hand-written error body anywhere else.
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::body::{self, Body};
 use crate::auth::AuthError;
 use crate::backends::BackendError;
 use crate::datasets::feedback::FeedbackError;
 use crate::limits::{LimitError, headers as rate_headers};
-use crate::proxy::RequestError;
-use crate::reload::ReloadError;
-use crate::router::RouteError;
+use crate::proxy::ProxyError;
+use crate::router::{DispatchError, RouteError};
+use crate::runtime::reload::ReloadError;
+use crate::wire::RequestError;
+use crate::wire::body::{self, Body};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -41,6 +46,10 @@ pub enum GatewayError {
     MethodNotAllowed { method: http::Method, path: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("admin routes need `Authorization: Bearer <server.admin_token>`")]
+    AdminUnauthorized,
+    #[error("no key named `{0}` in the config")]
+    KeyNotFound(String),
     /// `POST /admin/reload` rejected the config; the active one stays.
     #[error("config reload rejected, the active config stays: {0}")]
     Reload(#[from] ReloadError),
@@ -55,6 +64,28 @@ impl From<LimitError> for GatewayError {
 impl From<BackendError> for GatewayError {
     fn from(err: BackendError) -> Self {
         GatewayError::Backend(Box::new(err))
+    }
+}
+
+impl From<DispatchError> for GatewayError {
+    fn from(err: DispatchError) -> Self {
+        match err {
+            DispatchError::Route(err) => GatewayError::Route(err),
+            DispatchError::Backend(err) => GatewayError::Backend(err),
+        }
+    }
+}
+
+/// The request path's refusals are the same errors, mapped the same way.
+impl From<ProxyError> for GatewayError {
+    fn from(err: ProxyError) -> Self {
+        match err {
+            ProxyError::Request(err) => GatewayError::Request(err),
+            ProxyError::Auth(err) => GatewayError::Auth(err),
+            ProxyError::Route(err) => GatewayError::Route(err),
+            ProxyError::Limit(err) => GatewayError::Limit(err),
+            ProxyError::Dispatch(err) => err.into(),
+        }
     }
 }
 
@@ -161,6 +192,10 @@ impl GatewayError {
                 plain(S::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed"))
             }
             GatewayError::Internal(_) => plain(S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
+            GatewayError::AdminUnauthorized => {
+                plain(S::UNAUTHORIZED, "invalid_request_error", Some("invalid_admin_token"))
+            }
+            GatewayError::KeyNotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("key_not_found")),
             GatewayError::Reload(err) => match err {
                 ReloadError::Invalid(_) | ReloadError::Tls(_) | ReloadError::Backend(_) | ReloadError::Bind { .. } => {
                     plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_config"))
@@ -221,17 +256,4 @@ fn error_json(described: &Described, message: &str) -> Bytes {
 
 fn is_openai_error(body: &[u8]) -> bool {
     serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("error").is_some_and(Value::is_object))
-}
-
-/// The `message` of an OpenAI-shaped error body, or the body itself as text.
-pub fn upstream_message(body: &[u8]) -> String {
-    let parsed = serde_json::from_slice::<Value>(body).ok();
-    let message = parsed
-        .as_ref()
-        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("message")).or_else(|| v.get("error")));
-    match message {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::from_utf8_lossy(body).trim().chars().take(1000).collect(),
-    }
 }

@@ -1,6 +1,8 @@
 //! One accept loop on one address, as the gateway runs it: bound, started, and stopped with
 //! a drain. A reload that moves `listen` or `admin_listen` binds the new address first,
 //! starts its loop, then stops the old one, whose open connections finish their requests.
+//!
+//! Owns: [`Bound`] sockets and [`Listener`] loops. Must not: serve a request itself.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Handler, TlsAcceptorSource};
+use super::Handler;
+use crate::runtime::tls::TlsAcceptorSource;
 
 /// A bound socket not yet accepting.
 pub struct Bound {

@@ -1,17 +1,20 @@
-//! Server: listeners, connections and the route table.
+//! Server: listeners, connections, the route table and every HTTP handler.
 //!
 //! Owns: binding sockets (`TCP_NODELAY`, deep accept backlog), HTTP/1.1 and HTTP/2 (h2c and
 //! TLS with ALPN) via hyper-util's auto builder, request ids, catching panics as 500s,
-//! graceful shutdown that lets in-flight requests and streams finish up to a deadline, and
-//! turning every error into OpenAI's error shape (`error`).
-//! Must not: know about models, keys or backends — it hands requests to `proxy` and `admin`.
+//! graceful shutdown that lets in-flight requests and streams finish up to a deadline; the
+//! shared [`AppState`]; the handlers (`admin`, `feedback`, `models`, and the inference
+//! endpoints through `proxy`); and the one map from every error to an HTTP answer (`error`).
+//! Must not: decide anything about a request's model, key or backend: the inference path is
+//! `proxy`'s, the decisions are the features'.
 
-pub mod admin;
-pub mod body;
+mod admin;
 pub mod error;
+mod feedback;
 mod listener;
+mod models;
 mod routes;
-mod tls;
+mod state;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,9 +33,10 @@ use tokio::sync::watch;
 
 pub use listener::{Bound, Listener};
 pub use routes::{admin_service, client_service};
-pub use tls::{ActiveTls, TlsAcceptorSource, TlsError, TlsFiles, load_tls};
+pub use state::AppState;
 
-use body::Body;
+use crate::runtime::tls::TlsAcceptorSource;
+use crate::wire::body::Body;
 
 /// Pending connections the kernel may queue; bursts of thousands of clients connect at once.
 const ACCEPT_BACKLOG: u32 = 8192;

@@ -1,4 +1,7 @@
 //! The route tables: which path goes to which handler, and nothing else.
+//!
+//! Owns: the client and admin route tables and weir's own response headers (request id,
+//! overhead). Must not: hold handler logic.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,13 +9,12 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
-use super::body::Body;
 use super::error::GatewayError;
-use super::{FnHandler, Handler, admin};
-use crate::datasets;
-use crate::gateway::AppState;
-use crate::headers::{X_REQUEST_ID, X_WEIR_OVERHEAD_MS};
-use crate::proxy::{self, Endpoint};
+use super::{AppState, FnHandler, Handler, admin, feedback, models};
+use crate::proxy;
+use crate::wire::Endpoint;
+use crate::wire::body::Body;
+use crate::wire::headers::{X_REQUEST_ID, X_WEIR_OVERHEAD_MS, millis_header};
 
 /// Longest client-supplied `x-request-id` we keep; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -45,13 +47,16 @@ async fn route_client(
     };
     match (request.method(), endpoint, path) {
         (&Method::POST, Some(endpoint), _) => {
-            proxy::handle(state.snapshot(), request, endpoint, request_id.to_owned(), started).await
+            match proxy::handle(state.snapshot(), request, endpoint, request_id.to_owned(), started).await {
+                Ok(answer) => answer,
+                Err(refused) => refused.respond(|err| GatewayError::from(err).to_response()),
+            }
         }
         (&Method::GET, None, "/models") => {
-            proxy::list_models(&state.snapshot(), request.headers()).unwrap_or_else(|err| err.to_response())
+            models::list(&state.snapshot(), request.headers()).unwrap_or_else(|err| err.to_response())
         }
         (&Method::POST, None, "/feedback") => {
-            datasets::feedback::handle(&state.snapshot(), request).await.unwrap_or_else(|err| err.to_response())
+            feedback::handle(&state.snapshot(), request).await.unwrap_or_else(|err| err.to_response())
         }
         (method, Some(_), _) | (method, None, "/models" | "/feedback") => {
             GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() }
@@ -78,7 +83,7 @@ fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant) {
         headers.insert(X_REQUEST_ID, value);
     }
     if !headers.contains_key(&X_WEIR_OVERHEAD_MS) {
-        headers.insert(X_WEIR_OVERHEAD_MS, proxy::millis_header(started.elapsed()));
+        headers.insert(X_WEIR_OVERHEAD_MS, millis_header(started.elapsed()));
     }
 }
 

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 
 use self::family::{Counter, Family, Histogram};
 use crate::config::Config;
-use crate::proxy::{Exchange, Outcome};
+use crate::wire::{Outcome, Record};
 
 /// Outcome label of `weir_cache_requests_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,37 +132,37 @@ impl Metrics {
     }
 
     /// One finished request: `weir_requests_total`, durations, TTFT, overhead, tokens, cost.
-    pub fn record_exchange(&self, exchange: &Exchange, outcome: Outcome) {
+    pub fn record_request(&self, record: &Record) {
         // The model is the client's text until routing accepted it: only configured names
         // become labels.
-        let model = if exchange.snapshot.models.contains_key(&exchange.model) { exchange.model.as_str() } else { "" };
-        let (backend, variant) = (exchange.backend.as_str(), exchange.variant.as_str());
-        let status = if exchange.status == 0 { 499 } else { exchange.status.clamp(100, 599) };
+        let model = if record.model_configured { record.model.as_str() } else { "" };
+        let (backend, variant) = (record.backend.as_str(), record.variant.as_str());
+        let status = if record.status == 0 { 499 } else { record.status.clamp(100, 599) };
         let mut digits = [0u8; 3];
         self.requests
-            .with([model, backend, variant, status_label(status, &mut digits), exchange.cache.as_str()], Counter::inc);
+            .with([model, backend, variant, status_label(status, &mut digits), record.cache.as_str()], Counter::inc);
         self.routes.with([model, backend, variant], |route| {
-            route.duration.observe(exchange.duration.as_secs_f64());
-            if exchange.stream && (200..300).contains(&status) {
-                if let Some(first_byte) = exchange.first_byte {
+            route.duration.observe(record.duration.as_secs_f64());
+            if record.stream && (200..300).contains(&status) {
+                if let Some(first_byte) = record.first_byte {
                     route.ttft.observe(first_byte.as_secs_f64());
                 }
             }
-            if let Some(usage) = exchange.usage {
+            if let Some(usage) = record.usage {
                 route.tokens[0].add(usage.prompt_tokens);
                 route.tokens[1].add(usage.completion_tokens);
                 route.tokens[2].add(usage.cached_tokens);
             }
         });
-        if let Some(cost) = exchange.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
-            self.cost.with([model, backend, variant, exchange.key.as_str()], |c| c.add((cost * NANO) as u64));
+        if let Some(cost) = record.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
+            self.cost.with([model, backend, variant, record.key.as_str()], |c| c.add((cost * NANO) as u64));
         }
-        for (index, attempt) in exchange.attempts.iter().enumerate() {
-            let time = super::backend_time(exchange, index);
+        for (index, attempt) in record.attempts.iter().enumerate() {
+            let time = record.backend_time(index);
             self.backend_duration.with([attempt.backend.as_str()], |h| h.observe(time.as_secs_f64()));
         }
-        self.overhead.observe(super::weir_time(exchange).as_secs_f64());
-        if outcome == Outcome::Failed && !backend.is_empty() {
+        self.overhead.observe(record.weir_time().as_secs_f64());
+        if record.outcome == Outcome::Failed && !backend.is_empty() {
             self.backend_error(backend, "midstream");
         }
     }

@@ -5,10 +5,8 @@
 //! stalls a request (lines are dropped, not waited for, when the queue is full).
 //! Must not: block the request path or put raw client input into metric labels.
 
-pub mod metrics;
-pub mod trace;
-
-use std::time::Duration;
+pub(crate) mod metrics;
+pub(crate) mod trace;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -36,18 +34,4 @@ pub fn init_logging(format: LogFormat) -> WorkerGuard {
         eprintln!("weir: logging already initialised: {err}");
     }
     guard
-}
-
-/// Time spent in weir itself: what `x-weir-overhead-ms` said when the response headers
-/// went out, or (for a request that never got that far) everything but the backend wait.
-pub fn weir_time(exchange: &crate::proxy::Exchange) -> Duration {
-    exchange.weir_time.unwrap_or_else(|| exchange.duration.saturating_sub(exchange.backend_wait))
-}
-
-/// Time the backend took on attempt `index`: until its response headers, or, for the
-/// attempt whose answer went to the client, until the answer's last byte.
-pub fn backend_time(exchange: &crate::proxy::Exchange, index: usize) -> Duration {
-    let Some(attempt) = exchange.attempts.get(index) else { return Duration::ZERO };
-    let answered = index + 1 == exchange.attempts.len() && attempt.status == Some(exchange.status);
-    if answered { exchange.duration.saturating_sub(attempt.offset).max(attempt.duration) } else { attempt.duration }
 }

@@ -7,7 +7,22 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Assembled, RawUsage, Usage};
+use super::usage::{RawUsage, Usage};
+
+/// A complete answer read back from the wire, always in the non-streamed JSON shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assembled {
+    /// `chat.completion`, `text_completion` or the embeddings list, as a JSON value. A
+    /// streamed answer is folded into the shape the same request would have got unstreamed.
+    pub body: serde_json::Value,
+    pub usage: Option<Usage>,
+    /// One per choice, in choice order (`stop`, `length`, `tool_calls`, ...).
+    pub finish_reasons: Vec<String>,
+    /// The `model` the upstream named in its answer.
+    pub response_model: Option<String>,
+    /// Whether a streamed answer ended with `data: [DONE]` (always true for JSON).
+    pub complete: bool,
+}
 
 /// Reads `bytes` (a whole answer) back into its non-streamed shape.
 pub fn assemble(bytes: &[u8], sse: bool) -> Option<Assembled> {

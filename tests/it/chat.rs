@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use weir::backends::mock::Answer;
-use weir::proxy::Endpoint;
+use weir::wire::Endpoint;
 
 use crate::support::{self, ALL_KEY, Behavior, MockUpstream, TEAM_KEY, UPSTREAM_KEY};
 

@@ -180,7 +180,7 @@ async fn tls_upstream(dir: &Path) -> (u16, std::path::PathBuf, std::sync::Arc<st
                         seen.lock().expect("versions").push(request.version());
                         let body = http_body_util::BodyExt::collect(request.into_body()).await?.to_bytes();
                         let json: serde_json::Value = serde_json::from_slice(&body).expect("json body");
-                        let answer = weir::backends::mock::Answer::plan(weir::proxy::Endpoint::ChatCompletions, &json)
+                        let answer = weir::backends::mock::Answer::plan(weir::wire::Endpoint::ChatCompletions, &json)
                             .expect("answer");
                         let mut response =
                             http::Response::new(http_body_util::Full::new(bytes::Bytes::from(answer.to_json())));

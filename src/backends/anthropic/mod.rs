@@ -23,7 +23,7 @@ use super::client::{BodyError, UpstreamBody};
 use super::transport::{HttpUpstream, Transport, finish_headers, parse_url, secret_header};
 use super::{BackendBuildError, BackendCall, BackendError, BackendResponse, UpstreamAuth, params};
 use crate::config::BackendConfig;
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 pub use stream::{StreamError, StreamTranslator};
 

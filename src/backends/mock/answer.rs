@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 /// Words the mock writes; chosen by a hash of the prompt so the same prompt gets the same answer.
 const WORDS: &[&str] = &[

@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::client::UpstreamBody;
 use super::{BackendCall, BackendError, BackendResponse};
 use crate::config::MockSettings;
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 pub use answer::Answer;
 

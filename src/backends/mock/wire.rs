@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::answer::{Answer, Choice};
-use crate::proxy::Endpoint;
+use crate::wire::Endpoint;
 
 impl Answer {
     /// The non-streaming response body.

@@ -18,8 +18,8 @@ impl Cx<'_> {
         let mut names = HashMap::new();
         let mut dirs: HashMap<PathBuf, String> = HashMap::new();
         let mut datasets = Vec::with_capacity(raw.datasets.len());
-        if raw.datasets.len() > crate::datasets::MAX_DATASETS {
-            self.key_err("datasets", format!("at most {} datasets are supported", crate::datasets::MAX_DATASETS));
+        if raw.datasets.len() > crate::config::MAX_DATASETS {
+            self.key_err("datasets", format!("at most {} datasets are supported", crate::config::MAX_DATASETS));
         }
         for (i, d) in raw.datasets.iter().enumerate() {
             let dp = join_index("datasets", i);

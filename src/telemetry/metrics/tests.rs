@@ -1,12 +1,11 @@
 //! The text exposition: names, labels, cumulative buckets, pre-registered series.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use super::{CacheResult, Metrics};
-use crate::proxy::{Attempt, AttemptKind, CacheStatus, Exchange, Outcome};
-use crate::snapshot::Snapshot;
-use crate::wire::Usage;
+use crate::wire::{Attempt, AttemptKind, CacheStatus, Outcome, Record, Usage};
 
 const CONFIG: &str = r#"
 backends:
@@ -23,9 +22,12 @@ keys:
 auth: { mode: keys }
 "#;
 
-fn snapshot() -> Arc<Snapshot> {
+/// Metrics with the series of `CONFIG` registered, as a snapshot build does.
+fn configured() -> Metrics {
     let config = crate::config::load_str(CONFIG, "t.yaml", &|_| None).expect("valid config");
-    Arc::new(Snapshot::build(config, None).expect("snapshot"))
+    let metrics = Metrics::new();
+    metrics.register_config(&config, vec![("mock".into(), Arc::new(AtomicU64::new(0)))]);
+    metrics
 }
 
 fn lines(text: &str) -> Vec<&str> {
@@ -38,10 +40,10 @@ fn has(text: &str, line: &str) {
 
 #[test]
 fn a_finished_stream_is_counted_timed_and_priced() {
-    let snapshot = snapshot();
     let metrics = Metrics::new();
-    let mut exchange = Exchange::new(Arc::clone(&snapshot), "req_1".into(), Instant::now());
+    let mut exchange = Record::new("req_1".into(), Instant::now());
     exchange.model = "chat".into();
+    exchange.model_configured = true;
     exchange.backend = "mock".into();
     exchange.variant = "control".into();
     exchange.key = "team".into();
@@ -56,6 +58,7 @@ fn a_finished_stream_is_counted_timed_and_priced() {
     exchange.attempts.push(Attempt {
         kind: AttemptKind::Primary,
         backend: "mock".into(),
+        provider: "weir.mock",
         model: "m1".into(),
         variant: "control".into(),
         offset: Duration::from_millis(1),
@@ -63,7 +66,8 @@ fn a_finished_stream_is_counted_timed_and_priced() {
         status: Some(200),
         error: None,
     });
-    metrics.record_exchange(&exchange, Outcome::Completed);
+    exchange.outcome = Outcome::Completed;
+    metrics.record_request(&exchange);
     let text = metrics.render();
 
     has(&text, r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss"} 1"#);
@@ -90,8 +94,7 @@ fn a_finished_stream_is_counted_timed_and_priced() {
 
 #[test]
 fn config_series_exist_at_zero_before_traffic() {
-    let snapshot = snapshot();
-    let text = snapshot.metrics.render();
+    let text = configured().render();
     has(&text, r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss"} 0"#);
     has(&text, r#"weir_cost_usd_total{model="chat",backend="mock",variant="control",key="team"} 0"#);
     has(&text, r#"weir_cache_requests_total{model="chat",result="hit"} 0"#);
@@ -104,15 +107,16 @@ fn config_series_exist_at_zero_before_traffic() {
 
 #[test]
 fn unknown_models_and_early_errors_take_no_client_text() {
-    let snapshot = snapshot();
     let metrics = Metrics::new();
-    let mut exchange = Exchange::new(Arc::clone(&snapshot), "req_2".into(), Instant::now());
+    let mut exchange = Record::new("req_2".into(), Instant::now());
     exchange.model = "made-up\"model".into();
     exchange.status = 404;
-    metrics.record_exchange(&exchange, Outcome::Completed);
-    let mut gone = Exchange::new(snapshot, "req_3".into(), Instant::now());
+    metrics.record_request(&exchange);
+    let mut gone = Record::new("req_3".into(), Instant::now());
     gone.model = "chat".into();
-    metrics.record_exchange(&gone, Outcome::ClientGone);
+    gone.model_configured = true;
+    gone.outcome = Outcome::ClientGone;
+    metrics.record_request(&gone);
     let text = metrics.render();
     has(&text, r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass"} 1"#);
     has(&text, r#"weir_requests_total{model="chat",backend="",variant="",status="499",cache="bypass"} 1"#);

@@ -1,11 +1,11 @@
 //! Traces: one server span per request and a client span per upstream attempt, exported
 //! over OTLP (gRPC or HTTP/protobuf) by a task of their own.
 //!
-//! Owns: the [`Tracer`] (config, export queue), the trace context of each request
-//! ([`context`]) and the span contents ([`spans`]).
-//! Must not: slow a request. The request path only decides ids and sampling when it starts
-//! and, when it finishes, copies plain data into a bounded queue (`try_send`: a full queue
-//! drops the trace). Spans are built and exported on the export task; its failure degrades
+//! Owns: the [`Tracer`] (config, export queue) and the span contents ([`spans`]), built from
+//! a request's finished [`Record`] (its trace ids and sampling come from
+//! `wire::trace_context`, decided when the request arrived).
+//! Must not: slow a request. When a request finishes, plain data is copied into a bounded
+//! queue (`try_send`: a full queue drops the trace). Spans are built and exported on the export task; its failure degrades
 //! tracing, never requests.
 //!
 //! Why not the SDK's `Tracer`: it draws span ids when a span starts, but weir must put the
@@ -13,7 +13,6 @@
 //! spans after the fact with exact start and end times. So spans are `SpanData` made here
 //! and handed to `opentelemetry-otlp`'s exporter directly.
 
-pub mod context;
 mod export;
 mod spans;
 
@@ -21,18 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::HeaderMap;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanExporter as _;
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{OtlpProtocol, TelemetryConfig};
-use crate::proxy::{Exchange, Outcome};
-
-pub use context::{SpanIds, TRACEPARENT, TraceContext};
+use crate::wire::{Record, TraceContext};
 
 /// Requests whose spans may wait for export; past this, traces are dropped.
 const QUEUE: usize = 8192;
@@ -115,13 +110,24 @@ impl Tracer {
         Ok(Tracer { config: config.clone(), queue, dropped: AtomicU64::new(0) })
     }
 
+    /// The share of new traces sampled, for the trace context of arriving requests.
+    pub fn sample_ratio(&self) -> f64 {
+        self.config.sample_ratio
+    }
+
+    /// Whether spans carry prompts and completions (the request path then reads the whole
+    /// answer back for sampled requests).
+    pub fn captures_content(&self) -> bool {
+        self.config.capture_content
+    }
+
     /// Queues the spans of a finished, sampled request.
-    pub fn record(&self, exchange: &Exchange, outcome: Outcome) {
-        let TraceContext::Local(ids) = exchange.trace else { return };
+    pub fn record(&self, request: &Record) {
+        let TraceContext::Local(ids) = request.trace else { return };
         if !ids.sampled {
             return;
         }
-        let record = spans::SpanRecord::from_exchange(exchange, ids, outcome, self.config.capture_content);
+        let record = spans::SpanRecord::from_record(request, ids, self.config.capture_content);
         if self.queue.try_send(export::Message::Record(Box::new(record))).is_err() {
             // Counted and reported in powers of two, so a stuck exporter cannot flood the log.
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -145,16 +151,6 @@ impl Tracer {
     }
 }
 
-/// Sets up tracing for a request that just arrived: its trace context and, when its spans
-/// carry content, the full read-back of the answer.
-pub fn begin(exchange: &mut Exchange, headers: &HeaderMap) {
-    let tracer = exchange.snapshot.tracer.as_deref();
-    exchange.trace = TraceContext::start(headers, tracer.map(|t| t.config.sample_ratio));
-    if exchange.trace.sampled() && tracer.is_some_and(|t| t.config.capture_content) {
-        exchange.wants_assembly = true;
-    }
-}
-
 /// The process's resource: `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` when set, else
 /// `service.name=weir`.
 fn resource() -> Resource {
@@ -170,70 +166,6 @@ fn http_traces_url(endpoint: &str) -> String {
     if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") }
 }
 
-/// The response model and finish reasons, read from a captured answer without assembling
-/// it (for spans when nothing asked for the whole answer).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AnswerSummary {
-    pub model: Option<String>,
-    pub finish_reasons: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct SummaryShape {
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<ChoiceShape>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceShape {
-    #[serde(default)]
-    index: usize,
-    finish_reason: Option<String>,
-}
-
-impl AnswerSummary {
-    /// Reads a JSON answer, or an SSE one's events (model from the first, each choice's
-    /// last non-null finish reason).
-    pub fn read(bytes: &[u8], sse: bool) -> AnswerSummary {
-        if !sse {
-            return match serde_json::from_slice::<SummaryShape>(bytes) {
-                Ok(shape) => AnswerSummary {
-                    model: shape.model,
-                    finish_reasons: shape.choices.into_iter().filter_map(|c| c.finish_reason).collect(),
-                },
-                Err(_) => AnswerSummary::default(),
-            };
-        }
-        let mut summary = AnswerSummary::default();
-        let mut reasons: Vec<Option<String>> = Vec::new();
-        let text = String::from_utf8_lossy(bytes);
-        for line in text.lines() {
-            let Some(data) = line.strip_prefix("data:").map(str::trim_start) else { continue };
-            let wanted = summary.model.is_none() || data.contains("\"finish_reason\":\"");
-            if !wanted || data == "[DONE]" {
-                continue;
-            }
-            let Ok(chunk) = serde_json::from_str::<SummaryShape>(data) else { continue };
-            if summary.model.is_none() {
-                summary.model = chunk.model;
-            }
-            for choice in chunk.choices {
-                if let Some(reason) = choice.finish_reason {
-                    if reasons.len() <= choice.index && choice.index < 128 {
-                        reasons.resize(choice.index + 1, None);
-                    }
-                    if let Some(slot) = reasons.get_mut(choice.index) {
-                        *slot = Some(reason);
-                    }
-                }
-            }
-        }
-        summary.finish_reasons = reasons.into_iter().flatten().collect();
-        summary
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,22 +174,5 @@ mod tests {
     fn http_endpoint_gets_the_traces_path_once() {
         assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(http_traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
-    }
-
-    #[test]
-    fn summary_of_json_and_sse_answers() {
-        let json =
-            br#"{"id":"x","model":"gpt-x","choices":[{"index":0,"finish_reason":"stop","message":{"content":"hi"}}]}"#;
-        assert_eq!(
-            AnswerSummary::read(json, false),
-            AnswerSummary { model: Some("gpt-x".into()), finish_reasons: vec!["stop".into()] }
-        );
-        let sse = b"data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n\
-data: {\"model\":\"m\",\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n\
-data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
-        assert_eq!(
-            AnswerSummary::read(sse, true),
-            AnswerSummary { model: Some("m".into()), finish_reasons: vec!["stop".into(), "length".into()] }
-        );
     }
 }

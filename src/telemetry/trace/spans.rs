@@ -1,10 +1,10 @@
 //! One finished request as OpenTelemetry spans: a server span and a client span per
 //! upstream attempt, with the GenAI semantic-convention attributes of SPEC §5.
 //!
-//! Owns: [`SpanRecord`], the plain data copied out of an [`Exchange`] when it finishes (a
-//! few clones, no parsing), and its conversion into `SpanData` on the export task, where
+//! Owns: [`SpanRecord`], the plain data copied out of a finished [`Record`] (a few clones,
+//! no parsing), and its conversion into `SpanData` on the export task, where
 //! the request body is read for temperature and token limits and content is attached.
-//! Must not: run on the request's task beyond [`SpanRecord::from_exchange`].
+//! Must not: run on the request's task beyond [`SpanRecord::from_record`].
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -16,10 +16,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::context::SpanIds;
-use crate::config::BackendKind;
-use crate::proxy::{AttemptKind, Endpoint, Exchange, Outcome};
-use crate::wire::Usage;
+use crate::wire::{AttemptKind, Endpoint, Outcome, Record, SpanIds, Usage};
 
 /// Longest prompt or completion text put on a span event; longer ones are cut (and marked).
 pub const CONTENT_LIMIT: usize = 32 * 1024;
@@ -71,71 +68,59 @@ struct AttemptRecord {
     error: Option<String>,
 }
 
-/// `gen_ai.provider.name` for a backend kind.
-fn provider(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::OpenAi => "openai",
-        BackendKind::Azure => "azure.ai.openai",
-        BackendKind::Anthropic => "anthropic",
-        BackendKind::Mock => "weir.mock",
-    }
-}
-
 impl SpanRecord {
-    pub fn from_exchange(exchange: &Exchange, ids: SpanIds, outcome: Outcome, capture_content: bool) -> SpanRecord {
-        let snapshot = &exchange.snapshot;
-        let provider_of = |backend: &str| snapshot.backends.get(backend).map(|b| provider(b.config.kind));
-        let configured = snapshot.models.contains_key(&exchange.model);
-        let (response_model, finish_reasons) = match (&exchange.assembled, &exchange.answer_summary) {
+    pub fn from_record(record: &Record, ids: SpanIds, capture_content: bool) -> SpanRecord {
+        let configured = record.model_configured;
+        let (response_model, finish_reasons) = match (&record.assembled, &record.answer_summary) {
             (Some(a), _) => (a.response_model.clone(), a.finish_reasons.clone()),
             (None, Some(s)) => (s.model.clone(), s.finish_reasons.clone()),
             (None, None) => (None, Vec::new()),
         };
-        let attempts = exchange
+        let attempts = record
             .attempts
             .iter()
             .enumerate()
             .map(|(index, a)| AttemptRecord {
                 kind: a.kind,
                 backend: a.backend.clone(),
-                provider: provider_of(&a.backend),
+                provider: Some(a.provider),
                 model: a.model.clone(),
                 variant: a.variant.clone(),
                 offset: a.offset,
-                duration: crate::telemetry::backend_time(exchange, index),
+                duration: record.backend_time(index),
                 status: a.status,
                 error: a.error.clone(),
             })
             .collect();
-        let completion = match (&exchange.assembled, capture_content) {
+        let completion = match (&record.assembled, capture_content) {
             (Some(a), true) => a.body.get("choices").or_else(|| a.body.get("data")).cloned(),
             _ => None,
         };
         SpanRecord {
             ids,
-            start: SystemTime::now().checked_sub(exchange.duration).unwrap_or_else(SystemTime::now),
-            duration: exchange.duration,
-            operation: exchange.endpoint.map_or("chat", Endpoint::as_str),
-            model: configured.then(|| exchange.model.clone()),
-            requested_model: truncate(&exchange.model, TEXT_LIMIT).into_owned(),
-            provider: provider_of(&exchange.backend),
-            backend: exchange.backend.clone(),
-            variant: exchange.variant.clone(),
-            key: exchange.key.clone(),
-            experiment: exchange.experiment.clone(),
-            request_id: exchange.request_id.clone(),
-            stream: exchange.stream,
-            status: exchange.status,
-            cache: exchange.cache.as_str(),
-            outcome,
-            error: exchange.error.clone(),
-            usage: exchange.usage,
-            cost_usd: exchange.cost_usd,
+            start: SystemTime::now().checked_sub(record.duration).unwrap_or_else(SystemTime::now),
+            duration: record.duration,
+            operation: record.endpoint.map_or("chat", Endpoint::as_str),
+            model: configured.then(|| record.model.clone()),
+            requested_model: truncate(&record.model, TEXT_LIMIT).into_owned(),
+            provider: record.provider,
+            backend: record.backend.clone(),
+            variant: record.variant.clone(),
+            key: record.key.clone(),
+            experiment: record.experiment.clone(),
+            request_id: record.request_id.clone(),
+            stream: record.stream,
+            status: record.status,
+            cache: record.cache.as_str(),
+            outcome: record.outcome,
+            error: record.error.clone(),
+            usage: record.usage,
+            cost_usd: record.cost_usd,
             response_model,
             finish_reasons,
-            first_byte: exchange.first_byte,
+            first_byte: record.first_byte,
             attempts,
-            request_body: exchange.request_body.clone(),
+            request_body: record.request_body.clone(),
             completion,
         }
     }

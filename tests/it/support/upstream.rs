@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use weir::backends::mock::Answer;
-use weir::proxy::Endpoint;
+use weir::wire::Endpoint;
 
 type UpBody = BoxBody<Bytes, std::io::Error>;
 

@@ -2,6 +2,9 @@
 //!
 //! The acceptor's config sits behind an `ArcSwapOption` so a new certificate (or TLS turned
 //! on or off by a reload) applies to new connections without a restart.
+//!
+//! Owns: reading certificate files and the live acceptor source. Must not: accept
+//! connections (the server does, with whatever acceptor is current).
 
 use std::path::Path;
 use std::sync::Arc;

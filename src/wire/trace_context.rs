@@ -5,9 +5,9 @@
 //! (a client's sampled flag wins; new traces are sampled at `sample_ratio`).
 //! Must not: allocate unless tracing is on or the client sent a header.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+use super::headers::TRACEPARENT;
 
 /// A request's place in a trace.
 #[derive(Debug, Clone, Default)]

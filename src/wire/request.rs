@@ -1,22 +1,19 @@
-//! Reading and checking a client's request: bounded body read, one parse of only the
-//! fields routing needs, and the model-name splice that lets the original bytes go upstream.
+//! Checking a client's request: one parse of only the fields routing needs, and the
+//! model-name splice that lets the original bytes go upstream.
+//!
+//! Owns: [`RequestHead`] and [`parse_head`], and [`RequestError`] for everything wrong with
+//! a request's body (reading it included, see `body`).
+//! Must not: parse more than routing, limits and the cache need.
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Endpoint;
-
-/// A client may take this long to send its body before we give up on it.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -78,29 +75,6 @@ struct WireMessage<'a> {
     #[serde(borrow)]
     #[expect(dead_code, reason = "deserialised only to check that every message has a string role")]
     role: Cow<'a, str>,
-}
-
-/// Reads the whole request body, refusing more than `limit` bytes.
-pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<Bytes, RequestError> {
-    let declared =
-        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(RequestError::BodyTooLarge { limit });
-    }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    let mut collect = std::pin::pin!(limited.collect());
-    // Small bodies usually arrive with the headers: only a body still in flight needs a timer.
-    let collected = match std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
-        Poll::Ready(collected) => collected,
-        Poll::Pending => tokio::time::timeout(BODY_READ_TIMEOUT, collect)
-            .await
-            .map_err(|_| RequestError::BodyTimeout(BODY_READ_TIMEOUT))?,
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(RequestError::BodyTooLarge { limit }),
-        Err(err) => Err(RequestError::BodyRead(err.to_string())),
-    }
 }
 
 /// Parses `body` once, checking the fields OpenAI would refuse to go without.

@@ -2,8 +2,11 @@
 //!
 //! A [`Snapshot`] is built from a validated [`Config`]: backends with their HTTP clients,
 //! model routes resolved to those backends, the key table. The live one sits in an
-//! `ArcSwap` (see [`crate::gateway`]); a request loads it once and keeps that `Arc` to the
+//! `ArcSwap` (see [`super::Runtime`]); a request loads it once and keeps that `Arc` to the
 //! end, so a reload is a swap and in-flight requests finish on the config they started with.
+//!
+//! Owns: [`Snapshot::build`], carrying from the previous snapshot what still exists (pools,
+//! health, counters, cache, writers). Must not: be changed once built.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,28 +3,29 @@
 //!
 //! Owns: reading the source again and validating it fully, building the next [`Snapshot`]
 //! from the live one (which carries connection pools, metrics and the other state of what
-//! still exists), the TLS certificate and listener changes a config brings, the atomic swap,
-//! one reload at a time, logging and counting each outcome; the file watcher (`watch`) and
-//! the `/admin/config` view (`view`).
-//! Must not: touch the request path. Requests load the live snapshot once and keep it, so
-//! in-flight ones finish on the config they started with; nothing here is held while a
-//! request waits.
+//! still exists), the TLS certificate change a config brings, the atomic swap, one reload
+//! at a time, logging and counting each outcome; the file watcher (`watch`) and the
+//! `/admin/config` view (`view`). Listeners that a new address moves are bound and started
+//! by the [`Host`] (the server), before anything else changes.
+//! Must not: touch the request path or name the server. Requests load the live snapshot
+//! once and keep it, so in-flight ones finish on the config they started with; nothing here
+//! is held while a request waits.
 
 mod view;
 mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::tls::{ActiveTls, TlsError, TlsFiles};
+use super::{Runtime, Snapshot};
 use crate::backends::BackendBuildError;
 use crate::config::{ConfigError, ConfigSource, TlsConfig};
-use crate::gateway::AppState;
-use crate::server::{ActiveTls, Bound, TlsError, TlsFiles};
-use crate::snapshot::Snapshot;
 
 pub use view::{config_view, outcome_json};
 pub use watch::FileWatcher;
-pub(crate) use watch::start as watch_files;
+pub use watch::start as watch_files;
 
 /// What asked for a reload; a label in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,25 @@ impl ReloadError {
     }
 }
 
+/// What serves the live state: the runtime it holds, and the listeners a reload may move.
+/// The server implements it; the reload path and the file watcher only call through it.
+pub trait Host: Send + Sync + Sized + 'static {
+    /// A socket bound for a listener, not yet accepting.
+    type Bound: Send;
+
+    fn runtime(&self) -> &Runtime;
+
+    /// The client and admin addresses as configured for the running listeners.
+    fn configured_addrs(&self) -> (SocketAddr, SocketAddr);
+
+    /// Binds a listener's socket for `addr` (a busy port rejects the reload).
+    fn bind(addr: SocketAddr) -> std::io::Result<Self::Bound>;
+
+    /// Starts accepting on the newly bound sockets and stops the listeners they replace;
+    /// those get `drain` to finish their open requests.
+    fn move_listeners(self: &Arc<Self>, client: Option<Self::Bound>, admin: Option<Self::Bound>, drain: Duration);
+}
+
 /// The reload state the gateway keeps: where the config comes from, and the lock that lets
 /// one reload run at a time (request handlers never take it).
 #[derive(Debug)]
@@ -115,7 +135,7 @@ impl Reloader {
     }
 
     /// Waits for a running reload and keeps others out while the guard lives (shutdown).
-    pub(crate) async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.serial.lock().await
     }
 }
@@ -123,10 +143,10 @@ impl Reloader {
 /// Reads the source again and, if it is valid and differs from the active config, makes it
 /// the active one. A rejected config is logged with its problems, counted, and changes
 /// nothing.
-pub async fn reload(state: &Arc<AppState>, trigger: Trigger) -> Result<ReloadOutcome, ReloadError> {
-    let _one_at_a_time = state.reloader().exclusive().await;
-    let old = state.snapshot();
-    let result = attempt(state, &old).await;
+pub async fn reload<H: Host>(host: &Arc<H>, trigger: Trigger) -> Result<ReloadOutcome, ReloadError> {
+    let _one_at_a_time = host.runtime().reloader().exclusive().await;
+    let old = host.runtime().snapshot();
+    let result = attempt(host, &old).await;
     report(&old, trigger, &result);
     result
 }
@@ -143,7 +163,8 @@ enum TlsChange {
     Use(ActiveTls),
 }
 
-async fn attempt(state: &Arc<AppState>, old: &Arc<Snapshot>) -> Result<ReloadOutcome, ReloadError> {
+async fn attempt<H: Host>(host: &Arc<H>, old: &Arc<Snapshot>) -> Result<ReloadOutcome, ReloadError> {
+    let state = host.runtime();
     let source = state.reloader().source().cloned().ok_or(ReloadError::NoSource)?;
     let active_tls = state.tls().current();
     let previous = Arc::clone(old);
@@ -156,9 +177,9 @@ async fn attempt(state: &Arc<AppState>, old: &Arc<Snapshot>) -> Result<ReloadOut
     // Bind moved listeners before anything changes, so a busy port rejects the whole reload.
     let server = &snapshot.as_ref().map_or(&old.config, |s| &s.config).server;
     let (listen, admin_listen, drain) = (server.listen, server.admin_listen, server.shutdown_timeout);
-    let (client_now, admin_now) = state.configured_addrs();
-    let client = bind_if_moved(client_now, listen)?;
-    let admin = bind_if_moved(admin_now, admin_listen)?;
+    let (client_now, admin_now) = host.configured_addrs();
+    let client = bind_if_moved::<H>(client_now, listen)?;
+    let admin = bind_if_moved::<H>(admin_now, admin_listen)?;
 
     match tls {
         TlsChange::Keep => {}
@@ -168,7 +189,7 @@ async fn attempt(state: &Arc<AppState>, old: &Arc<Snapshot>) -> Result<ReloadOut
     if let Some(snapshot) = snapshot {
         state.publish(snapshot);
     }
-    state.move_listeners(client, admin, drain);
+    host.move_listeners(client, admin, drain);
     Ok(ReloadOutcome::Applied)
 }
 
@@ -204,11 +225,11 @@ fn plan_tls(wanted: Option<&TlsConfig>, active: Option<&ActiveTls>) -> Result<Tl
     Ok(TlsChange::Use(files.build()?))
 }
 
-fn bind_if_moved(current: SocketAddr, wanted: SocketAddr) -> Result<Option<Bound>, ReloadError> {
+fn bind_if_moved<H: Host>(current: SocketAddr, wanted: SocketAddr) -> Result<Option<H::Bound>, ReloadError> {
     if current == wanted {
         return Ok(None);
     }
-    Bound::bind(wanted).map(Some).map_err(|source| ReloadError::Bind { addr: wanted, source })
+    H::bind(wanted).map(Some).map_err(|source| ReloadError::Bind { addr: wanted, source })
 }
 
 /// One log line per outcome (per problem when rejected) and `weir_config_reloads_total`.

@@ -1,10 +1,12 @@
 //! The JSON the admin port answers with: the active config (`GET /admin/config`) and a
 //! reload's outcome (`POST /admin/reload`).
+//!
+//! Owns: those two JSON shapes. Must not: show a secret (the config view is masked).
 
 use serde_json::{Value, json};
 
 use super::ReloadOutcome;
-use crate::snapshot::Snapshot;
+use crate::runtime::Snapshot;
 
 /// The active config as loaded (`${VAR}` expanded, secrets masked), where it came from, the
 /// SHA-256 of its bytes and when it became active (RFC 3339).

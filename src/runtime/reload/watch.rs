@@ -7,6 +7,8 @@
 //! on the file itself would follow. An event names a file; events for other files in those
 //! directories are ignored. A burst of events (an editor's write, rename and chmod) becomes
 //! one reload after [`DEBOUNCE`] of quiet, and a reload whose bytes did not change is a no-op.
+//!
+//! Owns: the [`FileWatcher`]. Must not: reload on its own terms: it calls the one reload path.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -20,9 +22,9 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Trigger, reload};
+use super::{Host, Trigger, reload};
 use crate::config::ConfigSource;
-use crate::gateway::AppState;
+use crate::runtime::Runtime;
 
 /// Quiet time after the last event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -44,8 +46,8 @@ type Names = Arc<ArcSwap<HashSet<OsString>>>;
 
 /// Starts watching the config file and the TLS files the active config names. `None` when
 /// the config does not come from a file, or the platform cannot watch (both logged).
-pub(crate) fn start(state: &Arc<AppState>) -> Option<FileWatcher> {
-    match state.reloader().source() {
+pub fn start<H: Host>(host: &Arc<H>) -> Option<FileWatcher> {
+    match host.runtime().reloader().source() {
         Some(ConfigSource::File(_)) => {}
         Some(ConfigSource::Embedded) => {
             tracing::info!(
@@ -73,14 +75,14 @@ pub(crate) fn start(state: &Arc<AppState>) -> Option<FileWatcher> {
         }
     };
     let mut watched = HashSet::new();
-    follow(&mut watcher, &mut watched, &names, &wanted_files(state));
-    let task = tokio::spawn(run(Arc::downgrade(state), woken, watcher, watched, names));
+    follow(&mut watcher, &mut watched, &names, &wanted_files(host.runtime()));
+    let task = tokio::spawn(run(Arc::downgrade(host), woken, watcher, watched, names));
     Some(FileWatcher { task })
 }
 
 /// Waits for events, lets them settle, reloads, and follows files the new config names.
-async fn run(
-    state: Weak<AppState>,
+async fn run<H: Host>(
+    host: Weak<H>,
     mut woken: mpsc::Receiver<()>,
     mut watcher: RecommendedWatcher,
     mut watched: HashSet<PathBuf>,
@@ -94,10 +96,10 @@ async fn run(
                 Err(_quiet) => break,
             }
         }
-        let Some(state) = state.upgrade() else { return };
-        let _ = reload(&state, Trigger::File).await;
-        let files = wanted_files(&state);
-        drop(state);
+        let Some(host) = host.upgrade() else { return };
+        let _ = reload(&host, Trigger::File).await;
+        let files = wanted_files(host.runtime());
+        drop(host);
         // Adding a watch is a quick syscall, but notify waits on its own thread for it.
         let shared = Arc::clone(&names);
         let followed = tokio::task::spawn_blocking(move || {
@@ -113,7 +115,7 @@ async fn run(
 }
 
 /// The config file and the active TLS certificate and key.
-fn wanted_files(state: &AppState) -> Vec<PathBuf> {
+fn wanted_files(state: &Runtime) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> =
         state.reloader().source().and_then(ConfigSource::path).into_iter().map(Path::to_path_buf).collect();
     if let Some(tls) = &state.snapshot().config.server.tls {

@@ -1,0 +1,175 @@
+//! One request in flight on the request path: its [`Record`], the guards it holds, and the
+//! one place it ends.
+//!
+//! Owns: [`Exchange`], created when a request arrives and finished exactly once: when the
+//! response body ends, when it fails, or — through `Drop` — when the client goes away. The
+//! guards ([`Guards`]: the key's admission, the target's in-flight place, the cache fill)
+//! are released here, and every tap gets the same finished, plain record, so no request
+//! escapes them however it ends.
+//! Must not: block. Order in [`Exchange::finish`]: release the target, read the captured
+//! answer back (usage, assembly), price it, then hand the record to each tap; anything slow
+//! is queued by the tap to a task of its own.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::cache::Fill;
+use crate::limits::Admission;
+use crate::router::InFlight;
+use crate::runtime::Snapshot;
+use crate::telemetry::trace::Tracer;
+use crate::wire::{AnswerSummary, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext, usage_only};
+
+/// What a request holds that must be given back when it ends, whatever the way.
+#[derive(Debug, Default)]
+pub struct Guards {
+    /// The key's limits reservation, settled with what the request used.
+    pub admission: Option<Admission>,
+    /// The answering target's in-flight place (least-loaded choice, health); a stream that
+    /// broke counts against the target.
+    pub target: Option<InFlight>,
+    /// The cache's fill of this request's answer (and the flight it leads).
+    pub fill: Option<Fill>,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    /// The config this request runs on, from arrival to the last tap.
+    snapshot: Arc<Snapshot>,
+    pub record: Record,
+    /// The answer as it streamed by, bounded by `CAPTURE_LIMIT`.
+    pub capture: Option<Capture>,
+    /// Set when a tap needs the whole answer (cache fill, datasets, content on spans);
+    /// otherwise only the usage is read back, which is cheaper.
+    pub wants_assembly: bool,
+    pub guards: Guards,
+    finished: bool,
+}
+
+impl Exchange {
+    /// A request that just arrived: its trace context is decided, and its id remembered for
+    /// feedback.
+    pub fn begin(
+        snapshot: Arc<Snapshot>,
+        request_id: String,
+        started: Instant,
+        endpoint: Endpoint,
+        headers: &HeaderMap,
+    ) -> Exchange {
+        let mut record = Record::new(request_id, started);
+        record.endpoint = Some(endpoint);
+        let tracer = snapshot.tracer.as_deref();
+        record.trace = TraceContext::start(headers, tracer.map(Tracer::sample_ratio));
+        let wants_assembly = record.trace.sampled() && tracer.is_some_and(Tracer::captures_content);
+        snapshot.datasets.begin(&record.request_id);
+        Exchange { snapshot, record, capture: None, wants_assembly, guards: Guards::default(), finished: false }
+    }
+
+    /// Names the backend that answers (a cached answer's origin).
+    pub fn set_backend(&mut self, backend: String, variant: String) {
+        self.record.provider = self.snapshot.backends.get(&backend).map(|b| b.config.kind.genai_provider());
+        self.record.backend = backend;
+        self.record.variant = variant;
+    }
+
+    /// The tap on every body chunk sent to the client: TTFT, byte count, capture.
+    pub fn observe_chunk(&mut self, chunk: &Bytes) {
+        let record = &mut self.record;
+        if record.first_byte.is_none() {
+            record.first_byte = Some(record.started.elapsed());
+        }
+        record.bytes_out += chunk.len() as u64;
+        if let Some(capture) = &mut self.capture {
+            capture.push(chunk);
+        }
+        if let Some(fill) = &self.guards.fill {
+            fill.observe(chunk, &self.record);
+        }
+    }
+
+    pub fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        self.record.duration = self.record.started.elapsed();
+        self.record.outcome = outcome;
+        if let Some(target) = self.guards.target.take() {
+            target.finish(outcome == Outcome::Failed);
+        }
+        let cache_answer =
+            self.guards.fill.as_ref().and_then(|fill| fill.raw_answer(&self.record, self.capture.as_ref()));
+        let snapshot = Arc::clone(&self.snapshot);
+        // Decided before reading back, so only recorded requests pay for assembly.
+        let datasets = snapshot.datasets.select(&self.record);
+        self.wants_assembly |= !datasets.is_empty();
+        self.read_back();
+        let record = &self.record;
+        snapshot.metrics.record_request(record);
+        if let Some(fill) = self.guards.fill.take() {
+            fill.complete(record, cache_answer);
+        }
+        if let Some(tracer) = &snapshot.tracer {
+            tracer.record(record);
+        }
+        snapshot.limits.finish(record, self.guards.admission.take());
+        snapshot.datasets.record(record, datasets);
+        log(record);
+    }
+
+    /// Reads usage (and the whole answer, when a tap asked) out of the capture, and prices
+    /// it with the model's `price`.
+    fn read_back(&mut self) {
+        let Some(capture) = self.capture.take() else { return };
+        let record = &mut self.record;
+        if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
+            record.assembled = capture.assemble(record.sse);
+            record.usage = record.assembled.as_ref().and_then(|a| a.usage);
+        } else if let Some(bytes) = capture.bytes() {
+            record.usage = usage_only(&bytes, record.sse);
+            if record.trace.sampled() {
+                record.answer_summary = Some(AnswerSummary::read(&bytes, record.sse));
+            }
+        }
+        if record.cache == CacheStatus::Hit {
+            // A hit spent no tokens: the stored answer's usage is what its first request paid.
+            record.usage = None;
+            return;
+        }
+        let price = self.snapshot.models.get(&record.model).and_then(|route| route.config.price);
+        if let (Some(usage), Some(price)) = (record.usage, price) {
+            record.cost_usd = Some(price.cost(&usage));
+        }
+    }
+}
+
+/// The access log line of a finished request.
+fn log(record: &Record) {
+    let duration_ms = record.duration.as_secs_f64() * 1000.0;
+    let endpoint = record.endpoint_str();
+    let outcome = record.outcome;
+    if record.status >= 500 || outcome == Outcome::Failed {
+        tracing::warn!(
+            target: "weir::access",
+            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
+            status = record.status, outcome = outcome.as_str(), duration_ms, error = record.error.as_deref().unwrap_or(""),
+            "request failed"
+        );
+    } else {
+        tracing::debug!(
+            target: "weir::access",
+            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
+            variant = %record.variant, stream = record.stream, status = record.status, outcome = outcome.as_str(),
+            duration_ms, bytes_out = record.bytes_out,
+            "request"
+        );
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.finish(Outcome::ClientGone);
+    }
+}
