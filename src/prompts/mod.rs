@@ -10,13 +10,17 @@
 //! Must not: touch request bodies or HTTP (the request path splices the rendered messages in),
 //! or read files (the config brought the prompt files in).
 
+mod splice;
+
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::templates::{self, MAX_RENDERED_BYTES};
 use crate::config::{PromptRef, PromptVariable, PromptsConfig};
+use crate::wire::PromptUse;
 
 /// Every prompt of one config, compiled.
 #[derive(Debug, Default)]
@@ -66,6 +70,25 @@ pub struct Rendered<'s> {
 pub struct RenderedMessage<'s> {
     pub role: &'s str,
     pub content: String,
+}
+
+/// A request body ready for one target, its prompt rendered in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The client's body with the rendered messages first and no `prompt` field.
+    pub body: Bytes,
+    /// The prompt version's `params` over the target's: what to fill in where the request
+    /// set nothing.
+    pub params: Map<String, Value>,
+    pub used: PromptUse,
+}
+
+/// What a request brings to each target it may be sent to: the prompt store of its snapshot,
+/// and its own `prompt`, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptPlan<'a> {
+    pub store: &'a PromptStore,
+    pub call: Option<&'a PromptCall>,
 }
 
 /// Why a request's prompt cannot be rendered: a client error (400) naming the field.
@@ -195,6 +218,40 @@ impl PromptStore {
             (None, Some(fixed)) => self.render(&fixed.id, Some(&fixed.version), &Map::new()).map(Some),
             (None, None) => Ok(None),
         }
+    }
+
+    /// The body for a target that fixes `fixed` (or none): the prompt rendered and spliced in,
+    /// with the version's params over the target's. `Ok(None)`: nothing to render, the body
+    /// goes as it is.
+    pub fn prepare(
+        &self,
+        call: Option<&PromptCall>,
+        fixed: Option<&PromptRef>,
+        body: &[u8],
+        target_params: &Map<String, Value>,
+    ) -> Result<Option<Prepared>, PromptError> {
+        let Some(rendered) = self.render_for(call, fixed)? else { return Ok(None) };
+        let body = splice::splice(body, &rendered.messages).map_err(|message| PromptError::Render {
+            id: rendered.id.to_owned(),
+            version: rendered.version.to_owned(),
+            message,
+        })?;
+        let mut params = target_params.clone();
+        for (field, value) in rendered.params {
+            // `max_tokens` and `max_completion_tokens` are one limit: the prompt's replaces both.
+            match field.as_str() {
+                "max_tokens" => drop(params.remove("max_completion_tokens")),
+                "max_completion_tokens" => drop(params.remove("max_tokens")),
+                _ => {}
+            }
+            params.insert(field.clone(), value.clone());
+        }
+        let used = PromptUse {
+            id: rendered.id.to_owned(),
+            version: rendered.version.to_owned(),
+            variables: call.map(|call| call.variables.clone()).unwrap_or_default(),
+        };
+        Ok(Some(Prepared { body, params, used }))
     }
 
     /// Renders version `version` (default: the prompt's default) of prompt `id`.

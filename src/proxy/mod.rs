@@ -1,7 +1,8 @@
 //! Proxy: the request path for inference endpoints, from parsed request to streamed answer.
 //!
 //! Owns: the order of steps — authenticate, read and parse the body once, resolve the model,
-//! admit against the key's limits, look the cache up, pick a target and call it, stream the
+//! admit against the key's limits, look the cache up, pick a target and call it (its prompt
+//! rendered in, when the request or the target names one), stream the
 //! answer back with weir's headers — and the per-request [`Exchange`] with the guards those
 //! steps take, released when the request ends. It is the only module that calls the
 //! features one after another.
@@ -26,6 +27,7 @@ use crate::backends::{BackendResponse, UpstreamAuth};
 use crate::cache::CacheRequest;
 use crate::config::AuthMode;
 use crate::limits::{AdmitRequest, LimitError};
+use crate::prompts::{PromptCall, PromptError, PromptPlan};
 use crate::router::{self, DispatchError, Outbound, Pick, RouteError};
 use crate::runtime::Snapshot;
 use crate::wire::body::{Body, read_body};
@@ -50,6 +52,9 @@ pub enum ProxyError {
     Limit(Box<LimitError>),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The request's `prompt` is malformed.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
 }
 
 impl From<LimitError> for ProxyError {
@@ -137,6 +142,7 @@ async fn forward(
     exchange.record.key = identity.name().to_owned();
     let body = read_body(&parts.headers, incoming, snapshot.config.server.max_body).await?;
     let head = parse_head(endpoint, &body)?;
+    let prompt_call = head.prompt.as_ref().map(PromptCall::from_json).transpose()?;
     exchange.record.model.clone_from(&head.model);
     exchange.record.stream = head.stream;
     exchange.record.request_body = body.clone();
@@ -190,7 +196,10 @@ async fn forward(
         AuthMode::Passthrough => UpstreamAuth::Client(parts.headers.get(AUTHORIZATION)),
         AuthMode::Keys | AuthMode::None => UpstreamAuth::Backend,
     };
-    let outbound = Outbound { endpoint, head: &head, body: &body, auth };
+    // Only requests that name a prompt, or whose targets fix one, pay for rendering.
+    let prompts = (prompt_call.is_some() || route.fixes_prompts())
+        .then_some(PromptPlan { store: &snapshot.prompts, call: prompt_call.as_ref() });
+    let outbound = Outbound { endpoint, head: &head, body: &body, auth, prompts };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
     Ok(Reply::Upstream(Answer {

@@ -12,6 +12,11 @@
 //! timeout, or a status listed in `retry.on`; it is retried on the same target only when
 //! listed in `retry.on` (`connect` also covers connections the upstream dropped before
 //! answering). Any other answer (a 4xx) is the client's and is relayed at once.
+//!
+//! Prompts: a target gets the request's prompt rendered in (the version the request names,
+//! else the one the target fixes, else the prompt's default), once per target, before its
+//! first try; a prompt that does not render for the chosen target ends the request with the
+//! client's error, as nothing was sent.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,8 +28,9 @@ use super::health::{InFlight, Verdict};
 use super::{ModelRoute, Pick, RouteError, Target, hints};
 use crate::backends::{BackendCall, BackendError, BackendResponse, BackendRuntime, UpstreamAuth, upstream_message};
 use crate::config::RetryConfig;
+use crate::prompts::{Prepared, PromptError, PromptPlan};
 use crate::telemetry::metrics::Metrics;
-use crate::wire::{Attempt, AttemptKind, Endpoint, Record, RequestHead};
+use crate::wire::{Attempt, AttemptKind, Endpoint, Record, RequestHead, parse_head};
 
 /// Upstream error bodies are read whole up to this size to relay their message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -41,6 +47,9 @@ pub struct Outbound<'a> {
     /// The client's body; each target gets it with its own upstream model name.
     pub body: &'a Bytes,
     pub auth: UpstreamAuth<'a>,
+    /// Set when the request names a prompt or the route has targets that fix one: each
+    /// target then gets the body with its prompt version rendered in.
+    pub prompts: Option<PromptPlan<'a>>,
 }
 
 /// Why no answer came back: nothing could be tried, or the last failure.
@@ -51,6 +60,9 @@ pub enum DispatchError {
     /// Boxed: an upstream rejection carries its body, and errors travel by value.
     #[error(transparent)]
     Backend(Box<BackendError>),
+    /// The prompt cannot be rendered for the target chosen: the client's error.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
 }
 
 impl From<BackendError> for DispatchError {
@@ -78,6 +90,8 @@ enum Outcome {
     Failed(BackendError),
     /// Never tried: out of rotation.
     Skipped,
+    /// Never tried: the request's prompt does not render for it.
+    Refused(PromptError),
 }
 
 /// How one failure is treated.
@@ -107,6 +121,7 @@ pub async fn dispatch(
             match try_target(route, &route.targets[index], first_kind, outbound, metrics, record).await {
                 Outcome::Answered(answer) => return Ok(answer),
                 Outcome::Relay(err) => return Err(err.into()),
+                Outcome::Refused(err) => return Err(err.into()),
                 Outcome::Failed(err) => {
                     last = Some(err);
                     first_kind = AttemptKind::Fallback;
@@ -124,6 +139,7 @@ pub async fn dispatch(
         match try_target(route, target, AttemptKind::Fallback, outbound, metrics, record).await {
             Outcome::Answered(answer) => return Ok(answer),
             Outcome::Relay(err) => return Err(err.into()),
+            Outcome::Refused(err) => return Err(err.into()),
             Outcome::Failed(err) => last = Some(err),
             Outcome::Skipped => {}
         }
@@ -140,6 +156,32 @@ pub async fn dispatch(
     })
 }
 
+/// The body for `target` when a prompt is rendered into it, with its head (the rendered body
+/// is parsed once more, so the model and usage edits find their places); `None` when the
+/// client's body goes as it is. Records the prompt used and the rendered request.
+fn prepare(
+    target: &Target,
+    outbound: Outbound<'_>,
+    record: &mut Record,
+) -> Result<Option<(RequestHead, Prepared)>, PromptError> {
+    let Some(plan) = outbound.prompts else { return Ok(None) };
+    let prepared = plan.store.prepare(plan.call, target.prompt.as_ref(), outbound.body, &target.params)?;
+    let Some(prepared) = prepared else {
+        // An earlier target's prompt is not this one's.
+        record.prompt = None;
+        record.request_body = outbound.body.clone();
+        return Ok(None);
+    };
+    let head = parse_head(outbound.endpoint, &prepared.body).map_err(|err| PromptError::Render {
+        id: prepared.used.id.clone(),
+        version: prepared.used.version.clone(),
+        message: err.to_string(),
+    })?;
+    record.prompt = Some(prepared.used.clone());
+    record.request_body = prepared.body.clone();
+    Ok(Some((head, prepared)))
+}
+
 /// Up to `retry.attempts` tries on one target.
 async fn try_target(
     route: &ModelRoute,
@@ -150,6 +192,14 @@ async fn try_target(
     record: &mut Record,
 ) -> Outcome {
     let retry = &route.config.retry;
+    let prepared = match prepare(target, outbound, record) {
+        Ok(prepared) => prepared,
+        Err(err) => return Outcome::Refused(err),
+    };
+    let (head, body, params) = match &prepared {
+        Some((head, prepared)) => (head, &prepared.body, &prepared.params),
+        None => (outbound.head, outbound.body, &target.params),
+    };
     let mut failed = None;
     for number in 0..retry.attempts.max(1) {
         if number > 0 {
@@ -165,10 +215,10 @@ async fn try_target(
         record.variant.clone_from(&target.variant);
         let call = BackendCall {
             endpoint: outbound.endpoint,
-            body: outbound.head.body_for_upstream(outbound.body, &target.model),
+            body: head.body_for_upstream(body, &target.model),
             model: &target.model,
-            params: &target.params,
-            stream: outbound.head.stream,
+            params,
+            stream: head.stream,
             auth: outbound.auth,
             request_id: &record.request_id,
             traceparent: record.trace.upstream_header(record.attempts.len()),

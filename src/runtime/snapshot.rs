@@ -18,6 +18,7 @@ use crate::cache::Cache;
 use crate::config::{Config, SourceInfo, TargetConfig};
 use crate::datasets::Datasets;
 use crate::limits::Limits;
+use crate::prompts::PromptStore;
 use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracer;
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub health: Health,
     /// Dataset sinks; writers of unchanged datasets are carried from `previous`.
     pub datasets: Datasets,
+    /// Every prompt version, compiled.
+    pub prompts: PromptStore,
     pub loaded_at: SystemTime,
     /// Where the config came from, its hash and masked view; set by whoever loaded it.
     pub source: Arc<SourceInfo>,
@@ -80,6 +83,7 @@ impl Snapshot {
             _ => Arc::new(Cache::new(&config.cache)),
         };
         let source = Arc::new(SourceInfo::in_memory());
+        let prompts = PromptStore::build(&config.prompts);
         Ok(Snapshot {
             config,
             backends,
@@ -91,6 +95,7 @@ impl Snapshot {
             tracer,
             health,
             datasets,
+            prompts,
             loaded_at: SystemTime::now(),
             source,
         })
@@ -120,5 +125,6 @@ fn resolve_target(
         variant: target.variant.clone(),
         weight: target.weight,
         params: target.params.clone(),
+        prompt: target.prompt.clone(),
     })
 }

@@ -38,6 +38,8 @@ pub struct SpanRecord {
     variant: String,
     key: String,
     experiment: Option<String>,
+    /// `(id, version)` of the prompt rendered into the request.
+    prompt: Option<(String, String)>,
     request_id: String,
     stream: bool,
     status: u16,
@@ -108,6 +110,7 @@ impl SpanRecord {
             variant: record.variant.clone(),
             key: record.key.clone(),
             experiment: record.experiment.clone(),
+            prompt: record.prompt.as_ref().map(|p| (p.id.clone(), p.version.clone())),
             request_id: record.request_id.clone(),
             stream: record.stream,
             status: record.status,
@@ -167,6 +170,10 @@ impl SpanRecord {
         }
         if let Some(experiment) = &self.experiment {
             attributes.push(KeyValue::new("weir.experiment", experiment.clone()));
+        }
+        if let Some((id, version)) = &self.prompt {
+            attributes.push(KeyValue::new("weir.prompt.id", id.clone()));
+            attributes.push(KeyValue::new("weir.prompt.version", version.clone()));
         }
         if let Some(model) = &self.response_model {
             attributes.push(KeyValue::new("gen_ai.response.model", truncate(model, TEXT_LIMIT).into_owned()));

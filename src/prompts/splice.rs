@@ -1,0 +1,105 @@
+//! The request body a target gets once a prompt is rendered: the client's object with
+//! `prompt` taken out and `messages` replaced by the rendered messages followed by the
+//! client's own. Every other field keeps its bytes and its place; nothing else is parsed.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::RenderedMessage;
+
+/// The top-level fields of a JSON object, in order, values as written.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> de::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push((key, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// `body` with `rendered` in front of its `messages` and without `prompt`. `Err` carries a
+/// message for a body that is not an object or whose `messages` is not a list.
+pub(super) fn splice(body: &[u8], rendered: &[RenderedMessage<'_>]) -> Result<Bytes, String> {
+    let Fields(fields) = serde_json::from_slice(body).map_err(|err| format!("the request body: {err}"))?;
+    let client_messages: Vec<&RawValue> = match fields.iter().find(|(key, _)| key == "messages") {
+        Some((_, raw)) => serde_json::from_str(raw.get()).map_err(|_| "`messages` must be a list".to_string())?,
+        None => Vec::new(),
+    };
+    let rendered_len: usize = rendered.iter().map(|m| m.content.len() + 32).sum();
+    let mut out = BytesMut::with_capacity(body.len() + rendered_len);
+    out.put_slice(b"{\"messages\":[");
+    let mut first = true;
+    let mut separator = |out: &mut BytesMut| {
+        if !std::mem::take(&mut first) {
+            out.put_u8(b',');
+        }
+    };
+    for message in rendered {
+        separator(&mut out);
+        let json = serde_json::to_vec(message).map_err(|err| err.to_string())?;
+        out.put_slice(&json);
+    }
+    for message in client_messages {
+        separator(&mut out);
+        out.put_slice(message.get().as_bytes());
+    }
+    out.put_u8(b']');
+    for (key, value) in &fields {
+        if key == "messages" || key == "prompt" {
+            continue;
+        }
+        out.put_u8(b',');
+        let key = serde_json::to_vec(key.as_ref()).map_err(|err| err.to_string())?;
+        out.put_slice(&key);
+        out.put_u8(b':');
+        out.put_slice(value.get().as_bytes());
+    }
+    out.put_u8(b'}');
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_messages_come_first_and_prompt_goes() {
+        let body =
+            br#"{"model":"m","prompt":{"id":"p"},"messages":[{"role":"user","content":"more"}],"temperature":1}"#;
+        let rendered = [RenderedMessage { role: "system", content: "Be \"brief\".".into() }];
+        let out = splice(body, &rendered).map(|b| String::from_utf8_lossy(&b).into_owned());
+        assert_eq!(
+            out.as_deref(),
+            Ok(
+                r#"{"messages":[{"role":"system","content":"Be \"brief\"."},{"role":"user","content":"more"}],"model":"m","temperature":1}"#
+            )
+        );
+    }
+
+    #[test]
+    fn a_body_without_messages_gets_the_rendered_ones() {
+        let out =
+            splice(br#"{"model":"m\u0021","prompt":{}}"#, &[RenderedMessage { role: "user", content: "q".into() }]);
+        let out = out.map(|b| String::from_utf8_lossy(&b).into_owned());
+        assert_eq!(out.as_deref(), Ok(r#"{"messages":[{"role":"user","content":"q"}],"model":"m\u0021"}"#));
+        assert!(splice(b"[1]", &[]).is_err());
+        assert!(splice(br#"{"messages":3}"#, &[]).is_err());
+    }
+}
