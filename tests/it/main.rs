@@ -12,6 +12,7 @@ mod datasets;
 mod errors;
 mod limits;
 mod pool;
+mod prompts;
 mod reload;
 mod routing;
 mod streaming;
