@@ -10,7 +10,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::env::{expand, restore_refs};
-use super::{Document, Pos, join_index, join_key};
+use super::{Document, Env, Pos, join_index, join_key};
 
 enum Frame {
     Seq { path: String, items: Vec<Value>, anchor: usize },
@@ -25,7 +25,7 @@ struct PendingKey {
 
 pub(super) struct Builder<'e> {
     /// `None` takes strings verbatim (prompt files: a prompt must not read the environment).
-    env: Option<&'e dyn Fn(&str) -> Option<String>>,
+    env: Option<Env<'e>>,
     /// The `${...}` references hidden from the YAML parser by [`protect_refs`].
     refs: &'e [String],
     stack: Vec<Frame>,
@@ -39,7 +39,7 @@ pub(super) struct Builder<'e> {
 }
 
 impl<'e> Builder<'e> {
-    pub(super) fn new(env: Option<&'e dyn Fn(&str) -> Option<String>>, refs: &'e [String]) -> Self {
+    pub(super) fn new(env: Option<Env<'e>>, refs: &'e [String]) -> Self {
         Builder {
             env,
             refs,

@@ -21,6 +21,9 @@ use super::{ConfigError, Problem};
 use builder::Builder;
 use env::protect_refs;
 
+/// Resolves `${VAR}` references: the process environment, or a test's map.
+pub type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
 /// A 1-based place in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pos {
@@ -90,7 +93,7 @@ pub fn parse_verbatim(text: &str, origin: &str) -> Result<Document, ConfigError>
     parse_with(text, origin, None)
 }
 
-fn parse_with(text: &str, origin: &str, env: Option<&dyn Fn(&str) -> Option<String>>) -> Result<Document, ConfigError> {
+fn parse_with(text: &str, origin: &str, env: Option<Env<'_>>) -> Result<Document, ConfigError> {
     let (protected, refs) = match env {
         Some(_) => protect_refs(text),
         None => (text.to_string(), Vec::new()),
