@@ -124,6 +124,33 @@ impl PromptError {
     }
 }
 
+// === impl PromptPlan ===
+
+impl PromptPlan<'_> {
+    /// What a cached answer to this request depends on besides its body: the content hashes
+    /// of every version it may render (its own prompt's, and those `fixed` by the targets).
+    pub fn fingerprint<'r>(&self, fixed: impl Iterator<Item = &'r PromptRef>) -> String {
+        let mut ids: Vec<&str> = fixed.map(|f| f.id.as_str()).chain(self.call.map(|c| c.id.as_str())).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = String::new();
+        for id in ids {
+            let Some(prompt) = self.store.prompts.get(id) else { continue };
+            out.push_str(id);
+            out.push('=');
+            out.push_str(&prompt.default);
+            for (name, version) in &prompt.versions {
+                out.push(';');
+                out.push_str(name);
+                out.push(':');
+                out.push_str(&version.hash);
+            }
+            out.push('|');
+        }
+        out
+    }
+}
+
 // === impl PromptCall ===
 
 impl PromptCall {

@@ -166,3 +166,21 @@ fn the_listing_has_every_version_with_its_hash() {
     assert_ne!(listing[1]["versions"][0]["hash"], listing[1]["versions"][1]["hash"]);
     assert_eq!(listing[1]["versions"][0]["variables"][1], json!({"name": "question", "required": true}));
 }
+
+#[test]
+fn the_cache_fingerprint_follows_the_content_of_every_version_in_play() {
+    let edited = CONFIG.replace("Be brief.", "Be very brief.");
+    let stores = [CONFIG, edited.as_str()].map(|text| match load_str(text, "t.yaml", &|_| None) {
+        Ok(config) => PromptStore::build(&config.prompts),
+        Err(err) => panic!("valid config: {err}"),
+    });
+    let call = PromptCall { id: "support-answer".into(), ..PromptCall::default() };
+    let fingerprint =
+        |store: &PromptStore, call: Option<&PromptCall>| PromptPlan { store, call }.fingerprint(std::iter::empty());
+    assert_ne!(fingerprint(&stores[0], Some(&call)), fingerprint(&stores[1], Some(&call)));
+    assert_eq!(fingerprint(&stores[0], None), "");
+    let greeting = PromptRef { id: "greeting".into(), version: "only".into() };
+    let fixed = PromptPlan { store: &stores[0], call: None }.fingerprint(std::iter::once(&greeting));
+    assert!(fixed.starts_with("greeting=only;only:sha256:"), "{fixed}");
+    assert_eq!(fixed, PromptPlan { store: &stores[1], call: None }.fingerprint(std::iter::once(&greeting)));
+}

@@ -162,8 +162,14 @@ async fn forward(
         body: &body,
     };
     exchange.guards.admission = snapshot.limits.admit(&snapshot.metrics, admit).await?;
+    // Only requests that name a prompt, or whose targets fix one, pay for rendering.
+    let prompts = (prompt_call.is_some() || route.fixes_prompts())
+        .then_some(PromptPlan { store: &snapshot.prompts, call: prompt_call.as_ref() });
     if let Some(ttl) = route.config.cache_ttl {
         let scope = cached::scope(snapshot, &identity, &parts.headers);
+        let context = prompts.map(|plan| {
+            plan.fingerprint(route.targets.iter().chain(&route.fallbacks).filter_map(|t| t.prompt.as_ref()))
+        });
         let lookup = snapshot
             .cache
             .begin(CacheRequest {
@@ -173,6 +179,7 @@ async fn forward(
                 body: &body,
                 stream: head.stream,
                 ttl,
+                context: context.as_deref().unwrap_or_default(),
                 headers: &parts.headers,
                 metrics: &snapshot.metrics,
             })
@@ -196,9 +203,6 @@ async fn forward(
         AuthMode::Passthrough => UpstreamAuth::Client(parts.headers.get(AUTHORIZATION)),
         AuthMode::Keys | AuthMode::None => UpstreamAuth::Backend,
     };
-    // Only requests that name a prompt, or whose targets fix one, pay for rendering.
-    let prompts = (prompt_call.is_some() || route.fixes_prompts())
-        .then_some(PromptPlan { store: &snapshot.prompts, call: prompt_call.as_ref() });
     let outbound = Outbound { endpoint, head: &head, body: &body, auth, prompts };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
