@@ -126,6 +126,33 @@ async fn the_upstream_gets_the_rendered_messages_then_the_requests_and_never_the
         ])
     );
     assert!(sent.get("temperature").is_none(), "v1 has no params: {sent}");
+
+    // Streamed: usage is still asked for upstream, and the client gets the whole stream.
+    let response = support::http()
+        .post(format!("{}/chat/completions", support::base_url(&gateway)))
+        .bearer_auth(ALL_KEY)
+        .json(&json!({"model": "chat", "stream": true, "prompt": {"id": "support-answer", "variables": {"question": "Q?"}}}))
+        .send()
+        .await
+        .expect("stream starts");
+    assert_eq!(response.status(), 200);
+    let events = support::sse_events(&support::read_sse(response).await);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let sent = upstream.requests()[2].json();
+    assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
+    assert_eq!(sent["messages"][1], json!({"role": "user", "content": "Q?"}));
+
+    // Embeddings to a model are untouched by prompts.
+    let response = support::http()
+        .post(format!("{}/embeddings", support::base_url(&gateway)))
+        .bearer_auth(ALL_KEY)
+        .json(&json!({"model": "support", "input": "x"}))
+        .send()
+        .await
+        .expect("embeddings");
+    assert_eq!(response.status(), 200);
+    let sent = upstream.requests()[3].json();
+    assert!(sent.get("messages").is_none(), "{sent}");
     gateway.shutdown().await;
 }
 
