@@ -14,8 +14,8 @@
 //! answering). Any other answer (a 4xx) is the client's and is relayed at once.
 //!
 //! Prompts: a target gets the request's prompt rendered in (the version the request names,
-//! else the one the target fixes, else the prompt's default), once per target, before its
-//! first try; a prompt that does not render for the chosen target ends the request with the
+//! else the one the target fixes, else the prompt's default), once per target, at its first
+//! admitted try; a prompt that does not render for the chosen target ends the request with the
 //! client's error, as nothing was sent.
 
 use std::sync::Arc;
@@ -192,14 +192,8 @@ async fn try_target(
     record: &mut Record,
 ) -> Outcome {
     let retry = &route.config.retry;
-    let prepared = match prepare(target, outbound, record) {
-        Ok(prepared) => prepared,
-        Err(err) => return Outcome::Refused(err),
-    };
-    let (head, body, params) = match &prepared {
-        Some((head, prepared)) => (head, &prepared.body, &prepared.params),
-        None => (outbound.head, outbound.body, &target.params),
-    };
+    // Rendered once, at the first try the target admits (an ejected target renders nothing).
+    let mut prepared: Option<Option<(RequestHead, Prepared)>> = None;
     let mut failed = None;
     for number in 0..retry.attempts.max(1) {
         if number > 0 {
@@ -209,6 +203,17 @@ async fn try_target(
             record.backend_wait += pause;
         }
         let Some(mut hold) = target.health.admit(tokio::time::Instant::now()) else { break };
+        if prepared.is_none() {
+            // Dropping the hold without a verdict leaves the target's health as it was.
+            match prepare(target, outbound, record) {
+                Ok(ready) => prepared = Some(ready),
+                Err(err) => return Outcome::Refused(err),
+            }
+        }
+        let (head, body, params) = match prepared.as_ref().and_then(Option::as_ref) {
+            Some((head, prepared)) => (head, &prepared.body, &prepared.params),
+            None => (outbound.head, outbound.body, &target.params),
+        };
         let kind = if number > 0 { AttemptKind::Retry } else { first_kind };
         record.backend.clone_from(&target.backend.config.name);
         record.provider = Some(target.backend.config.kind.genai_provider());
