@@ -42,6 +42,11 @@ struct Version {
     /// compile (validation makes that unreachable; serving answers it with an error).
     messages: Result<Vec<(String, String)>, String>,
     variables: BTreeMap<String, PromptVariable>,
+    /// The declared defaults, converted once for the template context.
+    defaults: Vec<(String, minijinja::Value)>,
+    /// The messages rendered with the defaults, as JSON objects joined by commas, when no
+    /// variable is required: a request that sends no variables reuses them.
+    prerendered: Option<Bytes>,
     params: Map<String, Value>,
     hash: String,
 }
@@ -207,11 +212,21 @@ impl PromptStore {
                             .map_err(|err| format!("messages[{i}]: {}", templates::describe(&err, &message.content)))
                     })
                     .collect();
+                let defaults = version
+                    .variables
+                    .iter()
+                    .filter_map(|(name, v)| {
+                        let default = v.default.as_ref()?;
+                        Some((name.clone(), minijinja::Value::from(minijinja::value::Serde(default))))
+                    })
+                    .collect();
                 versions.insert(
                     name.clone(),
                     Version {
                         messages,
                         variables: version.variables.clone(),
+                        defaults,
+                        prerendered: None,
                         params: version.params.clone(),
                         hash: version.hash.clone(),
                     },
@@ -222,7 +237,29 @@ impl PromptStore {
                 Prompt { default: prompt.default.clone(), versions, origin: prompt.origin.clone() },
             );
         }
-        PromptStore { env, prompts }
+        let mut store = PromptStore { env, prompts };
+        store.prerender();
+        store
+    }
+
+    /// Renders once, with their defaults, the versions that need no variable from a request.
+    fn prerender(&mut self) {
+        let mut done = Vec::new();
+        for (id, prompt) in &self.prompts {
+            for (name, v) in &prompt.versions {
+                if v.variables.values().any(|var| var.required) {
+                    continue;
+                }
+                if let Ok(messages) = self.render_version(id, name, v, None) {
+                    done.push((id.clone(), name.clone(), Bytes::from(messages_json(&messages))));
+                }
+            }
+        }
+        for (id, name, json) in done {
+            if let Some(v) = self.prompts.get_mut(&id).and_then(|p| p.versions.get_mut(&name)) {
+                v.prerendered = Some(json);
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -237,14 +274,10 @@ impl PromptStore {
         call: Option<&PromptCall>,
         fixed: Option<&PromptRef>,
     ) -> Result<Option<Rendered<'s>>, PromptError> {
-        match (call, fixed) {
-            (Some(call), fixed) => {
-                let fixed_version = fixed.filter(|f| f.id == call.id).map(|f| f.version.as_str());
-                self.render(&call.id, call.version.as_deref().or(fixed_version), &call.variables).map(Some)
-            }
-            (None, Some(fixed)) => self.render(&fixed.id, Some(&fixed.version), &Map::new()).map(Some),
-            (None, None) => Ok(None),
-        }
+        let Some(Choice { id, version, variables }) = choose(call, fixed) else { return Ok(None) };
+        let (id, version, v) = self.lookup(id, version)?;
+        let messages = self.render_version(id, version, v, variables)?;
+        Ok(Some(Rendered { id, version, messages, params: &v.params }))
     }
 
     /// The body for a target that fixes `fixed` (or none): the prompt rendered and spliced in,
@@ -257,14 +290,20 @@ impl PromptStore {
         body: &[u8],
         target_params: &Map<String, Value>,
     ) -> Result<Option<Prepared>, PromptError> {
-        let Some(rendered) = self.render_for(call, fixed)? else { return Ok(None) };
-        let body = splice::splice(body, &rendered.messages).map_err(|message| PromptError::Render {
-            id: rendered.id.to_owned(),
-            version: rendered.version.to_owned(),
+        let Some(Choice { id, version, variables }) = choose(call, fixed) else { return Ok(None) };
+        let (id, version, v) = self.lookup(id, version)?;
+        let rendered: std::borrow::Cow<'_, [u8]> = match (&v.prerendered, variables) {
+            (Some(json), None) => json.as_ref().into(),
+            (Some(json), Some(variables)) if variables.is_empty() => json.as_ref().into(),
+            _ => messages_json(&self.render_version(id, version, v, variables)?).into(),
+        };
+        let body = splice::splice(body, &rendered).map_err(|message| PromptError::Render {
+            id: id.clone(),
+            version: version.clone(),
             message,
         })?;
         let mut params = target_params.clone();
-        for (field, value) in rendered.params {
+        for (field, value) in &v.params {
             // `max_tokens` and `max_completion_tokens` are one limit: the prompt's replaces both.
             match field.as_str() {
                 "max_tokens" => drop(params.remove("max_completion_tokens")),
@@ -273,11 +312,8 @@ impl PromptStore {
             }
             params.insert(field.clone(), value.clone());
         }
-        let used = PromptUse {
-            id: rendered.id.to_owned(),
-            version: rendered.version.to_owned(),
-            variables: call.map(|call| call.variables.clone()).unwrap_or_default(),
-        };
+        let used =
+            PromptUse { id: id.clone(), version: version.clone(), variables: variables.cloned().unwrap_or_default() };
         Ok(Some(Prepared { body, params, used }))
     }
 
@@ -288,6 +324,13 @@ impl PromptStore {
         version: Option<&str>,
         variables: &Map<String, Value>,
     ) -> Result<Rendered<'s>, PromptError> {
+        let (id, version, v) = self.lookup(id, version)?;
+        let messages = self.render_version(id, version, v, Some(variables))?;
+        Ok(Rendered { id, version, messages, params: &v.params })
+    }
+
+    /// The prompt `id` and its version `version` (default: the prompt's default).
+    fn lookup(&self, id: &str, version: Option<&str>) -> Result<(&String, &String, &Version), PromptError> {
         let (id, prompt) =
             self.prompts.get_key_value(id).ok_or_else(|| PromptError::UnknownPrompt { id: id.to_string() })?;
         let version = version.unwrap_or(&prompt.default);
@@ -295,8 +338,19 @@ impl PromptStore {
             .versions
             .get_key_value(version)
             .ok_or_else(|| PromptError::UnknownVersion { id: id.clone(), version: version.to_string() })?;
+        Ok((id, version, v))
+    }
+
+    fn render_version<'s>(
+        &'s self,
+        id: &str,
+        version: &str,
+        v: &'s Version,
+        variables: Option<&Map<String, Value>>,
+    ) -> Result<Vec<RenderedMessage<'s>>, PromptError> {
         let context = context(id, version, v, variables)?;
-        let render_error = |message: String| PromptError::Render { id: id.clone(), version: version.clone(), message };
+        let render_error =
+            |message: String| PromptError::Render { id: id.to_string(), version: version.to_string(), message };
         let templates = v.messages.as_ref().map_err(|message| render_error(message.clone()))?;
         let mut messages = Vec::with_capacity(templates.len());
         let mut total = 0usize;
@@ -310,7 +364,7 @@ impl PromptStore {
             }
             messages.push(RenderedMessage { role, content });
         }
-        Ok(Rendered { id, version, messages, params: &v.params })
+        Ok(messages)
     }
 
     /// Every prompt and version, for `weir prompt list` and `GET /admin/prompts`.
@@ -345,32 +399,68 @@ impl PromptStore {
     }
 }
 
+/// Which prompt a request to a target renders.
+struct Choice<'a> {
+    id: &'a str,
+    /// `None`: the prompt's default.
+    version: Option<&'a str>,
+    /// `None`: the target's prompt, for a request without one.
+    variables: Option<&'a Map<String, Value>>,
+}
+
+fn choose<'a>(call: Option<&'a PromptCall>, fixed: Option<&'a PromptRef>) -> Option<Choice<'a>> {
+    match (call, fixed) {
+        (Some(call), fixed) => {
+            let fixed_version = fixed.filter(|f| f.id == call.id).map(|f| f.version.as_str());
+            let version = call.version.as_deref().or(fixed_version);
+            Some(Choice { id: &call.id, version, variables: Some(&call.variables) })
+        }
+        (None, Some(fixed)) => Some(Choice { id: &fixed.id, version: Some(&fixed.version), variables: None }),
+        (None, None) => None,
+    }
+}
+
+/// Rendered messages as JSON objects joined by commas (the inside of a `messages` list).
+fn messages_json(messages: &[RenderedMessage<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(messages.iter().map(|m| m.content.len() + 32).sum());
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Two strings into a Vec: serialising cannot fail.
+        let _ = serde_json::to_writer(&mut out, message);
+    }
+    out
+}
+
 /// The template context: each declared variable the request set, else its default; an
 /// undeclared one, or a required one left out, is the client's error.
 fn context(
     id: &str,
     version: &str,
     v: &Version,
-    variables: &Map<String, Value>,
+    variables: Option<&Map<String, Value>>,
 ) -> Result<minijinja::Value, PromptError> {
-    if let Some(name) = variables.keys().find(|name| !v.variables.contains_key(*name)) {
+    let variables = variables.filter(|vars| !vars.is_empty());
+    if let Some(name) = variables.and_then(|vars| vars.keys().find(|name| !v.variables.contains_key(*name))) {
         return Err(PromptError::UnknownVariable { id: id.into(), version: version.into(), name: name.clone() });
     }
-    let mut context = BTreeMap::new();
+    let mut context: BTreeMap<&str, minijinja::Value> =
+        v.defaults.iter().map(|(name, value)| (name.as_str(), value.clone())).collect();
     for (name, declared) in &v.variables {
-        let value = match (variables.get(name), &declared.default) {
-            (Some(value), _) => value,
-            (None, Some(default)) => default,
-            (None, None) if declared.required => {
+        match variables.and_then(|vars| vars.get(name)) {
+            Some(value) => {
+                context.insert(name.as_str(), minijinja::Value::from(minijinja::value::Serde(value)));
+            }
+            None if declared.required => {
                 return Err(PromptError::MissingVariable {
                     id: id.into(),
                     version: version.into(),
                     name: name.clone(),
                 });
             }
-            (None, None) => continue,
-        };
-        context.insert(name.as_str(), minijinja::Value::from(minijinja::value::Serde(value)));
+            None => {}
+        }
     }
     Ok(minijinja::Value::from(context))
 }

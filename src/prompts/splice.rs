@@ -9,8 +9,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::RenderedMessage;
-
 /// The top-level fields of a JSON object, in order, values as written.
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
@@ -34,30 +32,22 @@ impl<'de> de::Deserialize<'de> for Fields<'de> {
     }
 }
 
-/// `body` with `rendered` in front of its `messages` and without `prompt`. `Err` carries a
-/// message for a body that is not an object or whose `messages` is not a list.
-pub(super) fn splice(body: &[u8], rendered: &[RenderedMessage<'_>]) -> Result<Bytes, String> {
+/// `body` with `rendered` (message objects joined by commas) in front of its `messages` and
+/// without `prompt`. `Err` carries a message for a body that is not an object or whose
+/// `messages` is not a list.
+pub(super) fn splice(body: &[u8], rendered: &[u8]) -> Result<Bytes, String> {
     let Fields(fields) = serde_json::from_slice(body).map_err(|err| format!("the request body: {err}"))?;
     let client_messages: Vec<&RawValue> = match fields.iter().find(|(key, _)| key == "messages") {
         Some((_, raw)) => serde_json::from_str(raw.get()).map_err(|_| "`messages` must be a list".to_string())?,
         None => Vec::new(),
     };
-    let rendered_len: usize = rendered.iter().map(|m| m.content.len() + 32).sum();
-    let mut out = BytesMut::with_capacity(body.len() + rendered_len);
+    let mut out = BytesMut::with_capacity(body.len() + rendered.len() + 16);
     out.put_slice(b"{\"messages\":[");
-    let mut first = true;
-    let mut separator = |out: &mut BytesMut| {
-        if !std::mem::take(&mut first) {
+    out.put_slice(rendered);
+    for (i, message) in client_messages.iter().enumerate() {
+        if i > 0 || !rendered.is_empty() {
             out.put_u8(b',');
         }
-    };
-    for message in rendered {
-        separator(&mut out);
-        let json = serde_json::to_vec(message).map_err(|err| err.to_string())?;
-        out.put_slice(&json);
-    }
-    for message in client_messages {
-        separator(&mut out);
         out.put_slice(message.get().as_bytes());
     }
     out.put_u8(b']');
@@ -83,8 +73,8 @@ mod tests {
     fn rendered_messages_come_first_and_prompt_goes() {
         let body =
             br#"{"model":"m","prompt":{"id":"p"},"messages":[{"role":"user","content":"more"}],"temperature":1}"#;
-        let rendered = [RenderedMessage { role: "system", content: "Be \"brief\".".into() }];
-        let out = splice(body, &rendered).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let rendered = br#"{"role":"system","content":"Be \"brief\"."}"#;
+        let out = splice(body, rendered).map(|b| String::from_utf8_lossy(&b).into_owned());
         assert_eq!(
             out.as_deref(),
             Ok(
@@ -95,11 +85,15 @@ mod tests {
 
     #[test]
     fn a_body_without_messages_gets_the_rendered_ones() {
-        let out =
-            splice(br#"{"model":"m\u0021","prompt":{}}"#, &[RenderedMessage { role: "user", content: "q".into() }]);
+        let out = splice(br#"{"model":"m\u0021","prompt":{}}"#, br#"{"role":"user","content":"q"}"#);
         let out = out.map(|b| String::from_utf8_lossy(&b).into_owned());
         assert_eq!(out.as_deref(), Ok(r#"{"messages":[{"role":"user","content":"q"}],"model":"m\u0021"}"#));
-        assert!(splice(b"[1]", &[]).is_err());
-        assert!(splice(br#"{"messages":3}"#, &[]).is_err());
+        assert!(splice(b"[1]", b"").is_err());
+        assert!(splice(br#"{"messages":3}"#, b"").is_err());
+        let out = splice(br#"{"messages":[{"role":"user"}],"prompt":{}}"#, b"");
+        assert_eq!(
+            out.as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).as_deref(),
+            Ok(r#"{"messages":[{"role":"user"}]}"#)
+        );
     }
 }
