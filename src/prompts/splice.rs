@@ -37,18 +37,23 @@ impl<'de> de::Deserialize<'de> for Fields<'de> {
 /// `messages` is not a list.
 pub(super) fn splice(body: &[u8], rendered: &[u8]) -> Result<Bytes, String> {
     let Fields(fields) = serde_json::from_slice(body).map_err(|err| format!("the request body: {err}"))?;
-    let client_messages: Vec<&RawValue> = match fields.iter().find(|(key, _)| key == "messages") {
-        Some((_, raw)) => serde_json::from_str(raw.get()).map_err(|_| "`messages` must be a list".to_string())?,
-        None => Vec::new(),
+    // The client's messages stay as written: only the list's brackets are looked at.
+    let client_messages = match fields.iter().find(|(key, _)| key == "messages") {
+        Some((_, raw)) => {
+            let inner = raw.get().trim();
+            let inner = inner.strip_prefix('[').and_then(|rest| rest.strip_suffix(']'));
+            Some(inner.ok_or_else(|| "`messages` must be a list".to_string())?.trim())
+        }
+        None => None,
     };
     let mut out = BytesMut::with_capacity(body.len() + rendered.len() + 16);
     out.put_slice(b"{\"messages\":[");
     out.put_slice(rendered);
-    for (i, message) in client_messages.iter().enumerate() {
-        if i > 0 || !rendered.is_empty() {
+    if let Some(messages) = client_messages.filter(|m| !m.is_empty()) {
+        if !rendered.is_empty() {
             out.put_u8(b',');
         }
-        out.put_slice(message.get().as_bytes());
+        out.put_slice(messages.as_bytes());
     }
     out.put_u8(b']');
     for (key, value) in &fields {
