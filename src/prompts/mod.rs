@@ -5,10 +5,12 @@
 //! the sandboxed dialect of [`crate::config::templates`]); reading a request's `prompt` object
 //! ([`PromptCall`]); choosing the version (the request's, else the one the target fixes, else
 //! the prompt's default); checking the variables against the version's declarations; rendering
-//! ([`Rendered`]); the errors, each naming the request field at fault ([`PromptError`]); and
-//! the listing `weir prompt list` and `GET /admin/prompts` show ([`PromptStore::list`]).
-//! Must not: touch request bodies or HTTP (the request path splices the rendered messages in),
-//! or read files (the config brought the prompt files in).
+//! ([`Rendered`]) and splicing the rendered messages into the request body a target gets
+//! ([`PromptStore::prepare`], `splice`: other fields keep their bytes); the errors, each
+//! naming the request field at fault ([`PromptError`]); and the listing `weir prompt list`
+//! and `GET /admin/prompts` show ([`PromptStore::list`]).
+//! Must not: speak HTTP or choose targets (the router asks for a target's body), or read
+//! files (the config brought the prompt files in).
 
 mod splice;
 
