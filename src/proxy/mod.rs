@@ -17,24 +17,24 @@ mod sse_filter;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::auth::AuthError;
-use crate::backends::{BackendResponse, UpstreamAuth};
-use crate::cache::CacheRequest;
+use crate::backends::{BackendError, BackendResponse, BackendRuntime, UpstreamAuth, UpstreamBody};
+use crate::cache::{CacheRequest, to_sse};
 use crate::config::AuthMode;
 use crate::limits::{AdmitRequest, LimitError};
 use crate::prompts::{PromptCall, PromptError, PromptPlan};
 use crate::router::{self, DispatchError, Outbound, Pick, RouteError};
 use crate::runtime::Snapshot;
-use crate::wire::body::{Body, read_body};
+use crate::wire::body::{Body, discard, read_body};
 use crate::wire::headers::{
     X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT, millis_header,
 };
-use crate::wire::{CAPTURE_LIMIT, Capture, Endpoint, Outcome, RequestError, parse_head};
+use crate::wire::{CAPTURE_LIMIT, Endpoint, Outcome, RequestError, parse_head};
 
 use exchange::Exchange;
 
@@ -69,15 +69,21 @@ impl From<LimitError> for ProxyError {
 pub struct Refused {
     pub error: ProxyError,
     exchange: Exchange,
+    /// Whether the connection can carry another request: a body refused unread was read to
+    /// its end (bounded) so it can, else the answer says `Connection: close`.
+    keep_alive: bool,
 }
 
 impl Refused {
     /// Sends `render(error)` as the answer: weir's headers (overhead, cache status, the
     /// key's rate headers, the backend tried) are added and the request is recorded.
     pub fn respond(self, render: impl FnOnce(ProxyError) -> Response<Body>) -> Response<Body> {
-        let Refused { error, mut exchange } = self;
+        let Refused { error, mut exchange, keep_alive } = self;
         let message = error.to_string();
         let mut response = render(error);
+        if !keep_alive {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         exchange.record.status = response.status().as_u16();
         exchange.record.error = Some(message);
         let headers = response.headers_mut();
@@ -96,20 +102,37 @@ impl Refused {
     }
 }
 
+/// A request's ids: weir's own, and the `x-request-id` the client sent (kept beside it).
+#[derive(Debug)]
+pub struct Ids {
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
 /// Serves one inference request: the streamed answer, or the refusal for the server to
 /// render. Either way the request is recorded exactly once.
 pub async fn handle(
     snapshot: Arc<Snapshot>,
     request: Request<Incoming>,
     endpoint: Endpoint,
-    request_id: String,
+    ids: Ids,
     started: Instant,
 ) -> Result<Response<Body>, Refused> {
-    let mut exchange = Exchange::begin(Arc::clone(&snapshot), request_id, started, endpoint, request.headers());
-    match forward(&snapshot, request, endpoint, &mut exchange).await {
+    let mut exchange = Exchange::begin(Arc::clone(&snapshot), ids.request_id, started, endpoint, request.headers());
+    exchange.record.client_request_id = ids.client;
+    let (parts, incoming) = request.into_parts();
+    let mut unread = Some(incoming);
+    match forward(&snapshot, &parts, &mut unread, endpoint, &mut exchange).await {
         Ok(Reply::Upstream(answer)) => Ok(answer.into_response(exchange)),
         Ok(Reply::Cache(served)) => Ok(cached::response(served, exchange)),
-        Err(error) => Err(Refused { error, exchange }),
+        Err(error) => {
+            // Refused before its body was read (a wrong key): read it off the connection.
+            let keep_alive = match unread.take() {
+                Some(body) => discard(&parts.headers, body).await,
+                None => true,
+            };
+            Err(Refused { error, exchange, keep_alive })
+        }
     }
 }
 
@@ -128,19 +151,27 @@ struct Answer {
     stream: bool,
     /// weir asked upstream for the usage chunk; the client did not.
     strip_usage: bool,
-    backend: Arc<crate::backends::BackendRuntime>,
+    backend: Arc<BackendRuntime>,
 }
 
+/// `unread` is the request body, taken when it is read: a refusal that leaves it there was
+/// made before the body was read.
 async fn forward(
     snapshot: &Snapshot,
-    request: Request<Incoming>,
+    parts: &http::request::Parts,
+    unread: &mut Option<Incoming>,
     endpoint: Endpoint,
     exchange: &mut Exchange,
 ) -> Result<Reply, ProxyError> {
-    let (parts, incoming) = request.into_parts();
     let identity = snapshot.keys.authenticate(&parts.headers)?;
     exchange.record.key = identity.name().to_owned();
-    let body = read_body(&parts.headers, incoming, snapshot.config.server.max_body).await?;
+    if !snapshot.datasets.is_empty() {
+        snapshot.datasets.owned_by(&exchange.record.request_id, &snapshot.keys.owner(&identity, &parts.headers));
+    }
+    let Some(incoming) = unread.take() else {
+        return Err(RequestError::BodyRead("the request body was already taken".into()).into());
+    };
+    let body = read_body(parts, incoming, snapshot.config.server.max_body).await?;
     let head = parse_head(endpoint, &body)?;
     let prompt_call = head.prompt.as_ref().map(PromptCall::from_json).transpose()?;
     exchange.record.model.clone_from(&head.model);
@@ -206,13 +237,50 @@ async fn forward(
     let outbound = Outbound { endpoint, head: &head, body: &body, auth, prompts };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
+    let mut upstream = dispatched.response;
+    if head.stream && is_json(&upstream.headers) {
+        upstream = restream(upstream, &dispatched.backend, dispatched.sent).await?;
+    }
     Ok(Reply::Upstream(Answer {
-        upstream: dispatched.response,
+        upstream,
         sent: dispatched.sent,
         stream: head.stream,
         strip_usage: head.injects_usage,
         backend: dispatched.backend,
     }))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+}
+
+/// A stream was asked for and the upstream answered with one JSON body (some servers ignore
+/// `stream`): the answer is read, bounded and within the backend's `total` timeout, and
+/// replayed as the stream the client asked for (its usage event included, for the taps; the
+/// client's stream drops it unless it asked). One that is no completion fails as the
+/// upstream's error, before any byte was sent.
+async fn restream(
+    mut upstream: BackendResponse,
+    backend: &BackendRuntime,
+    sent: tokio::time::Instant,
+) -> Result<BackendResponse, ProxyError> {
+    let failed = |detail: &str| {
+        ProxyError::Dispatch(DispatchError::from(BackendError::Protocol {
+            backend: backend.name().to_owned(),
+            detail: format!("answered a stream request with {detail}"),
+        }))
+    };
+    let body = std::mem::replace(&mut upstream.body, UpstreamBody::Full(None));
+    let deadline = sent + backend.config.timeouts.total;
+    let json = match tokio::time::timeout_at(deadline, body.read_bounded(CAPTURE_LIMIT)).await {
+        Ok(Ok(json)) => json,
+        Ok(Err(err)) => return Err(failed(&format!("a JSON body that broke off: {err}"))),
+        Err(_) => return Err(failed("a JSON body that did not arrive within its total timeout")),
+    };
+    let stream = to_sse(&json, true).ok_or_else(|| failed("JSON that is not a completion"))?;
+    upstream.body = UpstreamBody::Full(Some(stream));
+    upstream.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    Ok(upstream)
 }
 
 impl Answer {
@@ -242,7 +310,7 @@ impl Answer {
 /// can read the answer back when the exchange finishes.
 fn prepare_answer(headers: &mut HeaderMap, sse: bool, exchange: &mut Exchange) {
     exchange.record.sse = sse;
-    exchange.capture = Some(Capture::new(CAPTURE_LIMIT));
+    exchange.start_capture();
     if sse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

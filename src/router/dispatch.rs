@@ -262,7 +262,7 @@ async fn try_target(
             classified.retry && number + 1 < retry.attempts && !matches!(classified.verdict, Verdict::RateLimited(_));
         tracing::info!(
             request_id = %record.request_id, backend = target.backend.name(), model = %target.model,
-            variant = %target.variant, attempt = number + 1, error = %err,
+            variant = %target.variant, attempt = number + 1, error = %crate::wire::LogSafe(&err.to_string()),
             next = if again { "retry" } else { "next target" },
             "upstream attempt failed"
         );

@@ -12,6 +12,8 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::GatewayError;
+use super::routes::refuse_unread;
+use crate::runtime::Snapshot;
 use crate::runtime::reload::{self, Trigger};
 use crate::wire::body::{self, Body};
 
@@ -24,11 +26,14 @@ pub async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Respons
         (&Method::GET, "/readyz") => body::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         (_, path) if path.starts_with("/admin/") => {
             if !admin_authorized(state, &request) {
-                return GatewayError::AdminUnauthorized.to_response();
+                return refuse_unread(request, GatewayError::AdminUnauthorized).await;
             }
             admin_route(state, request).await
         }
-        _ => GatewayError::NotFound(path.to_owned()).to_response(),
+        _ => {
+            let error = GatewayError::NotFound(path.to_owned());
+            refuse_unread(request, error).await
+        }
     }
 }
 
@@ -104,11 +109,15 @@ fn key_usage_name(path: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Constant-time check of the bearer token; no token configured means nobody is admitted.
 fn admin_authorized(state: &AppState, request: &Request<Incoming>) -> bool {
-    let snapshot = state.snapshot();
+    bears_admin_token(&state.snapshot(), request.headers())
+}
+
+/// Constant-time check of `Authorization: Bearer <server.admin_token>`; no token configured
+/// means nobody is admitted.
+pub(super) fn bears_admin_token(snapshot: &Snapshot, headers: &http::HeaderMap) -> bool {
     let Some(expected) = snapshot.config.server.admin_token.as_deref() else { return false };
-    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let given = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     given.is_some_and(|given| bool::from(given.ct_eq(expected.as_bytes())))
 }
 

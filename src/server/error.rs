@@ -10,7 +10,7 @@
 //! hand-written error body anywhere else.
 
 use bytes::Bytes;
-use http::header::RETRY_AFTER;
+use http::header::{CONNECTION, RETRY_AFTER};
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -115,7 +115,11 @@ impl GatewayError {
                 RequestError::BodyTimeout(_) => {
                     plain(S::REQUEST_TIMEOUT, "invalid_request_error", Some("request_timeout"))
                 }
+                RequestError::BodiesOverBudget { .. } => {
+                    plain(S::SERVICE_UNAVAILABLE, "api_error", Some("too_many_request_bodies"))
+                }
                 RequestError::InvalidJson(_) => plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_json")),
+                RequestError::TooDeep { .. } => plain(S::BAD_REQUEST, "invalid_request_error", Some("json_too_deep")),
                 RequestError::InvalidField { param, .. } => Described {
                     status: S::BAD_REQUEST,
                     kind: "invalid_request_error",
@@ -155,7 +159,15 @@ impl GatewayError {
             // budget is `insufficient_quota`.
             GatewayError::Limit(err) => match err.as_ref() {
                 LimitError::Requests { .. } => plain(S::TOO_MANY_REQUESTS, "requests", Some("rate_limit_exceeded")),
-                LimitError::Tokens { .. } => plain(S::TOO_MANY_REQUESTS, "tokens", Some("rate_limit_exceeded")),
+                LimitError::Tokens { .. } | LimitError::TooLarge { .. } => {
+                    plain(S::TOO_MANY_REQUESTS, "tokens", Some("rate_limit_exceeded"))
+                }
+                LimitError::Invalid { param, .. } => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("invalid_value"),
+                    param: Some((*param).into()),
+                },
                 LimitError::Concurrent { .. } => {
                     plain(S::TOO_MANY_REQUESTS, "requests", Some("concurrency_limit_exceeded"))
                 }
@@ -249,7 +261,9 @@ impl GatewayError {
         let mut response = body::json(described.status, error_json(&described, &self.to_string()));
         if let GatewayError::Limit(limit) = self {
             let headers = response.headers_mut();
-            headers.insert(RETRY_AFTER, rate_headers::retry_after(limit.retry_after()));
+            if let Some(wait) = limit.retry_after() {
+                headers.insert(RETRY_AFTER, rate_headers::retry_after(wait));
+            }
             if let Some(view) = limit.view() {
                 view.apply(headers);
             }
@@ -259,11 +273,32 @@ impl GatewayError {
         {
             response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
         }
+        if let GatewayError::Request(err) = self
+            && body_left_unread(err)
+        {
+            // The rest of the body is still on its way: the connection cannot carry another
+            // request, and saying so spares the client a reused connection closed under it.
+            response.headers_mut().insert(CONNECTION, http::HeaderValue::from_static("close"));
+            if matches!(err, RequestError::BodiesOverBudget { .. }) {
+                response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+        }
         if let GatewayError::Route(RouteError::RateLimited { retry_after, .. }) = self {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// Refusals made while the request body was still arriving.
+fn body_left_unread(err: &RequestError) -> bool {
+    match err {
+        RequestError::BodyTooLarge { .. }
+        | RequestError::BodyRead(_)
+        | RequestError::BodyTimeout(_)
+        | RequestError::BodiesOverBudget { .. } => true,
+        RequestError::InvalidJson(_) | RequestError::TooDeep { .. } | RequestError::InvalidField { .. } => false,
     }
 }
 

@@ -1,31 +1,31 @@
 //! The route tables: which path goes to which handler, and nothing else.
 //!
-//! Owns: the client and admin route tables and weir's own response headers (request id,
-//! overhead). Must not: hold handler logic.
+//! Owns: the client and admin route tables, weir's own response headers (request id, always
+//! weir's; the client's `x-request-id` travels on as `client_request_id`; overhead), and
+//! keeping a connection usable after a refusal made before the body was read. Must not: hold handler logic.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::header::CONNECTION;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::error::GatewayError;
 use super::{AppState, FnHandler, Handler, admin, feedback, models};
 use crate::proxy;
 use crate::wire::Endpoint;
-use crate::wire::body::Body;
-use crate::wire::headers::{X_REQUEST_ID, X_WEIR_OVERHEAD_MS, millis_header};
-
-/// Longest client-supplied `x-request-id` we keep; longer ones are replaced.
-const MAX_REQUEST_ID_LEN: usize = 128;
+use crate::wire::body::{Body, discard};
+use crate::wire::headers::{X_REQUEST_ID, X_WEIR_OVERHEAD_MS, client_request_id, millis_header};
 
 /// The OpenAI-compatible client port.
 pub fn client_service(state: Arc<AppState>) -> impl Handler {
     FnHandler::new(state, |state: Arc<AppState>, request: Request<Incoming>| async move {
         let started = Instant::now();
-        let request_id = request_id(request.headers());
+        let request_id = new_request_id();
+        let http2 = request.version() == Version::HTTP_2;
         let mut response = route_client(&state, request, &request_id, started).await;
-        finish_headers(response.headers_mut(), &request_id, started);
+        finish_headers(response.headers_mut(), &request_id, started, http2);
         response
     })
 }
@@ -47,7 +47,8 @@ async fn route_client(
     };
     match (request.method(), endpoint, path) {
         (&Method::POST, Some(endpoint), _) => {
-            match proxy::handle(state.snapshot(), request, endpoint, request_id.to_owned(), started).await {
+            let ids = proxy::Ids { request_id: request_id.to_owned(), client: client_request_id(request.headers()) };
+            match proxy::handle(state.snapshot(), request, endpoint, ids, started).await {
                 Ok(answer) => answer,
                 Err(refused) => refused.respond(|err| GatewayError::from(err).to_response()),
             }
@@ -59,26 +60,47 @@ async fn route_client(
             feedback::handle(&state.snapshot(), request).await.unwrap_or_else(|err| err.to_response())
         }
         (method, Some(_), _) | (method, None, "/models" | "/feedback") => {
-            GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() }
-                .to_response()
+            let error =
+                GatewayError::MethodNotAllowed { method: method.clone(), path: request.uri().path().to_owned() };
+            refuse_unread(request, error).await
         }
-        _ => GatewayError::NotFound(request.uri().path().to_owned()).to_response(),
+        _ => {
+            let error = GatewayError::NotFound(request.uri().path().to_owned());
+            refuse_unread(request, error).await
+        }
     }
+}
+
+/// Answers `error` to a request whose body was not read, reading it off the connection first
+/// (bounded) so the connection can carry the next request, or closing it when it cannot.
+pub(super) async fn refuse_unread(request: Request<Incoming>, error: GatewayError) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let keep_alive = discard(&parts.headers, body).await;
+    let mut response = error.to_response();
+    if !keep_alive {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The admin port: health, readiness, and (with the admin token) `/admin/*`.
 pub fn admin_service(state: Arc<AppState>) -> impl Handler {
     FnHandler::new(state, |state: Arc<AppState>, request: Request<Incoming>| async move {
         let started = Instant::now();
-        let request_id = request_id(request.headers());
+        let request_id = new_request_id();
+        let http2 = request.version() == Version::HTTP_2;
         let mut response = admin::route(&state, request).await;
-        finish_headers(response.headers_mut(), &request_id, started);
+        finish_headers(response.headers_mut(), &request_id, started, http2);
         response
     })
 }
 
-/// Every response carries its request id and weir's own time, errors included.
-fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant) {
+/// Every response carries its request id and weir's own time, errors included. HTTP/2 allows
+/// no connection-specific headers, so a refusal's `Connection: close` is for HTTP/1 only.
+fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant, http2: bool) {
+    if http2 {
+        headers.remove(CONNECTION);
+    }
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID, value);
     }
@@ -87,17 +109,8 @@ fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant) {
     }
 }
 
-/// The client's `x-request-id` when it is a sane token, else a fresh random one.
-fn request_id(headers: &HeaderMap) -> String {
-    let given = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok());
-    match given {
-        Some(id) if (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) => {
-            id.to_owned()
-        }
-        _ => new_request_id(),
-    }
-}
-
+/// weir's own id for every request, whatever the client sent: a client's `x-request-id` could
+/// collide with another client's (on purpose or not), and ids name requests for feedback.
 /// `req_` and 32 random hex digits.
 fn new_request_id() -> String {
     let mut id = [0u8; 4 + 32];

@@ -191,7 +191,13 @@ impl Metrics {
 
     /// `weir_dataset_records_total{dataset,outcome}`.
     pub fn dataset_record(&self, dataset: &str, written: bool) {
-        self.dataset_records.with([dataset, if written { "written" } else { "dropped" }], Counter::inc);
+        self.dataset_records(dataset, written, 1);
+    }
+
+    /// `weir_dataset_records_total{dataset,result}` by `n` at once (a batch reached the file,
+    /// or was lost with it).
+    pub fn dataset_records(&self, dataset: &str, written: bool, n: u64) {
+        self.dataset_records.with([dataset, if written { "written" } else { "dropped" }], |c| c.add(n));
     }
 
     /// `weir_config_reloads_total{outcome}`.

@@ -17,8 +17,9 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Saturating: the counts are an upstream's word.
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 

@@ -457,3 +457,50 @@ async fn cached_and_rate_limited_requests_are_recorded() {
     assert_eq!(limited["status"], 429);
     assert!(limited["error"].as_str().unwrap().contains("RPM"), "{limited}");
 }
+
+/// `weir_dataset_records_total{dataset,outcome}` as `/metrics` shows it.
+async fn dataset_count(gateway: &Gateway, dataset: &str, outcome: &str) -> u64 {
+    let metrics = support::http()
+        .get(format!("http://{}/metrics", gateway.admin_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(r#"weir_dataset_records_total{{dataset="{dataset}",outcome="{outcome}"}} "#);
+    metrics.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.parse().unwrap())
+}
+
+/// A dataset whose disk is full (its file leads to `/dev/full`): every record is counted as
+/// dropped, none as written; and once the disk has room, records are written again.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn records_lost_to_a_full_disk_count_as_dropped_not_written() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let date = weir::datasets::date_of_day(weir::datasets::day_of(std::time::SystemTime::now()));
+    let file = dir.path().join(weir::datasets::file_name(&date, 0));
+    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    let gateway = gateway_with(&upstream, &format!("  - {{ name: full, dir: {} }}\n", dir.path().display())).await;
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..3 {
+        let (status, _, answer) = post(&gateway, "/chat/completions", TEAM_KEY, body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    while dataset_count(&gateway, "full", "dropped").await < 3 {
+        assert!(std::time::Instant::now() < deadline, "records lost to the full disk were not counted as dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(dataset_count(&gateway, "full", "written").await, 0);
+
+    // Room again: the next records reach the file and count as written.
+    std::fs::remove_file(&file).unwrap();
+    let (status, id, _) = post(&gateway, "/chat/completions", TEAM_KEY, body).await;
+    assert_eq!(status, 200);
+    gateway.shutdown().await;
+    let lines = lines(dir.path());
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    record(&lines, &id);
+}

@@ -41,6 +41,7 @@ pub struct SpanRecord {
     /// `(id, version)` of the prompt rendered into the request.
     prompt: Option<(String, String)>,
     request_id: String,
+    client_request_id: Option<String>,
     stream: bool,
     status: u16,
     cache: &'static str,
@@ -112,6 +113,7 @@ impl SpanRecord {
             experiment: record.experiment.clone(),
             prompt: record.prompt.as_ref().map(|p| (p.id.clone(), p.version.clone())),
             request_id: record.request_id.clone(),
+            client_request_id: record.client_request_id.clone(),
             stream: record.stream,
             status: record.status,
             cache: record.cache.as_str(),
@@ -174,6 +176,9 @@ impl SpanRecord {
         if let Some((id, version)) = &self.prompt {
             attributes.push(KeyValue::new("weir.prompt.id", id.clone()));
             attributes.push(KeyValue::new("weir.prompt.version", version.clone()));
+        }
+        if let Some(client_request_id) = &self.client_request_id {
+            attributes.push(KeyValue::new("weir.client_request_id", client_request_id.clone()));
         }
         if let Some(model) = &self.response_model {
             attributes.push(KeyValue::new("gen_ai.response.model", truncate(model, TEXT_LIMIT).into_owned()));

@@ -2,7 +2,7 @@
 //! `traceparent` continued and passed upstream, `/metrics` on the admin port, and the
 //! dashboards' queries against a real Prometheus.
 
-mod otlp;
+pub(crate) mod otlp;
 mod prometheus;
 
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -48,6 +48,7 @@ async fn chat(gateway: &weir::Gateway, body: serde_json::Value, traceparent: Opt
     let mut request = support::http()
         .post(format!("{}/chat/completions", support::base_url(gateway)))
         .bearer_auth(TEAM_KEY)
+        .header("x-request-id", "client-42")
         .json(&body);
     if let Some(traceparent) = traceparent {
         request = request.header("traceparent", traceparent);
@@ -100,6 +101,9 @@ async fn http_protobuf_export_continues_the_clients_trace_with_genai_attributes(
     ] {
         assert_eq!(attr(server, key).as_deref(), Some(expected.as_str()), "server span attribute {key}");
     }
+    // weir's own id, and the client's kept beside it.
+    assert_eq!(attr(server, "weir.client_request_id").as_deref(), Some("client-42"));
+    assert!(attr(server, "weir.request_id").is_some_and(|id| id.starts_with("req_")));
     let cost: f64 = attr(server, "weir.cost_usd").expect("cost").parse().unwrap();
     assert!(cost > 0.0);
     assert_eq!(attr(client, "gen_ai.request.model").as_deref(), Some("upstream-chat"));
