@@ -234,6 +234,17 @@ fn scenarios() -> Vec<Scenario> {
             reload_every: None,
         },
         Scenario {
+            name: "prompt",
+            about: "a target that fixes a prompt version: a system message rendered (variables, a \
+                    conditional, a loop) and spliced before each request's messages vs none",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: prompt_config,
+            headers: no_headers,
+            byte_exact: true,
+            reload_every: None,
+        },
+        Scenario {
             name: "split3",
             about: "3-target weighted split (60/30/10, three backends, retry and a fallback configured) vs one target",
             baseline: Baseline::Weir,
@@ -433,6 +444,25 @@ fn translation_overhead(bodies: &common::Bodies) -> Value {
             .insert(name.into(), json!({"request_us": request_us, "json_answer_us": json_us, "stream_us": stream_us}));
     }
     Value::Object(figures)
+}
+
+/// One model whose target fixes `bench@v1`: every request gets its system message rendered.
+fn prompt_config(ctx: &Ctx) -> String {
+    let prompts = r#"prompts:
+  bench:
+    versions:
+      v1:
+        messages:
+          - role: system
+            content: "You are the {{ product }} assistant.{% if formal %} Be formal.{% endif %}{% for rule in rules %} {{ loop.index }}. {{ rule }}{% endfor %}"
+        variables: { product: { default: weir }, formal: { default: true }, rules: { default: [Be brief, Cite the docs] } }
+"#;
+    format!(
+        "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
+         models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL}, prompt: bench@v1 }} ] }}\n\
+         auth: {{ mode: none }}\n{prompts}",
+        ctx.upstream,
+    )
 }
 
 /// Rewrites the feature weir's config every `every`, alternating `config` with a variant

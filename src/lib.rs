@@ -7,8 +7,8 @@
 //!            · eval (`weir eval run`, a client of a running weir)
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
-//! features   auth · limits · cache · router → backends · router → experiments (shares, decisions)
-//!            · conversations (stored responses)
+//! features   auth · limits · cache · prompts · router → backends · router → experiments (shares,
+//!            decisions) · conversations (stored responses)
 //! config     config: raw → validated → typed
 //! ground     wire: endpoint, request head, bodies, headers, trace context, capture, usage, record
 //!            apis: the Responses and Messages APIs as pure translations to and from chat
@@ -16,7 +16,7 @@
 //!
 //! A request: `server` accepts it and hands it to `proxy`, which authenticates (`auth`),
 //! reads and parses it once (`wire`), admits it against its key's limits (`limits`), looks
-//! the cache up (`cache`), picks a target and calls it (`router` → `backends`), and streams
+//! the cache up (`cache`), renders its prompt for the target (`prompts`), picks a target and calls it (`router` → `backends`), and streams
 //! the answer back. When the answer ends, the request's guards are released and every tap
 //! reads the same finished record.
 
@@ -31,6 +31,7 @@ pub mod eval;
 pub mod experiments;
 pub mod gateway;
 pub mod limits;
+pub mod prompts;
 pub(crate) mod proxy;
 pub mod router;
 pub(crate) mod runtime;

@@ -1,5 +1,7 @@
 //! The `weir` command line: `serve`, `check`, `key hash`, `dataset export`, `experiment report`,
-//! `eval run`.
+//! `eval run`, `prompt list`, `prompt render`.
+
+mod prompt_cli;
 
 use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
@@ -35,7 +37,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate a config file and list every problem as PATH:LINE:COL: message.
+    /// Validate a config file (and its prompt files, each template rendered with its declared
+    /// defaults) and list every problem as PATH:LINE:COL: message.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -59,6 +62,11 @@ enum Command {
     Eval {
         #[command(subcommand)]
         command: EvalCommand,
+    },
+    /// Versioned prompts of a config.
+    Prompt {
+        #[command(subcommand)]
+        command: prompt_cli::PromptCommand,
     },
 }
 
@@ -129,6 +137,9 @@ enum DatasetCommand {
         /// Only this variant.
         #[arg(long)]
         variant: Option<String>,
+        /// Only requests that rendered this prompt: ID or ID@VERSION.
+        #[arg(long, value_name = "ID[@VERSION]")]
+        prompt: Option<String>,
         /// Only requests with feedback scored at least this (0 to 1).
         #[arg(long)]
         min_score: Option<f64>,
@@ -166,6 +177,9 @@ enum ExperimentCommand {
         /// Only this experiment.
         #[arg(long)]
         experiment: Option<String>,
+        /// Only requests that rendered this prompt: ID or ID@VERSION.
+        #[arg(long, value_name = "ID[@VERSION]")]
+        prompt: Option<String>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
         /// A weir config: each experiment's metric and `stop` rule from its `experiments:` entry.
@@ -213,25 +227,52 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Key { command: KeyCommand::Hash } => key_hash(),
         Command::Dataset {
-            command: DatasetCommand::Export { dir, format, model, variant, min_score, since, min_margin, out },
+            command: DatasetCommand::Export { dir, format, model, variant, prompt, min_score, since, min_margin, out },
         } => {
             let format = match format {
                 ExportFormat::OpenaiChat => export::Format::OpenAiChat,
                 ExportFormat::Eval => export::Format::Eval,
                 ExportFormat::Dpo => export::Format::Dpo,
             };
-            let options = ExportOptions { model, variant, min_score, since, min_margin };
+            let prompt = match prompt_filter(prompt.as_deref()) {
+                Ok(prompt) => prompt,
+                Err(code) => return code,
+            };
+            let options = ExportOptions { model, variant, min_score, since, min_margin, prompt };
             dataset_export(&dir, format, options, out.as_deref())
         }
         Command::Experiment {
             command:
-                ExperimentCommand::Report { dir, experiment, format, config, metric, confidence, min_samples, margin },
+                ExperimentCommand::Report {
+                    dir,
+                    experiment,
+                    prompt,
+                    format,
+                    config,
+                    metric,
+                    confidence,
+                    min_samples,
+                    margin,
+                },
         } => {
+            let prompt = match prompt_filter(prompt.as_deref()) {
+                Ok(prompt) => prompt,
+                Err(code) => return code,
+            };
             let overrides = SequentialFlags { config, metric, confidence, min_samples, margin };
-            experiment_report(&dir, experiment.as_deref(), format, overrides)
+            experiment_report(&dir, experiment.as_deref(), prompt.as_ref(), format, overrides)
         }
         Command::Eval { command: EvalCommand::Run(args) } => eval_run(args),
+        Command::Prompt { command } => prompt_cli::run(command),
     }
+}
+
+/// `--prompt ID[@VERSION]`, or the exit code of a malformed one.
+fn prompt_filter(text: Option<&str>) -> Result<Option<weir::datasets::PromptFilter>, ExitCode> {
+    text.map(weir::datasets::PromptFilter::parse).transpose().map_err(|err| {
+        eprintln!("weir: --prompt: {err}");
+        ExitCode::FAILURE
+    })
 }
 
 fn eval_run(args: EvalArgs) -> ExitCode {
@@ -321,10 +362,11 @@ struct ExportOptions {
     min_score: Option<f64>,
     since: Option<String>,
     min_margin: Option<f64>,
+    prompt: Option<weir::datasets::PromptFilter>,
 }
 
 fn dataset_export(dir: &Path, format: export::Format, flags: ExportOptions, out: Option<&Path>) -> ExitCode {
-    let ExportOptions { model, variant, min_score, since, min_margin } = flags;
+    let ExportOptions { model, variant, min_score, since, min_margin, prompt } = flags;
     if min_score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
         eprintln!("weir: --min-score must be between 0 and 1");
         return ExitCode::FAILURE;
@@ -349,7 +391,7 @@ fn dataset_export(dir: &Path, format: export::Format, flags: ExportOptions, out:
             return ExitCode::FAILURE;
         }
     };
-    let options = export::Options { model, variant, min_score, since, min_margin };
+    let options = export::Options { model, variant, min_score, since, min_margin, prompt };
     let mut sink: Box<dyn Write> = match out {
         Some(path) => match std::fs::File::create(path) {
             Ok(file) => Box::new(std::io::BufWriter::new(file)),
@@ -420,7 +462,13 @@ fn sequential_settings(flags: SequentialFlags) -> Result<impl Fn(&str) -> report
     })
 }
 
-fn experiment_report(dir: &Path, experiment: Option<&str>, format: ReportFormat, flags: SequentialFlags) -> ExitCode {
+fn experiment_report(
+    dir: &Path,
+    experiment: Option<&str>,
+    prompt: Option<&weir::datasets::PromptFilter>,
+    format: ReportFormat,
+    flags: SequentialFlags,
+) -> ExitCode {
     let sequential = match sequential_settings(flags) {
         Ok(sequential) => sequential,
         Err(err) => {
@@ -428,7 +476,7 @@ fn experiment_report(dir: &Path, experiment: Option<&str>, format: ReportFormat,
             return ExitCode::FAILURE;
         }
     };
-    let report = match report::report(dir, experiment, &sequential, &mut std::io::stderr()) {
+    let report = match report::report(dir, experiment, prompt, &sequential, &mut std::io::stderr()) {
         Ok(report) => report,
         Err(err) => {
             eprintln!("weir: {err}");
@@ -492,11 +540,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     match weir::config::load_file(path) {
         Ok(config) => {
             println!(
-                "{}: ok ({} backends, {} models, {} keys)",
+                "{}: ok ({} backends, {} models, {} keys, {} prompts)",
                 path.display(),
                 config.backends.len(),
                 config.models.len(),
-                config.keys.len()
+                config.keys.len(),
+                config.prompts.by_id.len()
             );
             ExitCode::SUCCESS
         }

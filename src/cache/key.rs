@@ -28,8 +28,9 @@ impl std::fmt::Debug for CacheKey {
 }
 
 impl CacheKey {
-    /// Hashes `request` (the client's parsed body) for `model` as seen by `scope`.
-    pub fn new(endpoint: Endpoint, scope: Option<&str>, model: &str, request: &Value) -> CacheKey {
+    /// Hashes `request` (the client's parsed body) for `model` as seen by `scope`, with
+    /// `context` (what else the answer depends on; empty for nothing).
+    pub fn new(endpoint: Endpoint, scope: Option<&str>, model: &str, context: &str, request: &Value) -> CacheKey {
         let mut hasher = HashWriter(Sha256::new());
         hasher.part(b"weir-cache-v1");
         hasher.part(endpoint.as_str().as_bytes());
@@ -41,6 +42,11 @@ impl CacheKey {
             None => hasher.part(b"global"),
         }
         hasher.part(model.as_bytes());
+        // Empty adds nothing, so keys of requests without a context are as before.
+        if !context.is_empty() {
+            hasher.part(b"context");
+            hasher.part(context.as_bytes());
+        }
         match request {
             Value::Object(map) => {
                 let mut fields: Vec<(&String, &Value)> =
@@ -123,7 +129,7 @@ mod tests {
 
     fn key(scope: Option<&str>, body: &str) -> CacheKey {
         let value: Value = serde_json::from_str(body).unwrap();
-        CacheKey::new(Endpoint::ChatCompletions, scope, "chat", &value)
+        CacheKey::new(Endpoint::ChatCompletions, scope, "chat", "", &value)
     }
 
     #[test]
@@ -155,8 +161,9 @@ mod tests {
         assert_ne!(base, key(Some("team"), r#"{"messages":[{"role":"user","content":"hi"}]}"#));
         assert_ne!(key(Some("a"), "{}"), key(Some("b"), "{}"));
         let value: Value = serde_json::from_str(r#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
-        assert_ne!(base, CacheKey::new(Endpoint::Completions, None, "chat", &value));
-        assert_ne!(base, CacheKey::new(Endpoint::ChatCompletions, None, "other", &value));
+        assert_ne!(base, CacheKey::new(Endpoint::Completions, None, "chat", "", &value));
+        assert_ne!(base, CacheKey::new(Endpoint::ChatCompletions, None, "chat", "p=v1:sha256:1", &value));
+        assert_ne!(base, CacheKey::new(Endpoint::ChatCompletions, None, "other", "", &value));
     }
 
     #[test]

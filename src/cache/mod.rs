@@ -64,6 +64,10 @@ pub struct CacheRequest<'a> {
     pub stream: bool,
     /// The model's `cache.ttl`.
     pub ttl: Duration,
+    /// What the answer depends on besides the body, such as the content of the prompt
+    /// versions the request may render: an edited prompt is not answered from entries the
+    /// old one filled. Empty when nothing.
+    pub context: &'a str,
     pub headers: &'a HeaderMap,
     /// Where `weir_cache_requests_total` is counted.
     pub metrics: &'a Metrics,
@@ -151,7 +155,7 @@ impl Cache {
             CacheScope::Key => Some(request.key_name),
             CacheScope::Global => None,
         };
-        let key = CacheKey::new(request.endpoint, scope, request.model, &json);
+        let key = CacheKey::new(request.endpoint, scope, request.model, request.context, &json);
         drop(json);
         let shape = Shape { stream: request.stream, include_usage };
 
@@ -433,6 +437,7 @@ mod tests {
             body: BODY,
             stream: true,
             ttl: Duration::from_secs(60),
+            context: "",
             headers,
             metrics,
         };

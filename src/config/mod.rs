@@ -3,14 +3,18 @@
 //! Owns: the raw serde schema (`raw`), the YAML reader that keeps line/column positions and
 //! expands `${VAR}` / `${VAR:-default}` (`yaml`), unit parsing (`units`), and the validation
 //! pass that turns a `RawConfig` into a typed [`Config`] (`validate`); where the text comes
-//! from and its hash (`source`), and the secret-masked view of it (`mask`).
+//! from and its hash (`source`), and the secret-masked view of it (`mask`); the prompt files
+//! of `prompts_dir` (`prompt_files`) and the sandboxed template dialect prompts are written in
+//! (`templates`).
 //! Must not: name any module but `wire` (its own limits, such as the dataset count, live
 //! here), open sockets, build HTTP clients or touch live state — that is the runtime's
 //! snapshot build, so `weir check` stays side-effect free.
 
 mod mask;
+pub(crate) mod prompt_files;
 pub(crate) mod raw;
 mod source;
+pub(crate) mod templates;
 mod types;
 mod units;
 mod validate;
@@ -80,14 +84,29 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
             message: format!("cannot read file: {err}"),
         }],
     })?;
-    load_str(&text, &origin, &|name| std::env::var(name).ok())
+    let doc = yaml::parse(&text, &origin, &|name| std::env::var(name).ok())?;
+    from_document(&doc, &origin, path.parent())
 }
 
 /// Validates config text. `env` resolves `${VAR}` references (injected so tests need not
 /// touch the process environment).
 pub fn load_str(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let doc = yaml::parse(text, origin, env)?;
-    validate::validate(&doc, origin)
+    from_document(&doc, origin, None)
+}
+
+/// Validates a parsed config together with the prompt files of its `prompts_dir` (relative
+/// to `base`, else the working directory).
+fn from_document(doc: &yaml::Document, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+    let (files, mut file_problems) = prompt_files::read(doc, origin, base);
+    match validate::validate(doc, origin, files.as_ref()) {
+        Ok(config) if file_problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { problems: file_problems }),
+        Err(mut err) => {
+            err.problems.append(&mut file_problems);
+            Err(err)
+        }
+    }
 }
 
 /// The config `weir serve` uses: `path` if given, else `config/weir.yaml` if it exists,

@@ -25,6 +25,10 @@ pub struct RawConfig {
     pub datasets: Vec<RawDataset>,
     /// Experiment settings by the name models give in `experiment:`.
     pub experiments: BTreeMap<String, RawExperiment>,
+    /// A directory of prompt files, one per prompt (`ID.yaml`), relative to the config file.
+    pub prompts_dir: Option<String>,
+    /// Versioned prompt templates by id.
+    pub prompts: BTreeMap<String, RawPrompt>,
 }
 
 /// One entry of `experiments:`.
@@ -145,6 +149,8 @@ pub struct RawTarget {
     pub variant: Option<String>,
     /// Request fields sent where the client did not set them (weir extension).
     pub params: Option<serde_json::Value>,
+    /// `ID@VERSION`: the prompt version this target renders (a prompt A/B arm).
+    pub prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -154,6 +160,8 @@ pub struct RawFallback {
     pub model: String,
     /// As a target's `params`.
     pub params: Option<serde_json::Value>,
+    /// As a target's `prompt`.
+    pub prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -277,4 +285,42 @@ pub struct RawDatasetFilter {
     pub variant: Option<String>,
     pub key: Option<String>,
     pub status: Option<serde_json::Value>,
+}
+
+/// One entry of `prompts:`, or the whole of a file in `prompts_dir`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPrompt {
+    /// The version used when neither the request nor the target names one. Required when
+    /// there is more than one version.
+    pub default: Option<String>,
+    pub versions: BTreeMap<String, RawPromptVersion>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPromptVersion {
+    /// Message templates, rendered in order before the request's own messages.
+    pub messages: Vec<RawPromptMessage>,
+    pub variables: BTreeMap<String, RawPromptVariable>,
+    /// Request fields sent where the client did not set them, as a target's `params`.
+    pub params: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPromptMessage {
+    /// `system | developer | user | assistant`.
+    pub role: String,
+    /// A MiniJinja template.
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawPromptVariable {
+    /// Used when the request does not set the variable.
+    pub default: Option<serde_json::Value>,
+    /// The request must set it. Default false.
+    pub required: Option<bool>,
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Config, ConfigError, DEFAULT_CONFIG_PATH, EMBEDDED_DEFAULT, Problem, mask, validate, yaml};
+use super::{Config, ConfigError, DEFAULT_CONFIG_PATH, EMBEDDED_DEFAULT, Problem, mask, yaml};
 
 /// Where the config is read from, at start and on each reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +86,8 @@ impl ConfigSource {
             ConfigSource::Embedded => EMBEDDED_DEFAULT.as_bytes().to_vec(),
         };
         let hash = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        Ok(SourceText { origin, bytes, hash })
+        let base = self.path().and_then(Path::parent).map(Path::to_path_buf);
+        Ok(SourceText { origin, bytes, hash, base })
     }
 
     /// Reads and validates the source, expanding variables from the process environment.
@@ -103,6 +104,9 @@ pub struct SourceText {
     pub bytes: Vec<u8>,
     /// `sha256:` + hex of `bytes`.
     pub hash: String,
+    /// The directory a relative `prompts_dir` starts from: the file's; `None` is the
+    /// working directory.
+    pub base: Option<PathBuf>,
 }
 
 impl SourceText {
@@ -111,7 +115,7 @@ impl SourceText {
         let text = std::str::from_utf8(&self.bytes)
             .map_err(|err| ConfigError::at_start(&self.origin, format!("the file is not UTF-8 text: {err}")))?;
         let doc = yaml::parse(text, &self.origin, env)?;
-        let config = validate::validate(&doc, &self.origin)?;
+        let config = super::from_document(&doc, &self.origin, self.base.as_deref())?;
         let info = SourceInfo { origin: self.origin, hash: Some(self.hash), masked: mask::masked(&doc.root) };
         Ok(Loaded { config, info: Arc::new(info) })
     }
@@ -132,8 +136,9 @@ mod tests {
     fn hash_is_sha256_of_the_bytes_and_the_view_is_masked() {
         let text = "server: { admin_token: hunter2 }\nbackends: { m: { kind: mock } }\n\
                     models: { m: { targets: [ { backend: m, model: m } ] } }\nauth: { mode: none }\n";
-        let source = SourceText { origin: "<t>".into(), bytes: text.as_bytes().to_vec(), hash: "sha256:x".into() }
-            .load(&|_| None);
+        let source =
+            SourceText { origin: "<t>".into(), bytes: text.as_bytes().to_vec(), hash: "sha256:x".into(), base: None }
+                .load(&|_| None);
         let loaded = match source {
             Ok(loaded) => loaded,
             Err(err) => unreachable!("valid config: {err}"),

@@ -31,6 +31,8 @@ pub struct Config {
     pub datasets: Vec<DatasetConfig>,
     /// Experiment settings by experiment name (each names the `experiment` of one model).
     pub experiments: BTreeMap<String, ExperimentConfig>,
+    /// Versioned prompt templates (`prompts:` and `prompts_dir:`).
+    pub prompts: PromptsConfig,
 }
 
 /// `experiments.NAME`: how an A/B experiment allocates traffic and when it is decided.
@@ -242,6 +244,8 @@ pub struct TargetConfig {
     /// Request fields filled in where the client did not set them (`params:`, a weir
     /// extension). Empty by default.
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// The prompt version this target renders (`prompt: ID@VERSION`); `None` by default.
+    pub prompt: Option<PromptRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -500,4 +504,64 @@ pub enum Redaction {
     Key,
     /// A regular expression (the `regex` crate's syntax); matches are replaced.
     Regex(String),
+}
+
+/// `prompts:` and the files of `prompts_dir:`, merged. Empty by default.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PromptsConfig {
+    /// `prompts_dir` resolved against the config file's directory; followed by reloads.
+    pub dir: Option<PathBuf>,
+    /// Fingerprint of the prompt files as read (see `config::prompt_files::fingerprint`).
+    pub files_hash: Option<String>,
+    /// Prompts by id.
+    pub by_id: BTreeMap<String, PromptConfig>,
+}
+
+/// One prompt: its versions and the one used when nothing names a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptConfig {
+    pub id: String,
+    /// A key of `versions`.
+    pub default: String,
+    pub versions: BTreeMap<String, PromptVersion>,
+    /// Where it is defined: the config file, or its file in `prompts_dir`.
+    pub origin: String,
+}
+
+/// One version of a prompt: message templates, the variables they take, request defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptVersion {
+    pub messages: Vec<PromptMessage>,
+    pub variables: BTreeMap<String, PromptVariable>,
+    /// Request fields filled in where the client did not set them, as a target's `params`.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// `sha256:` + hex over the version's messages, variables and params: changes exactly
+    /// when what the version renders can change.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMessage {
+    pub role: String,
+    /// A template in the dialect of [`crate::config::templates`].
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PromptVariable {
+    pub required: bool,
+    pub default: Option<serde_json::Value>,
+}
+
+/// `ID@VERSION`, as a target writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PromptRef {
+    pub id: String,
+    pub version: String,
+}
+
+impl std::fmt::Display for PromptRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.id, self.version)
+    }
 }

@@ -1,7 +1,7 @@
 //! `weir dataset export`: recorded requests as OpenAI fine-tuning chat JSONL or eval JSONL,
 //! filtered and joined with feedback.
 //!
-//! Owns: choosing the records (`--model`, `--variant`, `--min-score`, `--since`) and shaping
+//! Owns: choosing the records (`--model`, `--variant`, `--prompt`, `--min-score`, `--since`) and shaping
 //! them. Streams: feedback is read in a first pass (small), records in a second, one line at
 //! a time. Must not: fail on a damaged line (see `read`).
 //!
@@ -10,7 +10,9 @@
 //! `name`, `tool_calls` and `tool_call_id`, the fields the fine-tuning format knows).
 //! `eval`: `{"input", "ideal"?, "output", "metadata"}` for successful chat and text completions:
 //! `input` is the messages (or the prompt), `output` the answer's text (the assistant message
-//! when it calls tools), `ideal` the reviewer's `ideal` from feedback when given.
+//! when it calls tools), `ideal` the reviewer's `ideal` from feedback when given; `metadata.prompt`
+//! the `{id, version, variables}` of a request that rendered a prompt (`null` otherwise), so
+//! the dataset can be replayed against another version of the prompt.
 //! `dpo`: preference pairs, see `preference`.
 
 use std::io::Write;
@@ -41,6 +43,8 @@ pub struct Options {
     pub since: Option<SystemTime>,
     /// `dpo`: the least score difference that makes a pair (default 0.5).
     pub min_margin: Option<f64>,
+    /// Only records of requests that rendered this prompt (and version).
+    pub prompt: Option<read::PromptFilter>,
 }
 
 /// Counts of one export.
@@ -89,6 +93,9 @@ pub(super) fn selected(record: &Value, options: &Options, feedback: &FeedbackMap
     let same =
         |want: &Option<String>, field: &str| want.as_deref().is_none_or(|want| want == read::text(record, field));
     if !same(&options.model, "model") || !same(&options.variant, "variant") {
+        return false;
+    }
+    if options.prompt.as_ref().is_some_and(|prompt| !prompt.matches(record)) {
         return false;
     }
     if let Some(min) = options.min_score {
@@ -186,6 +193,8 @@ fn eval(record: &Value, feedback: &FeedbackMap) -> Option<Value> {
         "cost_usd",
         "usage",
         "cache",
+        // `{id, version, variables}`: enough to render the same input with another version.
+        "prompt",
     ] {
         metadata.insert(field.into(), record.get(field).cloned().unwrap_or(Value::Null));
     }

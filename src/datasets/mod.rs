@@ -32,6 +32,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use files::{date_of_day, day_of, file_name, parse_file_name};
+pub use read::PromptFilter;
 pub use record::Source;
 pub use writer::{FLUSH_INTERVAL, QUEUE_BYTES, QUEUE_CAPACITY};
 

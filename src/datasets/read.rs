@@ -147,3 +147,49 @@ pub fn succeeded(record: &Value) -> bool {
     let status = record.get("status").and_then(Value::as_u64).unwrap_or(0);
     (200..300).contains(&status) && record.get("error").is_none_or(Value::is_null)
 }
+
+/// `--prompt ID` or `--prompt ID@VERSION`: records of requests that rendered that prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptFilter {
+    pub id: String,
+    pub version: Option<String>,
+}
+
+impl PromptFilter {
+    pub fn parse(text: &str) -> Result<PromptFilter, String> {
+        let (id, version) = match text.trim().split_once('@') {
+            Some((id, version)) => (id, Some(version)),
+            None => (text.trim(), None),
+        };
+        if id.is_empty() || version.is_some_and(str::is_empty) {
+            return Err(format!("`{text}` is not ID or ID@VERSION"));
+        }
+        Ok(PromptFilter { id: id.to_owned(), version: version.map(str::to_owned) })
+    }
+
+    /// Whether the record's `prompt` is this one.
+    pub fn matches(&self, record: &Value) -> bool {
+        let Some(prompt) = record.get("prompt") else { return false };
+        let field = |name: &str| prompt.get(name).and_then(Value::as_str);
+        field("id") == Some(self.id.as_str()) && self.version.as_deref().is_none_or(|v| field("version") == Some(v))
+    }
+}
+
+#[cfg(test)]
+mod prompt_filter_tests {
+    use serde_json::json;
+
+    use super::PromptFilter;
+
+    #[test]
+    fn matches_an_id_or_an_id_and_version() {
+        let record = json!({"prompt": {"id": "support", "version": "v2", "variables": {}}});
+        let filter = |text: &str| PromptFilter::parse(text).map(|f| f.matches(&record));
+        assert_eq!(filter("support"), Ok(true));
+        assert_eq!(filter("support@v2"), Ok(true));
+        assert_eq!(filter("support@v1"), Ok(false));
+        assert_eq!(filter("other"), Ok(false));
+        assert!(PromptFilter::parse("@v1").is_err() && PromptFilter::parse("a@").is_err());
+        assert_eq!(PromptFilter::parse("a").map(|f| f.matches(&json!({"model": "m"}))), Ok(false));
+    }
+}

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::redact::Redactor;
-use crate::wire::{Record, Usage};
+use crate::wire::{PromptUse, Record, Usage};
 
 /// What a dataset record is made from, taken from a finished [`Record`].
 #[derive(Debug)]
@@ -30,8 +30,10 @@ pub struct Source {
     pub experiment: Option<String>,
     pub endpoint: Option<&'static str>,
     pub stream: bool,
-    /// The client's body (a handle, not a copy).
+    /// The client's body (a handle, not a copy), as rendered when it named a prompt.
     pub request: Bytes,
+    /// The prompt rendered into the request: `{id, version, variables}`.
+    pub prompt: Option<PromptUse>,
     /// The answer as one OpenAI JSON body (streams assembled); `None` for errors.
     pub response: Option<Value>,
     pub usage: Option<Usage>,
@@ -58,6 +60,7 @@ impl Source {
             endpoint: record.endpoint.map(crate::wire::Endpoint::as_str),
             stream: record.stream,
             request: record.request_body.clone(),
+            prompt: record.prompt.clone(),
             response: record.assembled.as_ref().map(|a| a.body.clone()),
             usage: record.usage,
             latency: record.duration,
@@ -98,6 +101,7 @@ impl Source {
             endpoint: self.endpoint,
             stream: self.stream,
             request: Body::Null,
+            prompt: self.prompt.as_ref().map(|p| PromptRow { id: &p.id, version: &p.version, variables: &p.variables }),
             response: Body::Null,
             usage: self.usage.map(usage_json),
             latency_ms: millis(self.latency),
@@ -170,6 +174,8 @@ struct Row<'a> {
     endpoint: Option<&'static str>,
     stream: bool,
     request: Body<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<PromptRow<'a>>,
     response: Body<'a>,
     usage: Option<Value>,
     latency_ms: f64,
@@ -179,6 +185,14 @@ struct Row<'a> {
     status: u16,
     error: Option<&'a str>,
     outcome: &'static str,
+}
+
+/// `prompt: {id, version, variables}`, next to the rendered request.
+#[derive(Serialize)]
+struct PromptRow<'a> {
+    id: &'a str,
+    version: &'a str,
+    variables: &'a serde_json::Map<String, Value>,
 }
 
 /// A JSON body embedded in a record.
@@ -252,6 +266,7 @@ mod tests {
             endpoint: Some("chat"),
             stream: false,
             request: Bytes::from_static(request.as_bytes()),
+            prompt: None,
             response: Some(json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]})),
             usage: Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0, cache_write_tokens: 0 }),
             latency: Duration::from_micros(12_345),

@@ -141,11 +141,13 @@ struct Experiment {
     variants: Vec<(String, Tally)>,
 }
 
-/// Reads `dir` and computes the report (only `experiment` when given); `sequential` gives
-/// each experiment's metric and stopping rule (the defaults for the others).
+/// Reads `dir` and computes the report (only `experiment` when given, only requests that
+/// rendered `prompt` when given); `sequential` gives each experiment's metric and stopping
+/// rule (the defaults for the others).
 pub fn report(
     dir: &Path,
     experiment: Option<&str>,
+    prompt: Option<&read::PromptFilter>,
     sequential: &dyn Fn(&str) -> Sequential,
     warn: &mut dyn Write,
 ) -> Result<Report, ReadError> {
@@ -154,7 +156,7 @@ pub fn report(
     let skipped = read::for_each(dir, warn, |entry| {
         let Entry::Request(record) = entry else { return Ok(()) };
         let name = record.get("experiment").and_then(Value::as_str).unwrap_or("-");
-        if experiment.is_some_and(|wanted| wanted != name) {
+        if experiment.is_some_and(|wanted| wanted != name) || prompt.is_some_and(|p| !p.matches(&record)) {
             return Ok(());
         }
         let variants = &mut experiments.entry(name.to_owned()).or_default().variants;

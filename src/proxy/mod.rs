@@ -1,7 +1,8 @@
 //! Proxy: the request path for inference endpoints, from parsed request to streamed answer.
 //!
 //! Owns: the order of steps — authenticate, read and parse the body once, resolve the model,
-//! admit against the key's limits, look the cache up, pick a target and call it, stream the
+//! admit against the key's limits, look the cache up, pick a target and call it (its prompt
+//! rendered in, when the request or the target names one), stream the
 //! answer back with weir's headers — and the per-request [`Exchange`] with the guards those
 //! steps take, released when the request ends. It is the only module that calls the
 //! features one after another.
@@ -27,6 +28,7 @@ use crate::backends::{BackendError, BackendResponse, BackendRuntime, UpstreamAut
 use crate::cache::{CacheRequest, to_sse};
 use crate::config::AuthMode;
 use crate::limits::{AdmitRequest, LimitError};
+use crate::prompts::{PromptCall, PromptError, PromptPlan};
 use crate::router::{self, DispatchError, Native, Outbound, Pick, RouteError};
 use crate::runtime::Snapshot;
 use crate::wire::body::{Body, discard, read_body};
@@ -55,6 +57,9 @@ pub enum ProxyError {
     /// A Responses or Messages request that cannot go ahead.
     #[error(transparent)]
     Inbound(#[from] inbound::InboundError),
+    /// The request's `prompt` is malformed.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
 }
 
 impl From<LimitError> for ProxyError {
@@ -191,6 +196,7 @@ async fn forward(
             (&parsed, endpoint, &body)
         }
     };
+    let prompt_call = head.prompt.as_ref().map(PromptCall::from_json).transpose()?;
     exchange.record.model.clone_from(&head.model);
     exchange.record.stream = head.stream;
 
@@ -209,8 +215,14 @@ async fn forward(
         body: chat_body,
     };
     exchange.guards.admission = snapshot.limits.admit(&snapshot.metrics, admit).await?;
+    // Only chat requests that name a prompt, or whose targets fix one, pay for rendering.
+    let prompts = (endpoint == Endpoint::ChatCompletions && (prompt_call.is_some() || route.fixes_prompts()))
+        .then_some(PromptPlan { store: &snapshot.prompts, call: prompt_call.as_ref() });
     if let Some(ttl) = route.config.cache_ttl {
         let scope = cached::scope(snapshot, &identity, &parts.headers);
+        let context = prompts.map(|plan| {
+            plan.fingerprint(route.targets.iter().chain(&route.fallbacks).filter_map(|t| t.prompt.as_ref()))
+        });
         let lookup = snapshot
             .cache
             .begin(CacheRequest {
@@ -220,6 +232,7 @@ async fn forward(
                 body: &body,
                 stream: head.stream,
                 ttl,
+                context: context.as_deref().unwrap_or_default(),
                 headers: &parts.headers,
                 metrics: &snapshot.metrics,
             })
@@ -248,7 +261,7 @@ async fn forward(
         let body = inbound.native_body.as_ref().unwrap_or(&body);
         Some(Native { endpoint, head, body, headers: &inbound.native_headers })
     });
-    let outbound = Outbound { endpoint: chat_endpoint, head, body: chat_body, auth, native };
+    let outbound = Outbound { endpoint: chat_endpoint, head, body: chat_body, auth, native, prompts };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
     let stream = head.stream;

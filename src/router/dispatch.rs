@@ -12,6 +12,11 @@
 //! timeout, or a status listed in `retry.on`; it is retried on the same target only when
 //! listed in `retry.on` (`connect` also covers connections the upstream dropped before
 //! answering). Any other answer (a 4xx) is the client's and is relayed at once.
+//!
+//! Prompts: a target gets the request's prompt rendered in (the version the request names,
+//! else the one the target fixes, else the prompt's default), once per target, at its first
+//! admitted try; a prompt that does not render for the chosen target ends the request with the
+//! client's error, as nothing was sent.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,8 +28,9 @@ use super::health::{InFlight, Verdict};
 use super::{ModelRoute, Pick, RouteError, Target, hints};
 use crate::backends::{BackendCall, BackendError, BackendResponse, BackendRuntime, UpstreamAuth, upstream_message};
 use crate::config::RetryConfig;
+use crate::prompts::{Prepared, PromptError, PromptPlan};
 use crate::telemetry::metrics::Metrics;
-use crate::wire::{Attempt, AttemptKind, Endpoint, Record, RequestHead};
+use crate::wire::{Attempt, AttemptKind, Endpoint, Record, RequestHead, parse_head};
 
 /// Upstream error bodies are read whole up to this size to relay their message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -44,6 +50,9 @@ pub struct Outbound<'a> {
     /// For the Responses and Messages APIs, the request in the client's own API, sent to
     /// targets whose kind speaks it natively (`head`/`body` above are its chat translation).
     pub native: Option<Native<'a>>,
+    /// Set when the request names a prompt or the route has targets that fix one: each
+    /// target then gets the body with its prompt version rendered in.
+    pub prompts: Option<PromptPlan<'a>>,
 }
 
 /// A request in the client's own API, for a backend that speaks it.
@@ -64,6 +73,9 @@ pub enum DispatchError {
     /// Boxed: an upstream rejection carries its body, and errors travel by value.
     #[error(transparent)]
     Backend(Box<BackendError>),
+    /// The prompt cannot be rendered for the target chosen: the client's error.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
 }
 
 impl From<BackendError> for DispatchError {
@@ -93,6 +105,8 @@ enum Outcome {
     Failed(BackendError),
     /// Never tried: out of rotation.
     Skipped,
+    /// Never tried: the request's prompt does not render for it.
+    Refused(PromptError),
 }
 
 /// How one failure is treated.
@@ -122,6 +136,7 @@ pub async fn dispatch(
             match try_target(route, &route.targets[index], first_kind, outbound, metrics, record).await {
                 Outcome::Answered(answer) => return Ok(answer),
                 Outcome::Relay(err) => return Err(err.into()),
+                Outcome::Refused(err) => return Err(err.into()),
                 Outcome::Failed(err) => {
                     last = Some(err);
                     first_kind = AttemptKind::Fallback;
@@ -139,6 +154,7 @@ pub async fn dispatch(
         match try_target(route, target, AttemptKind::Fallback, outbound, metrics, record).await {
             Outcome::Answered(answer) => return Ok(answer),
             Outcome::Relay(err) => return Err(err.into()),
+            Outcome::Refused(err) => return Err(err.into()),
             Outcome::Failed(err) => last = Some(err),
             Outcome::Skipped => {}
         }
@@ -155,6 +171,32 @@ pub async fn dispatch(
     })
 }
 
+/// The body for `target` when a prompt is rendered into it, with its head (the rendered body
+/// is parsed once more, so the model and usage edits find their places); `None` when the
+/// client's body goes as it is. Records the prompt used and the rendered request.
+fn prepare(
+    target: &Target,
+    outbound: Outbound<'_>,
+    record: &mut Record,
+) -> Result<Option<(RequestHead, Prepared)>, PromptError> {
+    let Some(plan) = outbound.prompts else { return Ok(None) };
+    let prepared = plan.store.prepare(plan.call, target.prompt.as_ref(), outbound.body, &target.params)?;
+    let Some(prepared) = prepared else {
+        // An earlier target's prompt is not this one's.
+        record.prompt = None;
+        record.request_body = outbound.body.clone();
+        return Ok(None);
+    };
+    let head = parse_head(outbound.endpoint, &prepared.body).map_err(|err| PromptError::Render {
+        id: prepared.used.id.clone(),
+        version: prepared.used.version.clone(),
+        message: err.to_string(),
+    })?;
+    record.prompt = Some(prepared.used.clone());
+    record.request_body = prepared.body.clone();
+    Ok(Some((head, prepared)))
+}
+
 /// Up to `retry.attempts` tries on one target.
 async fn try_target(
     route: &ModelRoute,
@@ -165,6 +207,8 @@ async fn try_target(
     record: &mut Record,
 ) -> Outcome {
     let retry = &route.config.retry;
+    // Rendered once, at the first try the target admits (an ejected target renders nothing).
+    let mut prepared: Option<Option<(RequestHead, Prepared)>> = None;
     let mut failed = None;
     for number in 0..retry.attempts.max(1) {
         if number > 0 {
@@ -174,20 +218,32 @@ async fn try_target(
             record.backend_wait += pause;
         }
         let Some(mut hold) = target.health.admit(tokio::time::Instant::now()) else { break };
+        if prepared.is_none() {
+            // Dropping the hold without a verdict leaves the target's health as it was.
+            match prepare(target, outbound, record) {
+                Ok(ready) => prepared = Some(ready),
+                Err(err) => return Outcome::Refused(err),
+            }
+        }
+        let (head, body, params) = match prepared.as_ref().and_then(Option::as_ref) {
+            Some((head, prepared)) => (head, &prepared.body, &prepared.params),
+            None => (outbound.head, outbound.body, &target.params),
+        };
         let kind = if number > 0 { AttemptKind::Retry } else { first_kind };
         record.backend.clone_from(&target.backend.config.name);
         record.provider = Some(target.backend.config.kind.genai_provider());
         record.variant.clone_from(&target.variant);
         let native = outbound.native.filter(|n| target.backend.speaks_natively(n.endpoint));
-        let (endpoint, head, body, native_headers) = match native {
-            Some(n) => (n.endpoint, n.head, n.body, n.headers),
-            None => (outbound.endpoint, outbound.head, outbound.body, &[][..]),
+        // Prompts render into the chat shape; a request a backend takes natively goes as sent.
+        let (endpoint, head, body, native_headers, params) = match native {
+            Some(n) => (n.endpoint, n.head, n.body, n.headers, &target.params),
+            None => (outbound.endpoint, head, body, &[][..], params),
         };
         let call = BackendCall {
             endpoint,
             body: head.body_for_upstream(body, &target.model),
             model: &target.model,
-            params: &target.params,
+            params,
             stream: head.stream,
             auth: outbound.auth,
             request_id: &record.request_id,

@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::backends::BackendRuntime;
-use crate::config::{ModelConfig, Sticky};
+use crate::config::{ModelConfig, PromptRef, Sticky};
 use crate::experiments::Allocation;
 
 pub use dispatch::{DispatchError, Dispatched, Native, Outbound, dispatch};
@@ -55,6 +55,8 @@ pub struct Target {
     pub weight: u32,
     /// Request fields filled in where the client did not set them (`params:`).
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// The prompt version this target renders (`prompt: ID@VERSION`).
+    pub prompt: Option<PromptRef>,
     pub health: Arc<TargetHealth>,
 }
 
@@ -125,6 +127,12 @@ impl ModelRoute {
         // The allocation lists the variants in the same order; anything else is ignored.
         let allocation = allocation.filter(|a| a.variants.iter().eq(variants.iter().map(|v| &v.name)));
         ModelRoute { config, targets, fallbacks, variants, allocation }
+    }
+
+    /// Whether a target or fallback fixes a prompt version (the request's body then differs
+    /// by target).
+    pub fn fixes_prompts(&self) -> bool {
+        self.targets.iter().chain(&self.fallbacks).any(|t| t.prompt.is_some())
     }
 
     /// The names a prompt's tokens may be counted for, best first: the public name, then each

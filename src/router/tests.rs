@@ -32,6 +32,7 @@ fn route(targets: &[(&str, &str, u32)], sticky: Sticky) -> ModelRoute {
             weight: *w,
             variant: (*v).into(),
             params: serde_json::Map::new(),
+            prompt: None,
         })
         .collect();
     let live = configs
@@ -42,6 +43,7 @@ fn route(targets: &[(&str, &str, u32)], sticky: Sticky) -> ModelRoute {
             variant: t.variant.clone(),
             weight: t.weight,
             params: serde_json::Map::new(),
+            prompt: None,
             health: Arc::new(TargetHealth::new(&t.backend, &t.model)),
         })
         .collect();

@@ -21,6 +21,7 @@ use crate::conversations::Conversations;
 use crate::datasets::Datasets;
 use crate::experiments::Experiments;
 use crate::limits::Limits;
+use crate::prompts::PromptStore;
 use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracer;
@@ -47,6 +48,8 @@ pub struct Snapshot {
     pub experiments: Experiments,
     /// Stored Responses API responses; carried while `state` keeps its store and bounds.
     pub conversations: Arc<Conversations>,
+    /// Every prompt version, compiled.
+    pub prompts: PromptStore,
     pub loaded_at: SystemTime,
     /// Where the config came from, its hash and masked view; set by whoever loaded it.
     pub source: Arc<SourceInfo>,
@@ -94,6 +97,7 @@ impl Snapshot {
             _ => Arc::new(conversations_for(&config.state)),
         };
         let source = Arc::new(SourceInfo::in_memory());
+        let prompts = PromptStore::build(&config.prompts);
         Ok(Snapshot {
             config,
             backends,
@@ -107,6 +111,7 @@ impl Snapshot {
             datasets,
             experiments,
             conversations,
+            prompts,
             loaded_at: SystemTime::now(),
             source,
         })
@@ -150,5 +155,6 @@ fn resolve_target(
         variant: target.variant.clone(),
         weight: target.weight,
         params: target.params.clone(),
+        prompt: target.prompt.clone(),
     })
 }

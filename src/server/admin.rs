@@ -1,5 +1,5 @@
 //! The admin port's handlers: `/metrics`, `/healthz`, `/readyz`, and the token-guarded `/admin/*`
-//! (`POST /admin/reload`, `GET /admin/config`, `GET /admin/keys/{name}/usage`,
+//! (`POST /admin/reload`, `GET /admin/config`, `GET /admin/prompts`, `GET /admin/keys/{name}/usage`,
 //! `GET /admin/experiments[/{name}]`).
 //!
 //! Owns: the admin token check and those handlers. Must not: be reachable on the client port.
@@ -66,7 +66,8 @@ async fn admin_route(state: &Arc<AppState>, request: Request<Incoming>) -> Respo
         (&Method::GET, "/admin/config") => {
             body::json(StatusCode::OK, reload::config_view(&state.snapshot()).to_string())
         }
-        (method, "/admin/reload" | "/admin/config") => {
+        (&Method::GET, "/admin/prompts") => prompts(state),
+        (method, "/admin/reload" | "/admin/config" | "/admin/prompts") => {
             GatewayError::MethodNotAllowed { method: method.clone(), path: path.to_owned() }.to_response()
         }
         _ => GatewayError::NotFound(path.to_owned()).to_response(),
@@ -98,6 +99,16 @@ fn experiments(state: &AppState, name: Option<&str>) -> Response<Body> {
             Some(e) => body::json(StatusCode::OK, view(e).to_string()),
             None => GatewayError::ExperimentNotFound(percent_decode(name)).to_response(),
         },
+    }
+}
+
+/// `GET /admin/prompts`: what `weir prompt list --format json` prints for the active config,
+/// each version with its content hash.
+fn prompts(state: &AppState) -> Response<Body> {
+    let snapshot = state.snapshot();
+    match serde_json::to_string(&serde_json::json!({ "prompts": snapshot.prompts.list() })) {
+        Ok(json) => body::json(StatusCode::OK, json),
+        Err(err) => GatewayError::Internal(err.to_string()).to_response(),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::auth::AuthError;
 use crate::backends::BackendError;
 use crate::datasets::feedback::FeedbackError;
 use crate::limits::{LimitError, headers as rate_headers};
+use crate::prompts::PromptError;
 use crate::proxy::ProxyError;
 use crate::proxy::inbound::InboundError;
 use crate::router::{DispatchError, RouteError};
@@ -41,6 +42,8 @@ pub enum GatewayError {
     Backend(Box<BackendError>),
     #[error(transparent)]
     Feedback(#[from] FeedbackError),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
     #[error("unknown path `{0}`")]
     NotFound(String),
     #[error("method {method} is not allowed on `{path}`")]
@@ -79,6 +82,7 @@ impl From<DispatchError> for GatewayError {
         match err {
             DispatchError::Route(err) => GatewayError::Route(err),
             DispatchError::Backend(err) => GatewayError::Backend(err),
+            DispatchError::Prompt(err) => GatewayError::Prompt(err),
         }
     }
 }
@@ -93,6 +97,7 @@ impl From<ProxyError> for GatewayError {
             ProxyError::Limit(err) => GatewayError::Limit(err),
             ProxyError::Dispatch(err) => err.into(),
             ProxyError::Inbound(err) => GatewayError::Inbound(err),
+            ProxyError::Prompt(err) => GatewayError::Prompt(err),
         }
     }
 }
@@ -206,6 +211,19 @@ impl GatewayError {
                     code: Some("request_not_found"),
                     param: Some("request_id".into()),
                 },
+            },
+            GatewayError::Prompt(err) => Described {
+                status: S::BAD_REQUEST,
+                kind: "invalid_request_error",
+                code: Some(match err {
+                    PromptError::Invalid { .. } => "invalid_value",
+                    PromptError::UnknownPrompt { .. } => "prompt_not_found",
+                    PromptError::UnknownVersion { .. } => "prompt_version_not_found",
+                    PromptError::MissingVariable { .. } => "missing_prompt_variable",
+                    PromptError::UnknownVariable { .. } => "unknown_prompt_variable",
+                    PromptError::Render { .. } => "prompt_render_error",
+                }),
+                param: Some(err.param()),
             },
             GatewayError::NotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("unknown_url")),
             GatewayError::MethodNotAllowed { .. } => {

@@ -26,7 +26,7 @@ pub use assemble::{Assembled, assemble};
 pub use capture::{CAPTURE_LIMIT, Capture};
 pub use endpoint::Endpoint;
 pub use log_safe::LogSafe;
-pub use record::{Attempt, AttemptKind, CacheStatus, Outcome, Record};
+pub use record::{Attempt, AttemptKind, CacheStatus, Outcome, PromptUse, Record};
 pub use request::{RequestError, RequestHead, parse_head};
 pub use summary::AnswerSummary;
 pub use trace_context::{SpanIds, TraceContext};

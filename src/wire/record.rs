@@ -85,6 +85,16 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// The prompt a request rendered (`prompt: {id, version, variables}`), as datasets and traces
+/// name it. `variables` are the ones the request sent, not the defaults, so the request can be
+/// replayed against another version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PromptUse {
+    pub id: String,
+    pub version: String,
+    pub variables: serde_json::Map<String, serde_json::Value>,
+}
+
 /// One request, from arrival to its last byte. Fields are filled in along the request
 /// path; `duration`, `usage`, `assembled`, `cost_usd` and `outcome` when it finishes.
 #[derive(Debug)]
@@ -107,8 +117,11 @@ pub struct Record {
     /// The model's `experiment`, when it has one.
     pub experiment: Option<String>,
     pub stream: bool,
-    /// The client's request body as received (a reference-counted handle, not a copy).
+    /// The client's request body as received (a reference-counted handle, not a copy); with
+    /// a prompt, the body as rendered for the target that answered.
     pub request_body: Bytes,
+    /// The prompt rendered into the request, when it named one or its target fixes one.
+    pub prompt: Option<PromptUse>,
     pub cache: CacheStatus,
     /// HTTP status sent to the client.
     pub status: u16,
@@ -154,6 +167,7 @@ impl Record {
             experiment: None,
             stream: false,
             request_body: Bytes::new(),
+            prompt: None,
             cache: CacheStatus::Bypass,
             status: 0,
             backend_wait: Duration::ZERO,

@@ -49,6 +49,8 @@ pub struct RequestHead {
     pub injects_usage: bool,
     /// The edit that asks for usage: where in the body, and the bytes that go there.
     usage_splice: Option<(Range<usize>, Vec<u8>)>,
+    /// A chat request's `prompt` (a weir extension: a versioned prompt to render), as sent.
+    pub prompt: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +185,8 @@ pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, Reques
         });
     }
     match endpoint {
+        // With a `prompt`, the rendered messages come first: the request's own may be none.
+        Endpoint::ChatCompletions if wire.prompt.is_some() => {}
         Endpoint::ChatCompletions => match &wire.messages {
             None => return Err(missing("messages", "'messages' is a required property")),
             Some(messages) if messages.is_empty() => {
@@ -215,6 +219,10 @@ pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, Reques
         user: wire.user.map(Cow::into_owned),
         injects_usage: usage_splice.is_some(),
         usage_splice,
+        prompt: match endpoint {
+            Endpoint::ChatCompletions => wire.prompt.and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            _ => None,
+        },
     })
 }
 

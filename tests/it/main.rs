@@ -16,6 +16,7 @@ mod hostile;
 mod ledger;
 mod limits;
 mod pool;
+mod prompts;
 mod reload;
 mod replicas;
 mod reservations;

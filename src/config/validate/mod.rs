@@ -14,6 +14,7 @@ mod experiments;
 mod keys;
 mod models;
 mod params;
+mod prompts;
 mod schema;
 mod server;
 mod state;
@@ -21,36 +22,70 @@ mod store;
 mod telemetry;
 mod values;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use super::prompt_files::PromptFiles;
 use super::raw::RawConfig;
 use super::yaml::{Document, Pos};
-use super::{Config, ConfigError, ModelConfig, Problem};
+use super::{Config, ConfigError, ModelConfig, Problem, PromptConfig, PromptsConfig};
 
-/// Checks `doc` against the schema and rules of SPEC §2.
-pub fn validate(doc: &Document, origin: &str) -> Result<Config, ConfigError> {
-    let mut cx = Cx { doc, problems: Vec::new(), dropped: Vec::new() };
-    let mut problems = Vec::new();
-    let config = cx.deserialize().map(|raw| {
-        // Type problems are kept apart: the filter below is only for their echoes.
-        problems = std::mem::take(&mut cx.problems);
-        let config = cx.config(&raw);
-        let dropped = std::mem::take(&mut cx.dropped);
-        cx.problems.retain(|(path, _, _)| !dropped.iter().any(|d| is_within(path, d)));
-        config
-    });
-    problems.append(&mut cx.problems);
-    match config {
-        Some(config) if problems.is_empty() => Ok(config),
-        _ => {
-            problems.sort_by_key(|(_, pos, _)| (pos.line, pos.col));
-            let problems = problems
-                .into_iter()
-                .map(|(_, pos, message)| Problem { origin: origin.to_string(), line: pos.line, col: pos.col, message })
-                .collect();
-            Err(ConfigError { problems })
+/// Checks `doc` against the schema and rules of SPEC §2, with the prompt files read from its
+/// `prompts_dir` (each problem placed in its own file).
+pub fn validate(doc: &Document, origin: &str, files: Option<&PromptFiles>) -> Result<Config, ConfigError> {
+    let mut file_problems = Vec::new();
+    let mut from_files = Vec::new();
+    let mut failed = BTreeSet::new();
+    for file in files.map_or(&[][..], |files| &files.files) {
+        let (prompt, mut problems) = check(&file.doc, &file.origin, BTreeSet::new(), |cx, raw| {
+            raw.prompts.get(&file.id).and_then(|prompt| cx.prompt(&file.id, prompt, &file.origin))
+        });
+        file_problems.append(&mut problems);
+        match prompt.flatten() {
+            Some(prompt) => from_files.push(prompt),
+            None => {
+                failed.insert(file.id.clone());
+            }
         }
     }
+    let (config, mut problems) = check(doc, origin, failed, |cx, raw| cx.config(raw, files, from_files));
+    problems.append(&mut file_problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// Deserializes `doc` and runs `body` over it, collecting every problem placed in `origin`.
+fn check<T>(
+    doc: &Document,
+    origin: &str,
+    failed_prompts: BTreeSet<String>,
+    body: impl FnOnce(&mut Cx<'_>, &RawConfig) -> T,
+) -> (Option<T>, Vec<Problem>) {
+    let mut cx = Cx {
+        doc,
+        origin,
+        problems: Vec::new(),
+        dropped: Vec::new(),
+        prompts: PromptsConfig::default(),
+        failed_prompts,
+    };
+    let mut problems = Vec::new();
+    let value = cx.deserialize().map(|raw| {
+        // Type problems are kept apart: the filter below is only for their echoes.
+        problems = std::mem::take(&mut cx.problems);
+        let value = body(&mut cx, &raw);
+        let dropped = std::mem::take(&mut cx.dropped);
+        cx.problems.retain(|(path, _, _)| !dropped.iter().any(|d| is_within(path, d)));
+        value
+    });
+    problems.append(&mut cx.problems);
+    problems.sort_by_key(|(_, pos, _)| (pos.line, pos.col));
+    let problems = problems
+        .into_iter()
+        .map(|(_, pos, message)| Problem { origin: origin.to_string(), line: pos.line, col: pos.col, message })
+        .collect();
+    (value, problems)
 }
 
 /// Whether `path` is `ancestor` or lies below it.
@@ -61,10 +96,16 @@ fn is_within(path: &str, ancestor: &str) -> bool {
 /// The validation pass's state: the document, and every problem found so far.
 struct Cx<'a> {
     doc: &'a Document,
+    /// The document's file, as problems and prompts name it.
+    origin: &'a str,
     /// `(path, position, message)`.
     problems: Vec<(String, Pos, String)>,
     /// Paths whose value had the wrong type and was replaced by a placeholder.
     dropped: Vec<String>,
+    /// The valid prompts, once [`Cx::prompts`] ran; targets refer to them.
+    prompts: PromptsConfig,
+    /// Ids of prompts reported invalid: a target naming one is not reported again.
+    failed_prompts: BTreeSet<String>,
 }
 
 // === impl Cx ===
@@ -88,7 +129,8 @@ impl Cx<'_> {
     }
 
     /// Runs the checks of every section and assembles the typed config.
-    fn config(&mut self, raw: &RawConfig) -> Config {
+    fn config(&mut self, raw: &RawConfig, files: Option<&PromptFiles>, from_files: Vec<PromptConfig>) -> Config {
+        self.prompts(raw, files, from_files);
         let server = self.server(&raw.server);
         let backends = raw.backends.iter().map(|(name, b)| (name.clone(), self.backend(name, b))).collect();
         let models: BTreeMap<String, ModelConfig> =
@@ -100,7 +142,8 @@ impl Cx<'_> {
         let state = self.state(raw);
         let datasets = self.datasets(raw);
         let experiments = self.experiments(raw, &models);
-        Config { server, backends, models, keys, auth, telemetry, cache, state, datasets, experiments }
+        let prompts = std::mem::take(&mut self.prompts);
+        Config { server, backends, models, keys, auth, telemetry, cache, state, datasets, experiments, prompts }
     }
 }
 

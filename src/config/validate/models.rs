@@ -40,7 +40,8 @@ impl Cx<'_> {
         let mut targets = Vec::new();
         // Variant name -> whether every target so far named it explicitly.
         let mut variants: HashMap<String, bool> = HashMap::new();
-        let mut upstreams: HashSet<(&str, &str)> = HashSet::new();
+        // Two targets may share an upstream model when they render different prompts.
+        let mut upstreams: HashSet<(&str, &str, Option<&str>)> = HashSet::new();
         let mut total_weight = 0u64;
         for (i, t) in raw.targets.iter().enumerate() {
             let tp = join_index(&targets_path, i);
@@ -78,11 +79,19 @@ impl Cx<'_> {
                     variants.insert(variant.clone(), named);
                 }
             }
-            if !upstreams.insert((t.backend.as_str(), t.model.as_str())) {
+            if !upstreams.insert((t.backend.as_str(), t.model.as_str(), t.prompt.as_deref().map(str::trim))) {
                 self.err(&tp, format!("model `{name}` lists backend `{}` with model `{}` twice", t.backend, t.model));
             }
             let params = self.params(&join_key(&tp, "params"), t.params.as_ref());
-            targets.push(TargetConfig { backend: t.backend.clone(), model: t.model.clone(), weight, variant, params });
+            let prompt = t.prompt.as_deref().and_then(|text| self.prompt_ref(&join_key(&tp, "prompt"), text));
+            targets.push(TargetConfig {
+                backend: t.backend.clone(),
+                model: t.model.clone(),
+                weight,
+                variant,
+                params,
+                prompt,
+            });
         }
         if !raw.targets.is_empty() && total_weight == 0 {
             self.err(
@@ -105,6 +114,7 @@ impl Cx<'_> {
                     weight: 1,
                     variant: f.backend.clone(),
                     params: self.params(&join_key(&fp, "params"), f.params.as_ref()),
+                    prompt: f.prompt.as_deref().and_then(|text| self.prompt_ref(&join_key(&fp, "prompt"), text)),
                 }
             })
             .collect();

@@ -285,8 +285,8 @@ models:
         problems(text),
         [
             "w.yaml:3:3: unknown key `lisen` (expected one of: listen, admin_listen, tls, max_body, admin_token, shutdown_timeout)",
-            "w.yaml:4:1: unknown key `modles` (expected one of: server, backends, models, keys, auth, cache, state, telemetry, datasets, experiments)",
-            "w.yaml:8:43: unknown key `wieght` (expected one of: backend, model, weight, variant, params)",
+            "w.yaml:4:1: unknown key `modles` (expected one of: server, backends, models, keys, auth, cache, state, telemetry, datasets, experiments, prompts_dir, prompts)",
+            "w.yaml:8:43: unknown key `wieght` (expected one of: backend, model, weight, variant, params, prompt)",
         ]
     );
 }
@@ -296,6 +296,10 @@ models:
 fn schema_covers_the_last_section() {
     let got = problems("auth: { mode: none }\ndatasets:\n  - { name: d, dir: x, filter: { modle: m } }\n");
     assert_eq!(got, ["w.yaml:3:34: unknown key `modle` (expected one of: model, variant, key, status)"]);
+    let got = problems(
+        "auth: { mode: none }\nprompts:\n  p: { versions: { v1: { messages: [ { role: user, content: hi, rol: x } ] } } }\n",
+    );
+    assert_eq!(got, ["w.yaml:3:65: unknown key `rol` (expected one of: role, content)"]);
 }
 
 #[test]

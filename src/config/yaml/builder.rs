@@ -10,7 +10,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::env::{expand, restore_refs};
-use super::{Document, Pos, join_index, join_key};
+use super::{Document, Env, Pos, join_index, join_key};
 
 enum Frame {
     Seq { path: String, items: Vec<Value>, anchor: usize },
@@ -24,7 +24,8 @@ struct PendingKey {
 }
 
 pub(super) struct Builder<'e> {
-    env: &'e dyn Fn(&str) -> Option<String>,
+    /// `None` takes strings verbatim (prompt files: a prompt must not read the environment).
+    env: Option<Env<'e>>,
     /// The `${...}` references hidden from the YAML parser by [`protect_refs`].
     refs: &'e [String],
     stack: Vec<Frame>,
@@ -38,7 +39,7 @@ pub(super) struct Builder<'e> {
 }
 
 impl<'e> Builder<'e> {
-    pub(super) fn new(env: &'e dyn Fn(&str) -> Option<String>, refs: &'e [String]) -> Self {
+    pub(super) fn new(env: Option<Env<'e>>, refs: &'e [String]) -> Self {
         Builder {
             env,
             refs,
@@ -133,9 +134,10 @@ impl<'e> Builder<'e> {
             Value::String(text.clone())
         };
         let value = match value {
-            Value::String(s) => match expand(&s, self.env) {
-                Ok(expanded) => Value::String(expanded),
-                Err(message) => {
+            Value::String(s) => match self.env.map(|env| expand(&s, env)) {
+                None => Value::String(s),
+                Some(Ok(expanded)) => Value::String(expanded),
+                Some(Err(message)) => {
                     self.problems.push((pos, message));
                     Value::String(s)
                 }

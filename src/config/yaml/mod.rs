@@ -21,6 +21,9 @@ use super::{ConfigError, Problem};
 use builder::Builder;
 use env::protect_refs;
 
+/// Resolves `${VAR}` references: the process environment, or a test's map.
+pub type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
 /// A 1-based place in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pos {
@@ -82,7 +85,19 @@ impl Document {
 
 /// Parses `text`, expanding `${VAR}` with `env`. Reports every problem it can find.
 pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Document, ConfigError> {
-    let (protected, refs) = protect_refs(text);
+    parse_with(text, origin, Some(env))
+}
+
+/// Parses `text` taking every string as written: no `${VAR}` expansion (prompt files).
+pub fn parse_verbatim(text: &str, origin: &str) -> Result<Document, ConfigError> {
+    parse_with(text, origin, None)
+}
+
+fn parse_with(text: &str, origin: &str, env: Option<Env<'_>>) -> Result<Document, ConfigError> {
+    let (protected, refs) = match env {
+        Some(_) => protect_refs(text),
+        None => (text.to_string(), Vec::new()),
+    };
     let mut builder = Builder::new(env, &refs);
     let result = Parser::new_from_str(&protected).load(&mut builder, true);
     let problem =
@@ -107,6 +122,31 @@ pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> 
     let mut doc = builder.doc;
     doc.root = root;
     Ok(doc)
+}
+
+impl Document {
+    /// The same document placed under `keys` (`["prompts", "id"]` puts the whole file at
+    /// `prompts.id`), positions kept, so a file holding one section validates as that
+    /// section of a config.
+    pub fn nested(self, keys: &[&str]) -> Document {
+        let prefix = keys.iter().fold(String::new(), |path, key| join_key(&path, key));
+        let moved = |path: String| match path.as_str() {
+            "" => prefix.clone(),
+            _ if path.starts_with('[') => format!("{prefix}{path}"),
+            _ => format!("{prefix}.{path}"),
+        };
+        let root = keys.iter().rev().fold(self.root, |inner, key| {
+            let mut map = Map::new();
+            map.insert((*key).to_string(), inner);
+            Value::Object(map)
+        });
+        Document {
+            root,
+            values: self.values.into_iter().map(|(path, pos)| (moved(path), pos)).collect(),
+            keys: self.keys.into_iter().map(|(path, pos)| (moved(path), pos)).collect(),
+            plain_text: self.plain_text.into_iter().map(|(path, text)| (moved(path), text)).collect(),
+        }
+    }
 }
 
 /// Appends a mapping key to a path, quoting keys that would make the path ambiguous.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::tls::{ActiveTls, TlsError, TlsFiles};
 use super::{Runtime, Snapshot};
 use crate::backends::BackendBuildError;
-use crate::config::{ConfigError, ConfigSource, TlsConfig};
+use crate::config::{ConfigError, ConfigSource, TlsConfig, prompt_files};
 
 pub use view::{config_view, outcome_json};
 pub use watch::FileWatcher;
@@ -197,7 +197,7 @@ async fn attempt<H: Host>(host: &Arc<H>, old: &Arc<Snapshot>) -> Result<ReloadOu
 /// `Ok(None)` when nothing changed.
 fn prepare(source: &ConfigSource, old: &Snapshot, active_tls: Option<&ActiveTls>) -> Result<Option<Next>, ReloadError> {
     let text = source.read()?;
-    if old.source.hash.as_deref() == Some(text.hash.as_str()) {
+    if old.source.hash.as_deref() == Some(text.hash.as_str()) && prompt_files_unchanged(old) {
         // Same config; a certificate renewed in place still counts.
         let tls = plan_tls(old.config.server.tls.as_ref(), active_tls)?;
         return Ok(match tls {
@@ -210,6 +210,14 @@ fn prepare(source: &ConfigSource, old: &Snapshot, active_tls: Option<&ActiveTls>
     let mut snapshot = Snapshot::build(loaded.config, Some(old))?;
     snapshot.source = loaded.info;
     Ok(Some(Next { snapshot: Some(snapshot), tls }))
+}
+
+/// Whether the files of the active `prompts_dir` are byte for byte those it was built from.
+fn prompt_files_unchanged(old: &Snapshot) -> bool {
+    match (&old.config.prompts.dir, &old.config.prompts.files_hash) {
+        (Some(dir), Some(hash)) => prompt_files::fingerprint(dir).as_deref() == Some(hash.as_str()),
+        _ => true,
+    }
 }
 
 /// Reads the TLS files the config names and builds a new acceptor only if they differ from

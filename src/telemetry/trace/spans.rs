@@ -38,6 +38,8 @@ pub struct SpanRecord {
     variant: String,
     key: String,
     experiment: Option<String>,
+    /// `(id, version)` of the prompt rendered into the request.
+    prompt: Option<(String, String)>,
     request_id: String,
     client_request_id: Option<String>,
     stream: bool,
@@ -109,6 +111,7 @@ impl SpanRecord {
             variant: record.variant.clone(),
             key: record.key.clone(),
             experiment: record.experiment.clone(),
+            prompt: record.prompt.as_ref().map(|p| (p.id.clone(), p.version.clone())),
             request_id: record.request_id.clone(),
             client_request_id: record.client_request_id.clone(),
             stream: record.stream,
@@ -169,6 +172,10 @@ impl SpanRecord {
         }
         if let Some(experiment) = &self.experiment {
             attributes.push(KeyValue::new("weir.experiment", experiment.clone()));
+        }
+        if let Some((id, version)) = &self.prompt {
+            attributes.push(KeyValue::new("weir.prompt.id", id.clone()));
+            attributes.push(KeyValue::new("weir.prompt.version", version.clone()));
         }
         if let Some(client_request_id) = &self.client_request_id {
             attributes.push(KeyValue::new("weir.client_request_id", client_request_id.clone()));

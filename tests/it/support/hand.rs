@@ -40,6 +40,7 @@ fn model(name: &str, backend: &str, upstream: &str) -> (String, ModelConfig) {
             weight: 1,
             variant: backend.into(),
             params: Default::default(),
+            prompt: None,
         }],
         experiment: None,
         sticky: Sticky::None,
@@ -113,5 +114,6 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         state: weir::config::StateConfig::default(),
         datasets: Vec::new(),
         experiments: BTreeMap::new(),
+        prompts: Default::default(),
     }
 }
