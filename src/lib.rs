@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! top        gateway (lifecycle) · server (listeners, handlers, the error map) · proxy (the request path)
+//!            · fuzzing (re-exported entry points for fuzz targets and corpus tests)
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
 //! features   auth · limits · cache · router → backends
@@ -22,6 +23,7 @@ pub mod backends;
 pub(crate) mod cache;
 pub mod config;
 pub mod datasets;
+pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub(crate) mod proxy;

@@ -11,7 +11,7 @@
 mod cached;
 mod exchange;
 mod response;
-mod sse_filter;
+pub(crate) mod sse_filter;
 
 use std::sync::Arc;
 use std::time::Instant;

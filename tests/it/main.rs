@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod datasets;
 mod errors;
+mod fuzz_corpus;
 mod limits;
 mod pool;
 mod reload;
