@@ -20,8 +20,11 @@ use weir::fuzzing::{Endpoint, StreamTranslator, UsageChunkFilter, assemble, pars
 /// The byte at which `sse_filter` and `anthropic_stream` inputs are cut into chunks.
 pub const CHUNK_CUT: u8 = 0x1f;
 
+/// One input through one target; panics on a broken invariant.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets, by the name of their corpus directory.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("parse_head", check_parse_head),
     ("sse_filter", check_sse_filter),
     ("assemble", check_assemble),
@@ -168,7 +171,11 @@ pub fn check_sse_filter(data: &[u8]) {
         } else if let Some(tail) = rest.strip_prefix(&stripped[..]) {
             rest = tail;
         } else {
-            assert!(is_usage_event(event), "a non-usage event was dropped or changed: {:?}", String::from_utf8_lossy(event));
+            assert!(
+                is_usage_event(event),
+                "a non-usage event was dropped or changed: {:?}",
+                String::from_utf8_lossy(event)
+            );
         }
     }
     assert!(rest.is_empty(), "the output has bytes that were not in the input: {:?}", String::from_utf8_lossy(rest));

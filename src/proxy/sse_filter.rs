@@ -54,9 +54,7 @@ fn complete_prefix(data: &[u8]) -> usize {
 }
 
 fn drop_usage_events(complete: Bytes) -> Bytes {
-    let candidate = memmem::find(&complete, b"\"choices\":[]").is_some()
-        || memmem::find(&complete, b"\"choices\": []").is_some()
-        || memmem::find(&complete, NULL_USAGE).is_some();
+    let candidate = names_empty_choices(&complete) || memmem::find(&complete, NULL_USAGE).is_some();
     if !candidate {
         return complete;
     }
@@ -100,8 +98,20 @@ fn next_boundary(data: &[u8]) -> usize {
     }
 }
 
+/// The spellings of an empty `choices` that upstreams send. Only an event with one of them
+/// counts as the usage event, so the quick scan above and the parse below agree on every
+/// event, however the stream was cut into chunks (`"choices" : [ ]` passes everywhere).
+const EMPTY_CHOICES: [&[u8]; 2] = [b"\"choices\":[]", b"\"choices\": []"];
+
+fn names_empty_choices(bytes: &[u8]) -> bool {
+    EMPTY_CHOICES.iter().any(|spelling| memmem::find(bytes, spelling).is_some())
+}
+
 /// An event whose data is a chunk with no choices and a usage object.
 fn is_usage_only(event: &[u8]) -> bool {
+    if !names_empty_choices(event) {
+        return false;
+    }
     #[derive(Deserialize)]
     struct Probe<'a> {
         #[serde(default)]
@@ -168,6 +178,14 @@ mod tests {
         let mut filter = UsageChunkFilter::default();
         let chunk = Bytes::from_static(CHUNK.as_bytes());
         assert_eq!(filter.filter(chunk.clone()).as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn only_the_usual_spelling_is_the_usage_event_wherever_the_chunks_end() {
+        let odd = "data: {\"choices\" : [],\"usage\":{\"prompt_tokens\":1}}\n\n";
+        assert_eq!(run(&[odd, USAGE, DONE]), format!("{odd}{DONE}"));
+        assert_eq!(run(&[&format!("{odd}{USAGE}{DONE}")]), format!("{odd}{DONE}"));
+        assert_eq!(run(&[odd.trim_end()]), odd.trim_end());
     }
 
     #[test]
