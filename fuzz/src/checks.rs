@@ -4,7 +4,8 @@
 //!
 //! Owns: how an input's bytes are read (below) and the invariants; a violation panics, which
 //! is a finding for libFuzzer and a failure for the test.
-//! Must not: depend on anything but `weir`, `serde_json` and std (the test includes it by path).
+//! Must not: depend on anything but `weir`, `serde`, `serde_json`, `bytes` and std (the test
+//! includes it by path, so it uses weir's own dependencies).
 //!
 //! Input formats (kept readable so corpus files can be written by hand):
 //! - `parse_head`: first byte % 3 picks the endpoint (0 chat, 1 completions, 2 embeddings);
@@ -116,14 +117,23 @@ fn sse_events(mut body: &[u8]) -> Vec<&[u8]> {
     events
 }
 
-/// The JSON of an event's `data:` lines has no choices and a usage object.
+/// The JSON of an event's `data:` lines has no choices and a usage that is not `null`.
+/// The usage is taken as JSON text, not read (a lone surrogate in it is still usage).
 fn is_usage_event(event: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct UsageEvent<'a> {
+        choices: Vec<serde::de::IgnoredAny>,
+        #[serde(borrow)]
+        usage: &'a serde_json::value::RawValue,
+    }
     let Ok(text) = std::str::from_utf8(event) else { return false };
     let data: Vec<&str> =
         text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
-    let Ok(value) = serde_json::from_str::<Value>(&data.join("\n")) else { return false };
-    value.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
-        && value.get("usage").is_some_and(|u| !u.is_null())
+    let data = data.join("\n");
+    match serde_json::from_str::<UsageEvent<'_>>(&data) {
+        Ok(event) => event.choices.is_empty() && event.usage.get() != "null",
+        Err(_) => false,
+    }
 }
 
 /// `event` without each `,"usage":null` that closes its JSON line (followed by `}` and a line end).
