@@ -100,6 +100,8 @@ impl Mode {
 enum Target {
     Direct,
     Weir,
+    /// A second weir build (`WEIR_BENCH_BIN_B`), for an A/B of two builds in one run.
+    WeirB,
     Nginx,
 }
 
@@ -108,6 +110,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Weir => "weir",
+            Target::WeirB => "weir-b",
             Target::Nginx => "nginx",
         }
     }
@@ -205,6 +208,13 @@ async fn run(params: Params) -> Value {
         eprintln!("nginx not found; running without the nginx reference (apt-get install -y nginx to add it)");
     }
     let mut addrs = vec![(Target::Direct, upstream), (Target::Weir, weir.addr)];
+    let weir_b = match std::env::var("WEIR_BENCH_BIN_B") {
+        Ok(binary) => Some(common::start_weir_bin(&common::plain_config(upstream), Some(binary)).await),
+        Err(_) => None,
+    };
+    if let Some(weir_b) = &weir_b {
+        addrs.push((Target::WeirB, weir_b.addr));
+    }
     if let Some(nginx) = &nginx {
         addrs.push((Target::Nginx, nginx.addr));
     }
@@ -283,6 +293,7 @@ async fn run(params: Params) -> Value {
     });
     report["targets"] = check_targets(&report, &params);
     drop(nginx);
+    drop(weir_b);
     drop(weir);
     report
 }

@@ -36,7 +36,7 @@ impl AzureBackend {
         };
         let version = config.api_version.as_deref().unwrap_or_default();
         Ok(AzureBackend {
-            http: HttpUpstream::new(config, &probe, transport),
+            http: HttpUpstream::new(config, &probe, transport)?,
             base_url: config.base_url.clone(),
             query: format!("api-version={}", encode_component(version)),
             api_key,

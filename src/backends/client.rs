@@ -1,5 +1,6 @@
 //! The pooled upstream HTTP client and the body type every backend answers with.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -19,30 +20,48 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds a client whose connections use `TCP_NODELAY` (no Nagle delay on small SSE
-/// writes) and give up connecting after `connect`.
-pub fn build_client(connect: Duration) -> HttpClient {
+/// writes) and give up connecting after `connect`; `ca_file` adds trusted CA certificates.
+pub fn build_client(connect: Duration, ca_file: Option<&Path>) -> std::io::Result<HttpClient> {
+    let tls = match ca_file {
+        None => tls_client_config().as_ref().clone(),
+        Some(path) => with_ca_file(path)?,
+    };
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_client_config().as_ref().clone())
+        .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+    Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+        .build(https))
 }
 
-/// The platform's trust roots, read once per process; the bundled Mozilla roots when the
-/// platform has none (minimal containers).
-fn tls_client_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
+/// The platform's roots plus the CA certificates in the PEM file at `path`.
+fn with_ca_file(path: &Path) -> std::io::Result<rustls::ClientConfig> {
+    let pem = std::fs::read(path)?;
+    let mut roots = platform_roots();
+    let mut added = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert?).map_err(std::io::Error::other)?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(std::io::Error::other("no PEM certificate in the file"));
+    }
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The platform's trust roots; the bundled Mozilla roots when the platform has none.
+fn platform_roots() -> rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             let native = rustls_native_certs::load_native_certs();
@@ -51,7 +70,18 @@ fn tls_client_config() -> Arc<rustls::ClientConfig> {
                 tracing::warn!("no platform TLS roots found; using the bundled Mozilla roots");
                 roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             }
-            let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+            roots
+        })
+        .clone()
+}
+
+/// The platform's trust roots, read once per process; the bundled Mozilla roots when the
+/// platform has none (minimal containers).
+fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let config = rustls::ClientConfig::builder().with_root_certificates(platform_roots()).with_no_client_auth();
             Arc::new(config)
         })
         .clone()

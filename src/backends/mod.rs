@@ -193,7 +193,11 @@ impl BackendRuntime {
     ) -> Result<BackendRuntime, BackendBuildError> {
         // A reload keeps the connection pool when nothing about the connection changed.
         let reuse = previous
-            .filter(|p| p.config.timeouts.connect == config.timeouts.connect && p.config.base_url == config.base_url)
+            .filter(|p| {
+                p.config.timeouts.connect == config.timeouts.connect
+                    && p.config.base_url == config.base_url
+                    && p.config.ca_file == config.ca_file
+            })
             .and_then(|p| p.kind.transport());
         let kind = match config.kind {
             BackendKind::OpenAi => Backend::OpenAi(Box::new(openai::OpenAiBackend::new(&config, reuse)?)),
@@ -266,4 +270,6 @@ pub enum BackendBuildError {
     UnknownBackend { model: String, backend: String },
     #[error("backend `{backend}`: invalid base_url: {detail}")]
     BadUrl { backend: String, detail: String },
+    #[error("backend `{backend}`: ca_file {path}: {detail}")]
+    BadCa { backend: String, path: String, detail: String },
 }

@@ -31,7 +31,7 @@ impl OpenAiBackend {
         };
         let chat_url = parse_url(config, "/chat/completions")?;
         Ok(OpenAiBackend {
-            http: HttpUpstream::new(config, &chat_url, transport),
+            http: HttpUpstream::new(config, &chat_url, transport)?,
             chat_url,
             completions_url: parse_url(config, "/completions")?,
             embeddings_url: parse_url(config, "/embeddings")?,

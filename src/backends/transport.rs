@@ -14,7 +14,7 @@ use http_body_util::Full;
 
 use super::client::{HttpClient, UpstreamBody, build_client};
 use super::pool::H1Pool;
-use super::{BackendCall, BackendError};
+use super::{BackendBuildError, BackendCall, BackendError};
 use crate::config::BackendConfig;
 use crate::wire::headers::TRACEPARENT;
 use crate::wire::headers::X_REQUEST_ID;
@@ -47,17 +47,28 @@ pub struct Answered {
 impl HttpUpstream {
     /// The transport for requests to `url`'s origin, reusing `previous` (a reload's pool)
     /// when it still fits the scheme.
-    pub fn new(config: &BackendConfig, url: &Uri, previous: Option<Transport>) -> HttpUpstream {
+    pub fn new(
+        config: &BackendConfig,
+        url: &Uri,
+        previous: Option<Transport>,
+    ) -> Result<HttpUpstream, BackendBuildError> {
         let plain = url.scheme() == Some(&http::uri::Scheme::HTTP);
+        let tls =
+            || build_client(config.timeouts.connect, config.ca_file.as_deref()).map(|c| Transport::Tls(Arc::new(c)));
         let transport = match previous {
-            Some(Transport::Plain(_)) if !plain => Transport::Tls(Arc::new(build_client(config.timeouts.connect))),
-            Some(Transport::Tls(_)) if plain => plain_pool(url, config.timeouts.connect),
-            Some(transport) => transport,
-            None if plain => plain_pool(url, config.timeouts.connect),
-            None => Transport::Tls(Arc::new(build_client(config.timeouts.connect))),
+            Some(Transport::Plain(_)) if !plain => tls(),
+            Some(Transport::Tls(_)) if plain => Ok(plain_pool(url, config.timeouts.connect)),
+            Some(transport) => Ok(transport),
+            None if plain => Ok(plain_pool(url, config.timeouts.connect)),
+            None => tls(),
         };
+        let transport = transport.map_err(|err| BackendBuildError::BadCa {
+            backend: config.name.clone(),
+            path: config.ca_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            detail: err.to_string(),
+        })?;
         let host = url.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        HttpUpstream { transport, host }
+        Ok(HttpUpstream { transport, host })
     }
 
     /// The connection pool, for a reload to carry over.

@@ -6,8 +6,8 @@
 //! follower waits for the stored entry and is served from it. When the leader ends without
 //! an entry (upstream error, cut stream, client gone before a byte), waiting followers go
 //! upstream on their own: an error is never multiplied onto them.
-//! Memory: a flight keeps the leader's chunks (reference-counted `Bytes`, the same ones
-//! the capture holds) up to the capture limit, then stops being shareable.
+//! Memory: a flight keeps a copy of the leader's chunks up to the capture limit, then stops
+//! being shareable.
 //! Must not: hold a lock across `.await` (the state lock guards only pushes and reads).
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -149,7 +149,9 @@ impl Flight {
         if state.streaming.is_none() {
             state.streaming = Some(origin());
         }
-        state.chunks.push(chunk.clone());
+        // A copy: the chunk's own handle would keep the whole read buffer it came in alive
+        // for as long as the flight lasts.
+        state.chunks.push(Bytes::copy_from_slice(chunk));
         drop(state);
         self.changed.send_replace(());
     }

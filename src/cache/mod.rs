@@ -32,11 +32,15 @@ use crate::wire::{CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record
 pub use coalesce::{Follower, Next, Origin};
 pub use drain::finish_for_followers;
 pub use key::CacheKey;
+pub use replay::to_sse;
 pub use store::Entry;
 
 use coalesce::{FlightEnd, Flights, Join, Shape, Wait};
 use redis::SharedStore;
 use store::Store;
+
+/// How long a request waits on an identical one in flight before going upstream itself.
+pub const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The response cache of one `cache` config, shared by every model with `cache.ttl`.
 #[derive(Debug)]
@@ -184,22 +188,25 @@ impl Cache {
         request: &CacheRequest<'_>,
         lookup: &mut Lookup,
     ) -> Option<Served> {
+        // The flight is the fill's from here: should this request go away during the
+        // lookup below (its client gone), dropping the fill ends the flight, and the requests
+        // following it go on without it instead of waiting forever.
+        let mut fill = Fill { cache: Arc::clone(self), key, ttl: request.ttl, flight: Some(flight) };
         // A flight for this key may have ended (and stored) between our lookup and joining.
         let found = match self.store.get(&key) {
             Some(entry) => Some(entry),
             None => self.shared_get(&key).await,
         };
         if let Some(entry) = found {
-            flight.end(&self.flights, FlightEnd::Stored(Arc::clone(&entry)));
+            if let Some(flight) = fill.flight.take() {
+                flight.end(&self.flights, FlightEnd::Stored(Arc::clone(&entry)));
+            }
             if let Some(served) = self.hit(&entry, shape, request, lookup) {
                 return Some(served);
             }
-            self.account(lookup, request, CacheStatus::Miss);
-            self.plan_fill(lookup, key, request.ttl, None);
-            return None;
         }
         self.account(lookup, request, CacheStatus::Miss);
-        self.plan_fill(lookup, key, request.ttl, Some(flight));
+        lookup.fill = Some(fill);
         None
     }
 
@@ -214,7 +221,10 @@ impl Cache {
     ) -> Option<Served> {
         // The leader's bytes suit a follower that asked for the very same stream.
         let raw = shape.stream && follower.leader_shape() == shape;
-        match follower.wait(raw).await {
+        // A leader that neither answers nor ends (a stalled upstream far below its own
+        // timeouts) must not hold its followers past this: they go upstream themselves.
+        let waited = tokio::time::timeout(FOLLOW_DEADLINE, follower.wait(raw)).await.unwrap_or(Wait::Nothing);
+        match waited {
             Wait::Streaming(origin) => {
                 self.account(lookup, request, CacheStatus::Hit);
                 Some(Served::Shared { follower, origin })
@@ -227,7 +237,8 @@ impl Cache {
                 self.plan_fill(lookup, key, request.ttl, None);
                 None
             }
-            // The leader failed or its answer was not cacheable: go upstream alone.
+            // The leader failed, its answer was not cacheable, or it took too long: go
+            // upstream alone.
             Wait::Nothing => {
                 self.account(lookup, request, CacheStatus::Miss);
                 self.plan_fill(lookup, key, request.ttl, None);
@@ -387,5 +398,60 @@ impl Control {
             }
         }
         control
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+
+    /// A TCP server that accepts and never answers: what a stopped (`SIGSTOP`) Redis is to a
+    /// client.
+    async fn silent_redis() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        format!("redis://{addr}")
+    }
+
+    async fn begin(cache: &Arc<Cache>, metrics: &Metrics, headers: &HeaderMap) -> Lookup {
+        let request = CacheRequest {
+            endpoint: Endpoint::ChatCompletions,
+            key_name: "team",
+            model: "chat",
+            body: BODY,
+            stream: true,
+            ttl: Duration::from_secs(60),
+            headers,
+            metrics,
+        };
+        cache.begin(request).await
+    }
+
+    #[tokio::test]
+    async fn a_leader_gone_during_a_slow_shared_lookup_blocks_no_one() {
+        let config = CacheConfig { store: CacheStore::Redis(silent_redis().await), ..CacheConfig::default() };
+        let cache = Arc::new(Cache::new(&config));
+        let (metrics, headers) = (Metrics::new(), HeaderMap::new());
+        // The leader's client goes away while the shared store is being asked.
+        let abandoned = tokio::time::timeout(Duration::from_millis(30), begin(&cache, &metrics, &headers)).await;
+        assert!(abandoned.is_err(), "the first request was still looking the store up");
+        assert_eq!(cache.in_flight(), 0, "its flight ended with it");
+
+        let next = tokio::time::timeout(Duration::from_secs(5), begin(&cache, &metrics, &headers))
+            .await
+            .expect("the next identical request is not held by the abandoned flight");
+        assert_eq!(next.status, CacheStatus::Miss);
+        assert!(next.served.is_none() && next.fill.is_some(), "it leads and goes upstream");
+        assert_eq!(cache.in_flight(), 1);
+        drop(next);
+        assert_eq!(cache.in_flight(), 0, "a fill dropped unfinished ends its flight too");
     }
 }

@@ -66,6 +66,9 @@ pub struct RawBackend {
     pub timeouts: Option<RawTimeouts>,
     /// Extra headers sent on every upstream request.
     pub headers: BTreeMap<String, String>,
+    /// `https://` only: a PEM file of CA certificates the upstream's certificate may chain to
+    /// besides the platform's roots (a private CA). Default: the platform's roots only.
+    pub ca_file: Option<String>,
     /// `mock` only: delay before the first byte. Default `0ms`.
     pub latency: Option<String>,
     /// `mock` only: streaming speed. Default unlimited (all tokens at once).

@@ -89,6 +89,8 @@ pub struct BackendConfig {
     pub max_inflight: Option<usize>,
     pub timeouts: Timeouts,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra CA certificates (PEM) trusted for this backend's TLS, besides the platform's.
+    pub ca_file: Option<PathBuf>,
     pub mock: MockSettings,
 }
 

@@ -17,11 +17,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::cache::Fill;
+use crate::datasets::Selection;
 use crate::limits::Admission;
 use crate::router::InFlight;
 use crate::runtime::Snapshot;
 use crate::telemetry::trace::Tracer;
-use crate::wire::{AnswerSummary, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext, usage_only};
+use crate::wire::{AnswerSummary, CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext};
 
 /// What a request holds that must be given back when it ends, whatever the way.
 #[derive(Debug, Default)]
@@ -45,6 +46,9 @@ pub struct Exchange {
     /// Set when a tap needs the whole answer (cache fill, datasets, content on spans);
     /// otherwise only the usage is read back, which is cheaper.
     pub wants_assembly: bool,
+    /// The datasets that record this request, chosen when its answer starts (so the capture
+    /// knows whether to keep the whole answer).
+    datasets: Option<Selection>,
     pub guards: Guards,
     finished: bool,
 }
@@ -65,7 +69,15 @@ impl Exchange {
         record.trace = TraceContext::start(headers, tracer.map(Tracer::sample_ratio));
         let wants_assembly = record.trace.sampled() && tracer.is_some_and(Tracer::captures_content);
         snapshot.datasets.begin(&record.request_id);
-        Exchange { snapshot, record, capture: None, wants_assembly, guards: Guards::default(), finished: false }
+        Exchange {
+            snapshot,
+            record,
+            capture: None,
+            wants_assembly,
+            datasets: None,
+            guards: Guards::default(),
+            finished: false,
+        }
     }
 
     /// Names the backend that answers (a cached answer's origin).
@@ -73,6 +85,19 @@ impl Exchange {
         self.record.provider = self.snapshot.backends.get(&backend).map(|b| b.config.kind.genai_provider());
         self.record.backend = backend;
         self.record.variant = variant;
+    }
+
+    /// Sets up the capture of an answer about to be sent (status, backend and shape known):
+    /// the whole answer when a tap reads it back, else only its usage.
+    pub fn start_capture(&mut self) {
+        let datasets = self.snapshot.datasets.select(&self.record);
+        let whole = self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
+        self.datasets = Some(datasets);
+        self.capture = Some(if whole {
+            Capture::whole(CAPTURE_LIMIT)
+        } else {
+            Capture::usage_only(self.record.sse, CAPTURE_LIMIT)
+        });
     }
 
     /// The tap on every body chunk sent to the client: TTFT, byte count, capture.
@@ -103,7 +128,7 @@ impl Exchange {
             self.guards.fill.as_ref().and_then(|fill| fill.raw_answer(&self.record, self.capture.as_ref()));
         let snapshot = Arc::clone(&self.snapshot);
         // Decided before reading back, so only recorded requests pay for assembly.
-        let datasets = snapshot.datasets.select(&self.record);
+        let datasets = self.datasets.take().unwrap_or_else(|| snapshot.datasets.select(&self.record));
         self.wants_assembly |= !datasets.is_empty();
         self.read_back();
         let record = &self.record;
@@ -127,10 +152,10 @@ impl Exchange {
         if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
             record.assembled = capture.assemble(record.sse);
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
-        } else if let Some(bytes) = capture.bytes() {
-            record.usage = usage_only(&bytes, record.sse);
-            if record.trace.sampled() {
-                record.answer_summary = Some(AnswerSummary::read(&bytes, record.sse));
+        } else {
+            record.usage = capture.usage(record.sse);
+            if let Some(bytes) = capture.as_slice().filter(|_| record.trace.sampled()) {
+                record.answer_summary = Some(AnswerSummary::read(bytes, record.sse));
             }
         }
         if record.cache == CacheStatus::Hit {

@@ -22,8 +22,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::auth::AuthError;
-use crate::backends::{BackendResponse, UpstreamAuth};
-use crate::cache::CacheRequest;
+use crate::backends::{BackendError, BackendResponse, BackendRuntime, UpstreamAuth, UpstreamBody};
+use crate::cache::{CacheRequest, to_sse};
 use crate::config::AuthMode;
 use crate::limits::{AdmitRequest, LimitError};
 use crate::router::{self, DispatchError, Outbound, Pick, RouteError};
@@ -32,7 +32,7 @@ use crate::wire::body::{Body, read_body};
 use crate::wire::headers::{
     X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT, millis_header,
 };
-use crate::wire::{CAPTURE_LIMIT, Capture, Endpoint, Outcome, RequestError, parse_head};
+use crate::wire::{CAPTURE_LIMIT, Endpoint, Outcome, RequestError, parse_head};
 
 use exchange::Exchange;
 
@@ -123,7 +123,7 @@ struct Answer {
     stream: bool,
     /// weir asked upstream for the usage chunk; the client did not.
     strip_usage: bool,
-    backend: Arc<crate::backends::BackendRuntime>,
+    backend: Arc<BackendRuntime>,
 }
 
 async fn forward(
@@ -193,13 +193,50 @@ async fn forward(
     let outbound = Outbound { endpoint, head: &head, body: &body, auth };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
+    let mut upstream = dispatched.response;
+    if head.stream && is_json(&upstream.headers) {
+        upstream = restream(upstream, &dispatched.backend, dispatched.sent).await?;
+    }
     Ok(Reply::Upstream(Answer {
-        upstream: dispatched.response,
+        upstream,
         sent: dispatched.sent,
         stream: head.stream,
         strip_usage: head.injects_usage,
         backend: dispatched.backend,
     }))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+}
+
+/// A stream was asked for and the upstream answered with one JSON body (some servers ignore
+/// `stream`): the answer is read, bounded and within the backend's `total` timeout, and
+/// replayed as the stream the client asked for (its usage event included, for the taps; the
+/// client's stream drops it unless it asked). One that is no completion fails as the
+/// upstream's error, before any byte was sent.
+async fn restream(
+    mut upstream: BackendResponse,
+    backend: &BackendRuntime,
+    sent: tokio::time::Instant,
+) -> Result<BackendResponse, ProxyError> {
+    let failed = |detail: &str| {
+        ProxyError::Dispatch(DispatchError::from(BackendError::Protocol {
+            backend: backend.name().to_owned(),
+            detail: format!("answered a stream request with {detail}"),
+        }))
+    };
+    let body = std::mem::replace(&mut upstream.body, UpstreamBody::Full(None));
+    let deadline = sent + backend.config.timeouts.total;
+    let json = match tokio::time::timeout_at(deadline, body.read_bounded(CAPTURE_LIMIT)).await {
+        Ok(Ok(json)) => json,
+        Ok(Err(err)) => return Err(failed(&format!("a JSON body that broke off: {err}"))),
+        Err(_) => return Err(failed("a JSON body that did not arrive within its total timeout")),
+    };
+    let stream = to_sse(&json, true).ok_or_else(|| failed("JSON that is not a completion"))?;
+    upstream.body = UpstreamBody::Full(Some(stream));
+    upstream.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    Ok(upstream)
 }
 
 impl Answer {
@@ -229,7 +266,7 @@ impl Answer {
 /// can read the answer back when the exchange finishes.
 fn prepare_answer(headers: &mut HeaderMap, sse: bool, exchange: &mut Exchange) {
     exchange.record.sse = sse;
-    exchange.capture = Some(Capture::new(CAPTURE_LIMIT));
+    exchange.start_capture();
     if sse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

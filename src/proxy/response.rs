@@ -4,6 +4,9 @@
 //! end of a failed SSE stream as one `data: {"error": ...}` event (never a made-up finish),
 //! the backend's in-flight place held until the last byte, and the [`Exchange`] finished
 //! when the body ends or is dropped. It looks at each chunk without copying or delaying it.
+//! An answer whose length is known ends with its last byte: hyper may drop such a body once
+//! that byte is out without polling it again, and the request still completed; likewise a
+//! stream whose `data: [DONE]` reached the client completed, whenever its client hangs up.
 //! When weir asked upstream for a stream's usage on the client's behalf, the usage-only
 //! chunk is taken out after the capture has seen it ([`UsageChunkFilter`]).
 
@@ -45,7 +48,36 @@ pub struct ProxyBody {
     usage_filter: Option<Box<UsageChunkFilter>>,
     /// The upstream ended; only the filter's leftover may still be sent.
     upstream_ended: bool,
+    /// Bytes still to come of an answer whose length is known.
+    remaining: Option<u64>,
+    /// The tail of what the client was sent, to see a stream's `data: [DONE]` go by.
+    tail: Tail,
     done: bool,
+}
+
+/// The last bytes sent, enough to hold `data: [DONE]` and its blank line.
+#[derive(Debug, Default)]
+struct Tail {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl Tail {
+    fn push(&mut self, chunk: &[u8]) {
+        let keep = chunk.len().min(self.bytes.len());
+        let from_old = (self.bytes.len() - keep).min(self.len);
+        self.bytes.copy_within(self.len - from_old..self.len, 0);
+        self.bytes[from_old..from_old + keep].copy_from_slice(&chunk[chunk.len() - keep..]);
+        self.len = from_old + keep;
+    }
+
+    /// Whether the stream sent so far ends with its `[DONE]` event.
+    fn ends_stream(&self) -> bool {
+        let tail = &self.bytes[..self.len];
+        tail.ends_with(b"data: [DONE]\n\n")
+            || tail.ends_with(b"data: [DONE]\r\n\r\n")
+            || tail.ends_with(b"data:[DONE]\n\n")
+    }
 }
 
 impl ProxyBody {
@@ -59,6 +91,12 @@ impl ProxyBody {
     ) -> ProxyBody {
         let now = Instant::now();
         let timer = None;
+        let remaining = match &upstream {
+            _ if sse => None,
+            UpstreamBody::Full(Some(bytes)) => Some(bytes.len() as u64),
+            UpstreamBody::Http(incoming) => http_body::Body::size_hint(incoming).exact(),
+            _ => None,
+        };
         ProxyBody {
             upstream,
             sse,
@@ -70,6 +108,8 @@ impl ProxyBody {
             exchange,
             usage_filter: None,
             upstream_ended: false,
+            remaining,
+            tail: Tail::default(),
             done: false,
         }
     }
@@ -78,6 +118,20 @@ impl ProxyBody {
     pub fn strip_usage_chunk(mut self) -> ProxyBody {
         self.usage_filter = Some(Box::default());
         self
+    }
+
+    /// Notes a chunk handed to the client; the last byte of a known length ends the request.
+    fn sent(&mut self, chunk: &Bytes) {
+        if self.sse {
+            self.tail.push(chunk);
+        }
+        if let Some(remaining) = &mut self.remaining {
+            *remaining = remaining.saturating_sub(chunk.len() as u64);
+            if *remaining == 0 {
+                self.done = true;
+                self.exchange.finish(Outcome::Completed);
+            }
+        }
     }
 
     fn end(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
@@ -118,7 +172,13 @@ impl Body for ProxyBody {
                 this.exchange.observe_chunk(&chunk);
                 this.last_chunk = Instant::now();
                 let chunk = match &mut this.usage_filter {
-                    Some(filter) => filter.filter(chunk),
+                    Some(filter) => match filter.filter(chunk) {
+                        Ok(chunk) => chunk,
+                        Err(too_long) => {
+                            let message = format!("backend `{}` sent {too_long}", this.exchange.record.backend);
+                            return this.fail("upstream_error", message);
+                        }
+                    },
                     None => chunk,
                 };
                 if chunk.is_empty() {
@@ -126,6 +186,7 @@ impl Body for ProxyBody {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
+                this.sent(&chunk);
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(Some(Err(err))) => {
@@ -138,6 +199,7 @@ impl Body for ProxyBody {
                     return this.end();
                 }
                 this.upstream_ended = true;
+                this.sent(&rest);
                 Poll::Ready(Some(Ok(Frame::data(rest))))
             }
             Poll::Pending => {
@@ -175,6 +237,12 @@ impl Body for ProxyBody {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         if self.done {
+            return;
+        }
+        if self.sse && self.tail.ends_stream() {
+            // The whole stream reached the client, which hung up before we saw the upstream's
+            // end (SDKs close right after `[DONE]`).
+            self.exchange.finish(Outcome::Completed);
             return;
         }
         // The client left mid-stream; identical requests reading this stream through the

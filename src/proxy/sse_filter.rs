@@ -9,13 +9,23 @@
 //! (no copy). The filter works on whole events: the tail of an event split across chunks
 //! waits for its end, which costs the client nothing (an SSE client cannot act on half an
 //! event).
-//! Must not: change anything else in an event, or hold more than one partial event.
+//! Must not: change anything else in an event, hold more than one partial event (and no
+//! event longer than [`MAX_EVENT`]: the stream ends with an error instead), or look at a
+//! byte twice while an event is arriving.
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
+
+/// Longest event the filter holds while waiting for its end.
+pub const MAX_EVENT: usize = 1024 * 1024;
+
+/// An upstream event that outgrew [`MAX_EVENT`] before it ended.
+#[derive(Debug, thiserror::Error)]
+#[error("an SSE event longer than {MAX_EVENT} bytes")]
+pub struct EventTooLong;
 
 #[derive(Debug, Default)]
 pub struct UsageChunkFilter {
@@ -25,18 +35,31 @@ pub struct UsageChunkFilter {
 
 impl UsageChunkFilter {
     /// What of `chunk` goes to the client now (possibly empty).
-    pub fn filter(&mut self, chunk: Bytes) -> Bytes {
-        let data = if self.partial.is_empty() {
-            chunk
-        } else {
-            self.partial.extend_from_slice(&chunk);
-            self.partial.split().freeze()
-        };
-        let end = complete_prefix(&data);
-        if end < data.len() {
-            self.partial.extend_from_slice(&data[end..]);
+    pub fn filter(&mut self, chunk: Bytes) -> Result<Bytes, EventTooLong> {
+        if self.partial.is_empty() {
+            let end = complete_prefix(&chunk);
+            if end < chunk.len() {
+                self.hold(&chunk[end..])?;
+            }
+            return Ok(drop_usage_events(chunk.slice(..end)));
         }
-        drop_usage_events(data.slice(..end))
+        // Only the new bytes (and the two before them, where a boundary may straddle the
+        // chunks) can hold the end of the pending event.
+        let searched_from = self.partial.len().saturating_sub(2);
+        self.hold(&chunk)?;
+        match complete_prefix(&self.partial[searched_from..]) {
+            0 => Ok(Bytes::new()),
+            end => Ok(drop_usage_events(self.partial.split_to(searched_from + end).freeze())),
+        }
+    }
+
+    fn hold(&mut self, bytes: &[u8]) -> Result<(), EventTooLong> {
+        if self.partial.len() + bytes.len() > MAX_EVENT {
+            self.partial = BytesMut::new();
+            return Err(EventTooLong);
+        }
+        self.partial.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// At the end of the stream: whatever partial event is left, unless it is the usage one.
@@ -145,7 +168,7 @@ mod tests {
         let mut filter = UsageChunkFilter::default();
         let mut out = Vec::new();
         for chunk in chunks {
-            out.extend_from_slice(&filter.filter(Bytes::copy_from_slice(chunk.as_bytes())));
+            out.extend_from_slice(&filter.filter(Bytes::copy_from_slice(chunk.as_bytes())).unwrap());
         }
         out.extend_from_slice(&filter.finish());
         String::from_utf8(out).unwrap()
@@ -177,7 +200,30 @@ mod tests {
     fn whole_chunks_without_usage_pass_without_copy() {
         let mut filter = UsageChunkFilter::default();
         let chunk = Bytes::from_static(CHUNK.as_bytes());
-        assert_eq!(filter.filter(chunk.clone()).as_ptr(), chunk.as_ptr());
+        assert_eq!(filter.filter(chunk.clone()).unwrap().as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_refused_at_the_limit() {
+        let mut filter = UsageChunkFilter::default();
+        let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+        assert!(filter.filter(Bytes::from_static(b"data: ")).unwrap().is_empty());
+        let mut held = 6;
+        while let Ok(out) = filter.filter(piece.clone()) {
+            assert!(out.is_empty(), "nothing goes out before the event ends");
+            held += piece.len();
+            assert!(held <= MAX_EVENT);
+        }
+        assert!(filter.partial.is_empty(), "the held bytes are let go");
+    }
+
+    #[test]
+    fn a_long_event_split_in_many_chunks_comes_out_whole() {
+        let long = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "y".repeat(100_000));
+        let chunks: Vec<&str> = long.as_bytes().chunks(1000).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        let mut all = chunks.clone();
+        all.push(DONE);
+        assert_eq!(run(&all), format!("{long}{DONE}"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ fn backend(name: &str) -> Arc<BackendRuntime> {
         max_inflight: None,
         timeouts: Timeouts::default(),
         headers: Vec::new(),
+        ca_file: None,
         mock: MockSettings::default(),
     };
     Arc::new(BackendRuntime::build(config, None).unwrap())

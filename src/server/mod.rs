@@ -14,6 +14,7 @@ mod feedback;
 mod listener;
 mod models;
 mod routes;
+mod send_timeout;
 mod state;
 
 use std::convert::Infallible;
@@ -118,6 +119,8 @@ fn spawn_connection<H: Handler>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(call_catching_panics(&handler, request).await) }
         });
+        // A client that stops reading must not hold its response (and the upstream behind it).
+        let stream = send_timeout::SendTimeout::new(stream, send_timeout::SEND_TIMEOUT);
         let result = match tls {
             None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
             Some(acceptor) => {

@@ -16,6 +16,9 @@ use hyper::body::Incoming;
 
 use super::request::RequestError;
 
+/// Bodies up to this size are copied out of the connection's read buffer (see [`compact`]).
+const COMPACT_BELOW: usize = 64 * 1024;
+
 /// A client may take this long to send its body before we give up on it.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -59,8 +62,15 @@ pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Resul
             .map_err(|_| RequestError::BodyTimeout(BODY_READ_TIMEOUT))?,
     };
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok(compact(collected.to_bytes())),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(RequestError::BodyTooLarge { limit }),
         Err(err) => Err(RequestError::BodyRead(err.to_string())),
     }
+}
+
+/// A body that came in one piece is a slice of the connection's read buffer, which it keeps
+/// alive whole for as long as the request holds the body (to the end of a long stream). A
+/// small one is copied into an allocation of its own size.
+fn compact(body: Bytes) -> Bytes {
+    if body.len() < COMPACT_BELOW { Bytes::copy_from_slice(&body) } else { body }
 }

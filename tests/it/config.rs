@@ -42,6 +42,16 @@ fn every_example_config_checks_clean() {
     }
 }
 
+/// The configs the Kubernetes overlays mount (deploy/validate.sh checks them rendered, too).
+#[test]
+fn the_kubernetes_configs_check_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["deploy/kubernetes/base/weir.yaml", "deploy/kubernetes/overlays/production/weir.yaml"] {
+        let output = check(&root.join(file));
+        assert!(output.status.success(), "weir check {file} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
 /// 1-based line and column of the first `token` on the first line containing `line_marker`.
 fn place(text: &str, line_marker: &str, token: &str) -> (usize, usize) {
     let (index, line) =

@@ -52,7 +52,7 @@ impl AnthropicBackend {
             Some(key) => Some(secret_header(&config.name, key.clone())?),
             None => None,
         };
-        Ok(AnthropicBackend { http: HttpUpstream::new(config, &messages_url, transport), messages_url, api_key })
+        Ok(AnthropicBackend { http: HttpUpstream::new(config, &messages_url, transport)?, messages_url, api_key })
     }
 
     pub fn transport(&self) -> Transport {

@@ -71,6 +71,10 @@ impl Cx<'_> {
                 headers.push((name, value));
             }
         }
+        let ca_file = raw.ca_file.as_deref().map(std::path::PathBuf::from);
+        if ca_file.is_some() && !base_url.starts_with("https://") && kind.is_some() {
+            self.err(&at("ca_file"), "`ca_file` only applies to backends with an https:// `base_url`");
+        }
         let mut mock = MockSettings::default();
         for (field, present) in
             [("latency", raw.latency.is_some()), ("tokens_per_second", raw.tokens_per_second.is_some())]
@@ -98,6 +102,7 @@ impl Cx<'_> {
             max_inflight,
             timeouts,
             headers,
+            ca_file,
             mock,
         }
     }

@@ -155,7 +155,7 @@ server: { max_body: 1024, listen: nowhere }
         problems(text),
         [
             "w.yaml:2:56: `backends.b.max_inflight`: expected a whole number, got string \"lots\"",
-            "w.yaml:2:62: unknown key `bogus` (expected one of: kind, base_url, api_key, api_version, max_inflight, timeouts, headers, latency, tokens_per_second)",
+            "w.yaml:2:62: unknown key `bogus` (expected one of: kind, base_url, api_key, api_version, max_inflight, timeouts, headers, ca_file, latency, tokens_per_second)",
             "w.yaml:4:51: `models.m.targets[0].weight`: expected a whole number, got integer `-1`",
             "w.yaml:6:35: `listen`: invalid address `nowhere`: expected IP:PORT such as 127.0.0.1:8080",
         ]

@@ -67,6 +67,7 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
             idle: duration(timeouts.idle),
         },
         headers: Vec::new(),
+        ca_file: None,
         mock: MockSettings::default(),
     };
     let mock = BackendConfig {
@@ -78,6 +79,7 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         max_inflight: None,
         timeouts: BackendTimeouts::default(),
         headers: Vec::new(),
+        ca_file: None,
         mock: MockSettings { latency: Duration::from_millis(1), tokens_per_second: None },
     };
     let key = |name: &str, secret: &str, models: Option<Vec<String>>| KeyConfig {

@@ -132,6 +132,26 @@ struct Shared {
 pub struct MockUpstream {
     addr: std::net::SocketAddr,
     shared: Arc<Shared>,
+    /// Set when it serves HTTPS: the PEM file of its (self-signed) certificate, for the
+    /// backend's `ca_file`.
+    tls: Option<Arc<TlsFiles>>,
+}
+
+/// How an HTTPS upstream sends its JSON answers and which protocols it offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// HTTP/1.1 with `Content-Length`.
+    Length,
+    /// HTTP/1.1 with `Transfer-Encoding: chunked`.
+    Chunked,
+    /// HTTP/2 (ALPN `h2`).
+    Http2,
+}
+
+#[derive(Debug)]
+struct TlsFiles {
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
 }
 
 impl MockUpstream {
@@ -160,12 +180,81 @@ impl MockUpstream {
                 });
             }
         });
-        MockUpstream { addr, shared }
+        MockUpstream { addr, shared, tls: None }
+    }
+
+    /// The same upstream over HTTPS with a fresh self-signed certificate for `127.0.0.1`:
+    /// JSON answers with `Content-Length` or chunked, or everything over HTTP/2.
+    pub async fn start_tls(behavior: Behavior, mode: TlsMode) -> MockUpstream {
+        crate::support::init();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock upstream");
+        let addr = listener.local_addr().expect("mock upstream address");
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("self-signed cert");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("upstream-ca.pem");
+        std::fs::write(&ca, certified.cert.pem()).expect("write cert");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).expect("key der");
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server tls config");
+        config.alpn_protocols = match mode {
+            TlsMode::Http2 => vec![b"h2".to_vec()],
+            TlsMode::Length | TlsMode::Chunked => vec![b"http/1.1".to_vec()],
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let shared = Arc::new(Shared {
+            behavior: Mutex::new(behavior),
+            queued: Mutex::new(VecDeque::new()),
+            requests: Mutex::new(Vec::new()),
+            cancelled: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+        });
+        let accept_shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                accept_shared.connections.fetch_add(1, Ordering::SeqCst);
+                let shared = Arc::clone(&accept_shared);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let chunked = mode == TlsMode::Chunked;
+                    let service = service_fn(move |request| {
+                        let shared = Arc::clone(&shared);
+                        async move {
+                            let response = handle(shared, request).await?;
+                            Ok::<_, std::io::Error>(if chunked { unsized_body(response) } else { response })
+                        }
+                    });
+                    let io = TokioIo::new(stream);
+                    let _ = match mode {
+                        TlsMode::Http2 => {
+                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await
+                        }
+                        TlsMode::Length | TlsMode::Chunked => {
+                            hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+                        }
+                    };
+                });
+            }
+        });
+        MockUpstream { addr, shared, tls: Some(Arc::new(TlsFiles { _dir: dir, ca })) }
     }
 
     /// The base URL to put in a backend's `base_url`.
     pub fn url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/v1", self.addr)
+    }
+
+    /// The upstream's certificate, for the backend's `ca_file` (HTTPS upstreams only).
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|tls| tls.ca.as_path())
     }
 
     pub fn set(&self, behavior: Behavior) {
@@ -336,6 +425,17 @@ fn chunked(chunks: Vec<Bytes>) -> Response<UpBody> {
     let mut response = Response::new(BodyExt::boxed(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
     response
+}
+
+/// The same response with a body whose length hyper cannot know, so it is sent chunked.
+fn unsized_body(response: Response<UpBody>) -> Response<UpBody> {
+    let (parts, body) = response.into_parts();
+    let frames = futures_util::stream::unfold(Some(body), |body| async move {
+        let mut body = body?;
+        let frame = body.frame().await?;
+        Some((frame, Some(body)))
+    });
+    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(frames)))
 }
 
 fn json_response(status: u16, body: String) -> Response<UpBody> {

@@ -2,7 +2,7 @@
 //! `traceparent` continued and passed upstream, `/metrics` on the admin port, and the
 //! dashboards' queries against a real Prometheus.
 
-mod otlp;
+pub(crate) mod otlp;
 mod prometheus;
 
 use opentelemetry_proto::tonic::trace::v1::Span;
