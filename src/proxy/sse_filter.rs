@@ -65,7 +65,8 @@ impl UsageChunkFilter {
     /// At the end of the stream: whatever partial event is left, unless it is the usage one.
     pub fn finish(&mut self) -> Bytes {
         let rest = self.partial.split().freeze();
-        if is_usage_only(&rest) { Bytes::new() } else { rest }
+        let blank = blank_prefix(&rest);
+        if is_usage_only(&rest[blank..]) { rest.slice(..blank) } else { rest }
     }
 }
 
@@ -86,6 +87,8 @@ fn drop_usage_events(complete: Bytes) -> Bytes {
     while !rest.is_empty() {
         let end = next_boundary(rest);
         let (event, tail) = rest.split_at(end);
+        let (blank_lines, event) = event.split_at(blank_prefix(event));
+        out.extend_from_slice(blank_lines);
         if !is_usage_only(event) {
             push_without_null_usage(&mut out, event);
         }
@@ -95,6 +98,13 @@ fn drop_usage_events(complete: Bytes) -> Bytes {
 }
 
 const NULL_USAGE: &[u8] = b",\"usage\":null";
+
+/// Length of the blank lines (CR and LF) an event starts with. A third line end after an
+/// event's blank line starts the next event here but may end a chunk's complete part; kept
+/// whatever happens to the event, it leaves the output independent of where chunks end.
+fn blank_prefix(event: &[u8]) -> usize {
+    event.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count()
+}
 
 /// Copies `event` without a `,"usage":null` that closes its JSON (followed by `}` and the end
 /// of the line); one anywhere else is part of something else and stays.
@@ -232,6 +242,15 @@ mod tests {
         assert_eq!(run(&[odd, USAGE, DONE]), format!("{odd}{DONE}"));
         assert_eq!(run(&[&format!("{odd}{USAGE}{DONE}")]), format!("{odd}{DONE}"));
         assert_eq!(run(&[odd.trim_end()]), odd.trim_end());
+    }
+
+    #[test]
+    fn blank_lines_before_the_usage_event_stay_wherever_the_chunks_end() {
+        let extra = format!("{CHUNK}\n");
+        let want = format!("{CHUNK}\n{DONE}");
+        assert_eq!(run(&[&extra, USAGE, DONE]), want);
+        assert_eq!(run(&[&format!("{extra}{USAGE}{DONE}")]), want);
+        assert_eq!(run(&[&extra, USAGE.trim_end()]), format!("{CHUNK}\n"));
     }
 
     #[test]
