@@ -49,6 +49,14 @@ enum Baseline {
 enum Shape {
     Json,
     Stream,
+    /// The same request through the Responses API (`/v1/responses`), JSON or streamed.
+    Responses {
+        stream: bool,
+    },
+    /// The same request through the Anthropic Messages API (`/v1/messages`).
+    Messages {
+        stream: bool,
+    },
 }
 
 /// What a scenario's config may refer to.
@@ -308,7 +316,123 @@ fn scenarios() -> Vec<Scenario> {
             byte_exact: true,
             reload_every: None,
         },
+        Scenario {
+            name: "responses",
+            about: "the same request through /v1/responses (translated both ways) vs chat",
+            baseline: Baseline::Weir,
+            shape: Shape::Responses { stream: false },
+            config: |ctx| plain_with(ctx, ""),
+            headers: no_headers,
+            byte_exact: false,
+            reload_every: None,
+        },
+        Scenario {
+            name: "responses-stream",
+            about: "20-event streams through /v1/responses (typed events) vs chat streams",
+            baseline: Baseline::Weir,
+            shape: Shape::Responses { stream: true },
+            config: |ctx| plain_with(ctx, ""),
+            headers: no_headers,
+            byte_exact: false,
+            reload_every: None,
+        },
+        Scenario {
+            name: "messages",
+            about: "the same request through /v1/messages (translated both ways) vs chat",
+            baseline: Baseline::Weir,
+            shape: Shape::Messages { stream: false },
+            config: |ctx| plain_with(ctx, ""),
+            headers: no_headers,
+            byte_exact: false,
+            reload_every: None,
+        },
+        Scenario {
+            name: "messages-stream",
+            about: "20-event streams through /v1/messages (Anthropic events) vs chat streams",
+            baseline: Baseline::Weir,
+            shape: Shape::Messages { stream: true },
+            config: |ctx| plain_with(ctx, ""),
+            headers: no_headers,
+            byte_exact: false,
+            reload_every: None,
+        },
     ]
+}
+
+/// The bench's chat request as a Responses or Messages request (system → instructions or
+/// `system`, `max_tokens` → `max_output_tokens`, `user` → `user` or `metadata.user_id`).
+fn inbound_body(chat: &[u8], shape: Shape) -> (&'static str, bytes::Bytes) {
+    let chat: Value = serde_json::from_slice(chat).expect("the bench request is JSON");
+    let messages = chat["messages"].as_array().cloned().unwrap_or_default();
+    let system: Vec<Value> = messages.iter().filter(|m| m["role"] == "system").map(|m| m["content"].clone()).collect();
+    let turns: Vec<Value> = messages.into_iter().filter(|m| m["role"] != "system").collect();
+    let (path, body) = match shape {
+        Shape::Responses { stream } => (
+            "/v1/responses",
+            json!({"model": chat["model"], "instructions": system.first(), "input": turns,
+                "max_output_tokens": chat["max_tokens"], "user": chat["user"], "stream": stream, "store": false}),
+        ),
+        Shape::Messages { stream } => (
+            "/v1/messages",
+            json!({"model": chat["model"], "system": system.first(), "messages": turns,
+                "max_tokens": chat["max_tokens"], "metadata": {"user_id": chat["user"]}, "stream": stream}),
+        ),
+        Shape::Json | Shape::Stream => (common::CHAT_PATH, chat.clone()),
+    };
+    (path, serde_json::to_vec(&body).expect("serialises").into())
+}
+
+/// CPU time of the inbound translations per request, in µs, measured in-process: the request
+/// translated to chat and the answer converted back (JSON, and the 20-event stream).
+fn translation_overhead(bodies: &common::Bodies) -> Value {
+    use weir::apis::convert::{Converter, Target};
+    use weir::apis::responses::Shell;
+    const RUNS: u32 = 2000;
+    let time = |f: &dyn Fn()| {
+        let started = std::time::Instant::now();
+        for _ in 0..RUNS {
+            f();
+        }
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(RUNS)
+    };
+    let stream: Vec<u8> = bodies.sse_chunks.iter().flat_map(|c| c.to_vec()).collect();
+    let mut figures = serde_json::Map::new();
+    for (name, shape) in
+        [("responses", Shape::Responses { stream: false }), ("messages", Shape::Messages { stream: false })]
+    {
+        let (_, request) = inbound_body(&bodies.request_json, shape);
+        let target = || match shape {
+            Shape::Responses { .. } => Target::Responses {
+                shell: Shell { id: "resp_1".into(), created_at: 0, model: "m".into(), echo: serde_json::Map::new() },
+                now: 0,
+            },
+            _ => Target::Messages { id: "msg_1".into(), model: "m".into(), input_estimate: 0 },
+        };
+        let translate = || {
+            let map = serde_json::from_slice::<serde_json::Map<String, Value>>(&request).unwrap();
+            let chat = match shape {
+                Shape::Responses { .. } => weir::apis::responses::translate(map, &[]).unwrap().chat,
+                _ => weir::apis::messages::translate(map).unwrap().chat,
+            };
+            std::hint::black_box(serde_json::to_vec(&chat).unwrap());
+        };
+        let convert = |sse: bool, upstream: &[u8]| {
+            let mut converter = Converter::new(target(), 200, sse);
+            let mut out = Vec::new();
+            converter.push(upstream, &mut out).unwrap();
+            converter.finish(&mut out).unwrap();
+            std::hint::black_box(out);
+        };
+        let request_us = time(&translate);
+        let json_us = time(&|| convert(false, &bodies.response_json));
+        let stream_us = time(&|| convert(true, &stream));
+        eprintln!(
+            "translation {name}: request {request_us:.1} µs, JSON answer {json_us:.1} µs, 20-event stream {stream_us:.1} µs"
+        );
+        figures
+            .insert(name.into(), json!({"request_us": request_us, "json_answer_us": json_us, "stream_us": stream_us}));
+    }
+    Value::Object(figures)
 }
 
 /// Rewrites the feature weir's config every `every`, alternating `config` with a variant
@@ -413,6 +537,8 @@ async fn run(params: Params) -> Value {
         let names: Vec<_> = scenarios().iter().map(|s| s.name).collect();
         panic!("no scenario named {:?}; known: {names:?}", params.only);
     }
+    let translation = selected.iter().any(|s| !matches!(s.shape, Shape::Json | Shape::Stream));
+    let overhead = translation.then(|| translation_overhead(&bodies));
     for scenario in &selected {
         results.push(run_scenario(scenario, &ctx, &bodies, &params).await);
     }
@@ -434,6 +560,7 @@ async fn run(params: Params) -> Value {
         "rounds": params.rounds,
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "scenarios": results,
+        "translation_us": overhead,
     })
 }
 
@@ -446,12 +573,21 @@ async fn run_scenario(scenario: &Scenario, ctx: &Ctx, bodies: &common::Bodies, p
     };
     let baseline_addr = baseline_weir.as_ref().map_or(ctx.upstream, |w| w.addr);
     let (body, exact_len) = match scenario.shape {
-        Shape::Json => (bodies.request_json.clone(), bodies.response_json.len()),
-        Shape::Stream => (bodies.request_stream.clone(), bodies.sse_len()),
+        Shape::Json | Shape::Responses { stream: false } | Shape::Messages { stream: false } => {
+            (bodies.request_json.clone(), bodies.response_json.len())
+        }
+        Shape::Stream | Shape::Responses { stream: true } | Shape::Messages { stream: true } => {
+            (bodies.request_stream.clone(), bodies.sse_len())
+        }
     };
     let baseline_load = Load::chat(body.clone(), exact_len);
+    // The inbound APIs are measured against chat in the same run: same upstream, same answer.
+    let (path, body) = match scenario.shape {
+        Shape::Json | Shape::Stream => (common::CHAT_PATH, body),
+        inbound => inbound_body(&body, inbound),
+    };
     let feature_load = Load {
-        path: common::CHAT_PATH,
+        path,
         body,
         expect: if scenario.byte_exact { Expect::Bytes(exact_len) } else { Expect::Ok },
         headers: (scenario.headers)(),

@@ -4,12 +4,18 @@
 //!
 //! ```text
 //! top        gateway (lifecycle) · server (listeners, handlers, the error map) · proxy (the request path)
+<<<<<<< HEAD
 //!            · fuzzing (re-exported entry points for fuzz targets and corpus tests)
+=======
+//!            · eval (`weir eval run`, a client of a running weir)
+>>>>>>> main
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
-//! features   auth · limits · cache · router → backends
+//! features   auth · limits · cache · router → backends · router → experiments (shares, decisions)
+//!            · conversations (stored responses)
 //! config     config: raw → validated → typed
 //! ground     wire: endpoint, request head, bodies, headers, trace context, capture, usage, record
+//!            apis: the Responses and Messages APIs as pure translations to and from chat
 //! ```
 //!
 //! A request: `server` accepts it and hands it to `proxy`, which authenticates (`auth`),
@@ -18,12 +24,19 @@
 //! the answer back. When the answer ends, the request's guards are released and every tap
 //! reads the same finished record.
 
+pub mod apis;
 pub mod auth;
 pub mod backends;
 pub(crate) mod cache;
 pub mod config;
+pub mod conversations;
 pub mod datasets;
+<<<<<<< HEAD
 pub mod fuzzing;
+=======
+pub mod eval;
+pub mod experiments;
+>>>>>>> main
 pub mod gateway;
 pub mod limits;
 pub(crate) mod proxy;

@@ -78,6 +78,22 @@ impl KeyTable {
     }
 }
 
+impl KeyTable {
+    /// Who a request belongs to, for feedback: the key's name; in `passthrough` mode, where
+    /// every client brings its own upstream credential, `client:` and a digest of it (never
+    /// the credential itself); in `none` mode, `anonymous`.
+    pub fn owner(&self, identity: &Identity<'_>, headers: &HeaderMap) -> String {
+        match (identity.key, self.mode()) {
+            (Some(key), _) => key.name.clone(),
+            (None, AuthMode::Passthrough) => match client_secret(headers) {
+                Some(secret) => format!("client:{}", hex::encode(&Sha256::digest(secret)[..8])),
+                None => "anonymous".to_owned(),
+            },
+            (None, _) => "anonymous".to_owned(),
+        }
+    }
+}
+
 /// `Authorization: Bearer <key>`, or Azure-style `api-key: <key>`.
 fn client_secret(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(value) = headers.get(AUTHORIZATION) {
@@ -124,6 +140,22 @@ mod tests {
         assert_eq!(identity.name(), "team");
         assert!(identity.may_use("mock"));
         assert!(!identity.may_use("other"));
+    }
+
+    #[test]
+    fn requests_belong_to_their_key_or_in_passthrough_to_the_clients_credential() {
+        let table = table();
+        let team = headers("Bearer sk-team");
+        assert_eq!(table.owner(&table.authenticate(&team).unwrap(), &team), "team");
+        let passthrough = KeyTable::new(AuthMode::Passthrough, Vec::new());
+        let (a, b) = (headers("Bearer sk-upstream-a"), headers("Bearer sk-upstream-b"));
+        let owner_a = passthrough.owner(&passthrough.authenticate(&a).unwrap(), &a);
+        let owner_b = passthrough.owner(&passthrough.authenticate(&b).unwrap(), &b);
+        assert!(owner_a.starts_with("client:") && !owner_a.contains("upstream"), "{owner_a}");
+        assert_ne!(owner_a, owner_b);
+        assert_eq!(owner_a, passthrough.owner(&passthrough.authenticate(&a).unwrap(), &a));
+        let none = KeyTable::new(AuthMode::None, Vec::new());
+        assert_eq!(none.owner(&none.authenticate(&a).unwrap(), &a), "anonymous");
     }
 
     #[test]

@@ -53,6 +53,13 @@ impl AzureBackend {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses | Endpoint::Messages => {
+                return Err(BackendError::Unsupported {
+                    backend: backend.to_owned(),
+                    param: None,
+                    message: format!("backend `{backend}` (kind azure) does not speak {} natively", endpoint.as_str()),
+                });
+            }
         };
         let text =
             format!("{}/openai/deployments/{}/{operation}?{}", self.base_url, encode_component(deployment), self.query);

@@ -74,6 +74,9 @@ pub struct BackendCall<'a> {
     pub request_id: &'a str,
     /// W3C `traceparent` for this attempt, when the request is traced or the client sent one.
     pub traceparent: Option<HeaderValue>,
+    /// Headers of the client's API (`anthropic-version`, `anthropic-beta`) for a kind that
+    /// speaks it natively; empty otherwise.
+    pub native_headers: &'a [(http::HeaderName, HeaderValue)],
 }
 
 /// Which credential goes upstream.
@@ -216,6 +219,16 @@ impl BackendRuntime {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Whether this backend takes `endpoint`'s requests in their own API (`kind: anthropic`
+    /// for the Messages API); the others get the inbound APIs as chat completions.
+    pub fn speaks_natively(&self, endpoint: Endpoint) -> bool {
+        match endpoint {
+            Endpoint::Messages => matches!(self.kind, Backend::Anthropic(_)),
+            Endpoint::Responses => matches!(self.kind, Backend::OpenAi(_)) && self.config.responses_native,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => false,
+        }
     }
 
     /// The in-flight count behind `weir_backend_inflight{backend}`.

@@ -19,6 +19,8 @@ pub struct OpenAiBackend {
     chat_url: Uri,
     completions_url: Uri,
     embeddings_url: Uri,
+    /// `{base_url}/responses`, for `responses: native`.
+    responses_url: Uri,
     /// `Bearer <api_key>`, ready to send.
     authorization: Option<HeaderValue>,
 }
@@ -35,6 +37,7 @@ impl OpenAiBackend {
             chat_url,
             completions_url: parse_url(config, "/completions")?,
             embeddings_url: parse_url(config, "/embeddings")?,
+            responses_url: parse_url(config, "/responses")?,
             authorization,
         })
     }
@@ -49,6 +52,19 @@ impl OpenAiBackend {
             Endpoint::ChatCompletions => &self.chat_url,
             Endpoint::Completions => &self.completions_url,
             Endpoint::Embeddings => &self.embeddings_url,
+            Endpoint::Responses if config.responses_native => &self.responses_url,
+            // The request path sends these as chat completions to this kind.
+            Endpoint::Responses | Endpoint::Messages => {
+                return Err(BackendError::Unsupported {
+                    backend: config.name.clone(),
+                    param: None,
+                    message: format!(
+                        "backend `{}` (kind openai) gets {} as chat completions",
+                        config.name,
+                        call.endpoint.as_str()
+                    ),
+                });
+            }
         };
         let body = params::apply_defaults(&call.body, call.params);
         let authorization = match call.auth {

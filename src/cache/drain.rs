@@ -55,11 +55,7 @@ pub fn finish_for_followers<S, E>(
                 }
             }
         }
-        let body = flight
-            .joined()
-            .and_then(|bytes| crate::wire::assemble(&bytes, true))
-            .filter(|assembled| assembled.complete)
-            .and_then(|assembled| serde_json::to_vec(&assembled.body).ok());
+        let body = flight.joined().and_then(|bytes| super::replay::whole_of(fill.endpoint, &bytes));
         let end = match body {
             Some(body) => {
                 let entry = std::sync::Arc::new(Entry {

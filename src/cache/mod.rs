@@ -97,6 +97,8 @@ pub struct Fill {
     cache: Arc<Cache>,
     key: CacheKey,
     ttl: Duration,
+    /// The API the answer is in (streams are read back and replayed in its shape).
+    endpoint: Endpoint,
     /// `Some` when this request leads a flight other requests may be following.
     flight: Option<Arc<coalesce::Flight>>,
 }
@@ -156,7 +158,7 @@ impl Cache {
         if control.no_cache {
             self.account(lookup, request, CacheStatus::Bypass);
             if !control.no_store {
-                self.plan_fill(lookup, key, request.ttl, None);
+                self.plan_fill(lookup, key, request, None);
             }
             return None;
         }
@@ -191,7 +193,8 @@ impl Cache {
         // The flight is the fill's from here: should this request go away during the
         // lookup below (its client gone), dropping the fill ends the flight, and the requests
         // following it go on without it instead of waiting forever.
-        let mut fill = Fill { cache: Arc::clone(self), key, ttl: request.ttl, flight: Some(flight) };
+        let mut fill =
+            Fill { cache: Arc::clone(self), key, ttl: request.ttl, endpoint: request.endpoint, flight: Some(flight) };
         // A flight for this key may have ended (and stored) between our lookup and joining.
         let found = match self.store.get(&key) {
             Some(entry) => Some(entry),
@@ -234,14 +237,14 @@ impl Cache {
                     return Some(served);
                 }
                 self.account(lookup, request, CacheStatus::Miss);
-                self.plan_fill(lookup, key, request.ttl, None);
+                self.plan_fill(lookup, key, request, None);
                 None
             }
             // The leader failed, its answer was not cacheable, or it took too long: go
             // upstream alone.
             Wait::Nothing => {
                 self.account(lookup, request, CacheStatus::Miss);
-                self.plan_fill(lookup, key, request.ttl, None);
+                self.plan_fill(lookup, key, request, None);
                 None
             }
         }
@@ -250,7 +253,10 @@ impl Cache {
     /// Serves `entry` in the shape the request wants; `None` when it cannot (a stream
     /// asked of an answer that has no streamed form).
     fn hit(&self, entry: &Entry, shape: Shape, request: &CacheRequest<'_>, lookup: &mut Lookup) -> Option<Served> {
-        let body = if shape.stream { replay::to_sse(&entry.body, shape.include_usage)? } else { entry.body.clone() };
+        let body = match shape.stream {
+            true => replay::stream_of(request.endpoint, &entry.body, shape.include_usage)?,
+            false => entry.body.clone(),
+        };
         self.account(lookup, request, CacheStatus::Hit);
         let origin = Origin { backend: entry.backend.clone(), variant: entry.variant.clone() };
         Some(Served::Whole { body, sse: shape.stream, origin })
@@ -277,10 +283,11 @@ impl Cache {
         self: &Arc<Self>,
         lookup: &mut Lookup,
         key: CacheKey,
-        ttl: Duration,
+        request: &CacheRequest<'_>,
         flight: Option<Arc<coalesce::Flight>>,
     ) {
-        lookup.fill = Some(Fill { cache: Arc::clone(self), key, ttl, flight });
+        let (ttl, endpoint) = (request.ttl, request.endpoint);
+        lookup.fill = Some(Fill { cache: Arc::clone(self), key, ttl, endpoint, flight });
     }
 
     fn insert(&self, key: CacheKey, entry: &Arc<Entry>) {
@@ -322,10 +329,7 @@ impl Fill {
         let capture = capture?;
         match (record.sse, record.outcome) {
             (false, Outcome::Completed) => capture.bytes(),
-            (true, Outcome::ClientGone) => {
-                let assembled = capture.assemble(true).filter(|a| a.complete)?;
-                serde_json::to_vec(&assembled.body).ok().map(Bytes::from)
-            }
+            (true, Outcome::ClientGone) => replay::whole_of(self.endpoint, &capture.bytes()?).map(Bytes::from),
             _ => None,
         }
     }

@@ -4,13 +4,41 @@
 //! (and refusal) in a few pieces, each tool call as its id and name then its arguments, the
 //! finish reason, then — only when the client asked with `stream_options.include_usage` —
 //! the usage chunk, and `data: [DONE]`. Text completions become `text_completion` chunks.
+//! Responses and Messages answers are replayed (and streams read back) by `apis`, in
+//! their own event shapes.
 //! Must not: invent anything the stored answer does not hold (no usage chunk without usage).
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::apis;
+use crate::wire::Endpoint;
+
 /// Content longer than this is sent in several deltas, cut at character boundaries.
 const PIECE: usize = 128;
+
+/// The stream of a stored answer in its API's shape: the Responses API's typed events, the
+/// Messages API's events, or chat's chunks.
+pub fn stream_of(endpoint: Endpoint, body: &[u8], include_usage: bool) -> Option<Bytes> {
+    match endpoint {
+        Endpoint::Responses => Some(Bytes::from(apis::responses::replay(&serde_json::from_slice(body).ok()?))),
+        Endpoint::Messages => Some(Bytes::from(apis::messages::replay(&serde_json::from_slice(body).ok()?))),
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => to_sse(body, include_usage),
+    }
+}
+
+/// A whole streamed answer read back as the JSON answer to store; `None` unless it ended
+/// as its API ends a stream.
+pub fn whole_of(endpoint: Endpoint, sse: &[u8]) -> Option<Vec<u8>> {
+    let body = match endpoint {
+        Endpoint::Responses => apis::responses::read_answer(sse, true)?.body,
+        Endpoint::Messages => apis::messages::read_answer(sse, true)?.body,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
+            crate::wire::assemble(sse, true).filter(|assembled| assembled.complete)?.body
+        }
+    };
+    serde_json::to_vec(&body).ok()
+}
 
 /// The SSE body for `body` (a stored non-streamed answer); `None` when it is not a chat or
 /// text completion (embeddings never stream).

@@ -23,6 +23,38 @@ pub struct RawConfig {
     pub state: Option<RawState>,
     pub telemetry: Option<RawTelemetry>,
     pub datasets: Vec<RawDataset>,
+    /// Experiment settings by the name models give in `experiment:`.
+    pub experiments: BTreeMap<String, RawExperiment>,
+}
+
+/// One entry of `experiments:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawExperiment {
+    /// `fixed | thompson`. Default `fixed` (the targets' weights).
+    pub strategy: Option<String>,
+    /// `feedback | success | latency | cost`. Default `feedback`.
+    pub metric: Option<String>,
+    /// Least share of traffic each arm keeps while the experiment runs. Default 0.05.
+    pub min_share: Option<f64>,
+    /// The variant the others are compared with. Default: `control` if a variant has that
+    /// name, else the first variant.
+    pub control: Option<String>,
+    pub stop: Option<RawStop>,
+}
+
+/// `stop:` of an experiment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RawStop {
+    /// Default 0.95.
+    pub confidence: Option<f64>,
+    /// Default 200.
+    pub min_samples: Option<u64>,
+    /// Default false.
+    pub promote: Option<bool>,
+    /// Default: 0.05 for feedback, 0.02 for success, none (0) for latency and cost.
+    pub margin: Option<f64>,
 }
 
 /// `server:`, the listeners and request limits.
@@ -61,6 +93,9 @@ pub struct RawBackend {
     pub api_key: Option<String>,
     /// Azure `api-version` query parameter.
     pub api_version: Option<String>,
+    /// `kind: openai` only: `native` sends Responses API requests to `{base_url}/responses`
+    /// as they came; `translate` (default) sends them as chat completions.
+    pub responses: Option<String>,
     /// Most requests in flight to this backend at once. Default: unlimited.
     pub max_inflight: Option<u64>,
     pub timeouts: Option<RawTimeouts>,
@@ -142,6 +177,8 @@ pub struct RawPrice {
     pub input_per_mtok: Option<f64>,
     pub output_per_mtok: Option<f64>,
     pub cached_input_per_mtok: Option<f64>,
+    /// USD per million prompt tokens written to the provider's cache. Default: the input price.
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 /// One entry of `keys:`, a virtual API key.
@@ -200,6 +237,10 @@ pub struct RawState {
     pub timeout: Option<String>,
     /// Completion tokens assumed at admission when a request sets no `max_tokens`.
     pub default_max_tokens: Option<u64>,
+    /// How long a stored Responses API response lives, such as `30d`. Default 30 days.
+    pub responses_ttl: Option<String>,
+    /// Most bytes of stored responses kept in memory (`store: memory`). Default `256MiB`.
+    pub responses_max_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -29,6 +29,95 @@ pub struct Config {
     pub state: StateConfig,
     /// Evaluation dataset sinks in file order.
     pub datasets: Vec<DatasetConfig>,
+    /// Experiment settings by experiment name (each names the `experiment` of one model).
+    pub experiments: BTreeMap<String, ExperimentConfig>,
+}
+
+/// `experiments.NAME`: how an A/B experiment allocates traffic and when it is decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentConfig {
+    pub name: String,
+    /// The public model whose `experiment` this is.
+    pub model: String,
+    pub strategy: Strategy,
+    pub metric: Metric,
+    /// Least share of each arm under `thompson`. Default 0.05.
+    pub min_share: f64,
+    /// The variant compared against.
+    pub control: String,
+    pub stop: StopConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The targets' weights.
+    Fixed,
+    /// Thompson sampling on the metric.
+    Thompson,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Fixed => "fixed",
+            Strategy::Thompson => "thompson",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Mean feedback score (0 to 1) of answered requests.
+    Feedback,
+    /// Share of requests answered without an error.
+    Success,
+    /// Milliseconds from arrival to the last byte, successful requests (lower is better).
+    Latency,
+    /// USD per successful request at the model's `price` (lower is better).
+    Cost,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Feedback => "feedback",
+            Metric::Success => "success",
+            Metric::Latency => "latency",
+            Metric::Cost => "cost",
+        }
+    }
+
+    /// Whether a smaller value is the better one.
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, Metric::Latency | Metric::Cost)
+    }
+
+    /// Whether every observation lies in [0, 1].
+    pub fn bounded(self) -> bool {
+        matches!(self, Metric::Feedback | Metric::Success)
+    }
+
+    /// `stop.margin` when not given.
+    pub fn default_margin(self) -> f64 {
+        match self {
+            Metric::Feedback => 0.05,
+            Metric::Success => 0.02,
+            Metric::Latency | Metric::Cost => 0.0,
+        }
+    }
+}
+
+/// `experiments.NAME.stop`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopConfig {
+    /// Default 0.95: the chance that no wrong decision is ever declared.
+    pub confidence: f64,
+    /// Samples each arm and the control need before a decision. Default 200.
+    pub min_samples: u64,
+    /// A decided winner takes all traffic. Default false.
+    pub promote: bool,
+    /// Differences within ±margin are `equivalent`.
+    pub margin: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +175,9 @@ pub struct BackendConfig {
     /// `None` when absent or empty.
     pub api_key: Option<String>,
     pub api_version: Option<String>,
+    /// `responses: native`: the upstream speaks the Responses API (OpenAI itself); default
+    /// false (Responses requests go as chat completions).
+    pub responses_native: bool,
     pub max_inflight: Option<usize>,
     pub timeouts: Timeouts,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -182,15 +274,20 @@ pub struct Price {
     pub output_per_mtok: f64,
     /// Defaults to `input_per_mtok`.
     pub cached_input_per_mtok: f64,
+    /// Prompt-cache writes (Anthropic's `cache_creation_input_tokens`). Defaults to
+    /// `input_per_mtok`.
+    pub cache_write_per_mtok: f64,
 }
 
 impl Price {
     /// USD for `usage`: cached prompt tokens at the cached rate, the rest at the input rate.
     pub fn cost(&self, usage: &crate::wire::Usage) -> f64 {
         let cached = usage.cached_tokens.min(usage.prompt_tokens);
-        let fresh = usage.prompt_tokens - cached;
+        let written = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
+        let fresh = usage.prompt_tokens - cached - written;
         (fresh as f64 * self.input_per_mtok
             + cached as f64 * self.cached_input_per_mtok
+            + written as f64 * self.cache_write_per_mtok
             + usage.completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
     }
@@ -238,6 +335,10 @@ pub struct StateConfig {
     /// Completion tokens reserved at admission when a request sets neither `max_tokens` nor
     /// `max_completion_tokens`. Default 256.
     pub default_max_tokens: u64,
+    /// How long a stored Responses API response lives. Default 30 days.
+    pub responses_ttl: Duration,
+    /// Most bytes of stored responses held in memory (memory store). Default 256 MiB.
+    pub responses_max_size: u64,
 }
 
 impl Default for StateConfig {
@@ -247,6 +348,8 @@ impl Default for StateConfig {
             on_error: FailMode::Open,
             timeout: Duration::from_millis(100),
             default_max_tokens: 256,
+            responses_ttl: Duration::from_secs(30 * 24 * 3600),
+            responses_max_size: 256 * 1024 * 1024,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! `eval`: `{"input", "ideal"?, "output", "metadata"}` for successful chat and text completions:
 //! `input` is the messages (or the prompt), `output` the answer's text (the assistant message
 //! when it calls tools), `ideal` the reviewer's `ideal` from feedback when given.
+//! `dpo`: preference pairs, see `preference`.
 
 use std::io::Write;
 use std::path::Path;
@@ -18,12 +19,15 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
+use super::preference;
 use super::read::{self, Entry, FeedbackMap, ReadError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     OpenAiChat,
     Eval,
+    /// Preference pairs (see `preference`).
+    Dpo,
 }
 
 /// What to export.
@@ -35,6 +39,8 @@ pub struct Options {
     pub min_score: Option<f64>,
     /// Only records from this time on.
     pub since: Option<SystemTime>,
+    /// `dpo`: the least score difference that makes a pair (default 0.5).
+    pub min_margin: Option<f64>,
 }
 
 /// Counts of one export.
@@ -53,6 +59,14 @@ pub fn export(
     out: &mut dyn Write,
     warn: &mut dyn Write,
 ) -> Result<Summary, ReadError> {
+    let shaped_by_line = match format {
+        Format::OpenAiChat => fine_tuning,
+        Format::Eval => eval,
+        Format::Dpo => {
+            let margin = options.min_margin.unwrap_or(preference::DEFAULT_MIN_MARGIN);
+            return preference::export(dir, options, margin, out, warn);
+        }
+    };
     let feedback = read::feedback(dir)?;
     let mut exported = 0;
     let skipped = read::for_each(dir, warn, |entry| {
@@ -60,11 +74,7 @@ pub fn export(
         if !selected(&record, options, &feedback) {
             return Ok(());
         }
-        let shaped = match format {
-            Format::OpenAiChat => fine_tuning(&record),
-            Format::Eval => eval(&record, &feedback),
-        };
-        if let Some(shaped) = shaped {
+        if let Some(shaped) = shaped_by_line(&record, &feedback) {
             serde_json::to_writer(&mut *out, &shaped).map_err(|err| ReadError::Output(err.into()))?;
             out.write_all(b"\n").map_err(ReadError::Output)?;
             exported += 1;
@@ -75,7 +85,7 @@ pub fn export(
     Ok(Summary { exported, skipped })
 }
 
-fn selected(record: &Value, options: &Options, feedback: &FeedbackMap) -> bool {
+pub(super) fn selected(record: &Value, options: &Options, feedback: &FeedbackMap) -> bool {
     let same =
         |want: &Option<String>, field: &str| want.as_deref().is_none_or(|want| want == read::text(record, field));
     if !same(&options.model, "model") || !same(&options.variant, "variant") {
@@ -97,7 +107,7 @@ fn selected(record: &Value, options: &Options, feedback: &FeedbackMap) -> bool {
 }
 
 /// The fine-tuning line of a successful chat completion.
-fn fine_tuning(record: &Value) -> Option<Value> {
+fn fine_tuning(record: &Value, _feedback: &FeedbackMap) -> Option<Value> {
     if !read::succeeded(record) {
         return None;
     }
@@ -115,7 +125,7 @@ fn fine_tuning(record: &Value) -> Option<Value> {
 }
 
 /// A request message with only the fields the fine-tuning format knows.
-fn message(message: &Value) -> Option<Value> {
+pub(super) fn message(message: &Value) -> Option<Value> {
     let message = message.as_object()?;
     message.get("role")?.as_str()?;
     let mut out = Map::new();
@@ -131,7 +141,7 @@ fn message(message: &Value) -> Option<Value> {
 }
 
 /// The assistant's answer: its content, and its tool calls when it made any.
-fn assistant(answer: &Value) -> Option<Value> {
+pub(super) fn assistant(answer: &Value) -> Option<Value> {
     let mut out = Map::new();
     out.insert("role".into(), json!("assistant"));
     out.insert("content".into(), answer.get("content").cloned().unwrap_or(Value::Null));
@@ -230,7 +240,7 @@ mod tests {
             "response": {"choices": [{"message": {"role": "assistant", "content": null, "refusal": null,
                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]}}]}
         });
-        let line = fine_tuning(&record).unwrap();
+        let line = fine_tuning(&record, &FeedbackMap::new()).unwrap();
         assert_eq!(line["messages"][0], json!({"role": "user", "content": "weather?"}));
         assert_eq!(line["messages"][1]["tool_calls"][0]["id"], "c1");
         assert!(line["messages"][1].get("refusal").is_none());

@@ -8,15 +8,17 @@
 //! `ideal` (optional, an extension) is the answer a reviewer would have wanted; `weir dataset
 //! export --format eval` writes it as the record's `ideal`. The id must be one of the
 //! requests seen in the last [`super::FEEDBACK_WINDOW`] (at most
-//! [`super::FEEDBACK_WINDOW_REQUESTS`] of them, the oldest forgotten first), else 404.
+//! [`super::FEEDBACK_WINDOW_REQUESTS`] of them, the oldest forgotten first) and made with the
+//! caller's key (or the caller holds the admin token), else 404.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
 use super::record::rfc3339;
-use super::{Datasets, ServedBy};
+use super::{Caller, Datasets, ServedBy};
 use crate::wire::RequestError;
+use crate::wire::request::{MAX_JSON_DEPTH, check_structure};
 
 /// Feedback bodies are small; this bounds them below `server.max_body`.
 pub const MAX_FEEDBACK_BODY: u64 = 64 * 1024;
@@ -26,7 +28,7 @@ const MAX_ID_LEN: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum FeedbackError {
     #[error(
-        "unknown request_id `{0}`: feedback must name a request this gateway served recently (the last 24 hours, up to 200000 requests) while a dataset was configured"
+        "unknown request_id `{0}`: feedback must name a request this gateway served recently (the last 24 hours, up to 200000 requests) for the same key while a dataset was configured"
     )]
     UnknownRequest(String),
 }
@@ -50,10 +52,11 @@ pub struct Accepted {
 }
 
 impl Datasets {
-    /// Appends `feedback`, sent with key `key`, to every dataset. Refused when it names no
-    /// request seen recently.
-    pub fn accept_feedback(&self, feedback: &Feedback, key: &str) -> Result<Accepted, FeedbackError> {
-        if !self.knows(&feedback.request_id) {
+    /// Appends `feedback`, sent by `caller`, to every dataset. Refused (as unknown, so ids of
+    /// other keys' requests are not revealed) when it names no request seen recently, or one
+    /// another key made.
+    pub fn accept_feedback(&self, feedback: &Feedback, caller: Caller<'_>) -> Result<Accepted, FeedbackError> {
+        if !self.knows(&feedback.request_id, caller) {
             return Err(FeedbackError::UnknownRequest(feedback.request_id.clone()));
         }
         let mut line = Map::new();
@@ -64,6 +67,10 @@ impl Datasets {
         if let Some(ideal) = &feedback.ideal {
             line.insert("ideal".into(), json!(ideal));
         }
+        let key = match caller {
+            Caller::Key(key) => key,
+            Caller::Admin => "admin",
+        };
         line.insert("key".into(), json!(key));
         line.insert("ts".into(), json!(rfc3339(std::time::SystemTime::now())));
         let queued = self.feedback(Value::Object(line));
@@ -73,6 +80,7 @@ impl Datasets {
 
 /// Checks a feedback body, naming the offending field.
 pub fn parse(body: &[u8]) -> Result<Feedback, RequestError> {
+    check_structure(body, MAX_JSON_DEPTH)?;
     let value: Value = serde_json::from_slice(body).map_err(|err| RequestError::InvalidJson(err.to_string()))?;
     let Value::Object(map) = value else {
         return Err(RequestError::InvalidJson("the feedback body must be a JSON object".into()));

@@ -17,6 +17,7 @@ pub mod export;
 pub(crate) mod feedback;
 mod files;
 mod filter;
+pub(crate) mod preference;
 pub(crate) mod read;
 pub(crate) mod record;
 pub(crate) mod redact;
@@ -32,7 +33,7 @@ use serde_json::Value;
 
 pub use files::{date_of_day, day_of, file_name, parse_file_name};
 pub use record::Source;
-pub use writer::{FLUSH_INTERVAL, QUEUE_CAPACITY};
+pub use writer::{FLUSH_INTERVAL, QUEUE_BYTES, QUEUE_CAPACITY};
 
 use self::filter::Facts;
 use self::redact::Redactor;
@@ -87,7 +88,7 @@ impl Datasets {
                     &config.name,
                     &config.dir,
                     config.max_file_size,
-                    QUEUE_CAPACITY,
+                    (QUEUE_CAPACITY, QUEUE_BYTES),
                     Arc::clone(metrics),
                 ) {
                     Ok(writer) => Arc::new(writer),
@@ -109,10 +110,19 @@ impl Datasets {
     }
 
     /// Called when a request arrives: remembers its id so feedback can name it (even while
-    /// the answer is still streaming).
+    /// the answer is still streaming). Until [`Datasets::owned_by`] names its key, only the
+    /// admin token may send feedback for it.
     pub fn begin(&self, request_id: &str) {
         if !self.sinks.is_empty() {
             self.recent.insert(request_id);
+        }
+    }
+
+    /// Called once the request's key is known: feedback for `request_id` is then accepted
+    /// from that key (or the admin token) only.
+    pub fn owned_by(&self, request_id: &str, key: &str) {
+        if !self.sinks.is_empty() {
+            self.recent.update(request_id, |entry| entry.owner = Some(id_hash(key)));
         }
     }
 
@@ -146,14 +156,18 @@ impl Datasets {
         }
     }
 
-    /// Whether `request_id` went through this gateway recently (see [`FEEDBACK_WINDOW`]).
-    pub fn knows(&self, request_id: &str) -> bool {
-        self.recent.contains(request_id)
+    /// Whether `request_id` went through this gateway recently (see [`FEEDBACK_WINDOW`]) and
+    /// `caller` may send feedback for it: the key that made it, or the admin.
+    pub fn knows(&self, request_id: &str, caller: Caller<'_>) -> bool {
+        self.recent.ids.get(&id_hash(request_id)).is_some_and(|entry| match caller {
+            Caller::Admin => true,
+            Caller::Key(key) => entry.owner == Some(id_hash(key)),
+        })
     }
 
     /// The public model and variant that served `request_id`, once it was routed.
     pub fn served_by(&self, request_id: &str) -> Option<Arc<ServedBy>> {
-        self.recent.ids.get(&id_hash(request_id)).flatten()
+        self.recent.ids.get(&id_hash(request_id)).and_then(|entry| entry.served)
     }
 
     /// Appends a feedback line to every dataset; returns how many queued it.
@@ -189,6 +203,14 @@ impl Datasets {
     }
 }
 
+/// Who sends feedback: a client (by its key's config name, see `KeyTable::owner`), or the
+/// holder of the admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    Key(&'a str),
+    Admin,
+}
+
 /// Which public model and variant answered a request (names from the config).
 #[derive(Debug)]
 pub struct ServedBy {
@@ -196,10 +218,18 @@ pub struct ServedBy {
     pub variant: String,
 }
 
-/// Request ids seen recently, by 64-bit hash, bounded in count and age; the value is filled in
-/// when the request was routed.
+/// Request ids seen recently, by 64-bit hash, bounded in count and age.
 struct RecentRequests {
-    ids: moka::sync::Cache<u64, Option<Arc<ServedBy>>>,
+    ids: moka::sync::Cache<u64, Recent>,
+}
+
+/// What is remembered of a recent request.
+#[derive(Debug, Clone, Default)]
+struct Recent {
+    /// Hash of the name of the key that made it, once authenticated.
+    owner: Option<u64>,
+    /// Who served it, once routed.
+    served: Option<Arc<ServedBy>>,
 }
 
 impl std::fmt::Debug for RecentRequests {
@@ -216,16 +246,21 @@ impl RecentRequests {
     }
 
     fn insert(&self, request_id: &str) {
-        self.ids.insert(id_hash(request_id), None);
+        self.ids.insert(id_hash(request_id), Recent::default());
+    }
+
+    /// Changes a remembered request; one forgotten already stays forgotten.
+    fn update(&self, request_id: &str, change: impl FnOnce(&mut Recent)) {
+        let id = id_hash(request_id);
+        if let Some(mut entry) = self.ids.get(&id) {
+            change(&mut entry);
+            self.ids.insert(id, entry);
+        }
     }
 
     fn served(&self, request_id: &str, model: &str, variant: &str) {
-        let served = ServedBy { model: model.to_owned(), variant: variant.to_owned() };
-        self.ids.insert(id_hash(request_id), Some(Arc::new(served)));
-    }
-
-    fn contains(&self, request_id: &str) -> bool {
-        self.ids.contains_key(&id_hash(request_id))
+        let served = Arc::new(ServedBy { model: model.to_owned(), variant: variant.to_owned() });
+        self.update(request_id, |entry| entry.served = Some(served));
     }
 }
 
@@ -257,6 +292,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let first = Datasets::build(&[config("a", a.path(), 1.0), config("b", b.path(), 1.0)], None, &metrics);
         first.begin("req_1");
+        first.owned_by("req_1", "team");
         // `a` changes only its sampling (writer kept); `b` moves (new writer).
         let moved = tempfile::tempdir().unwrap();
         let second =
@@ -264,14 +300,34 @@ mod tests {
         assert!(Arc::ptr_eq(&first.sinks[0].writer, &second.sinks[0].writer));
         assert!(!Arc::ptr_eq(&first.sinks[1].writer, &second.sinks[1].writer));
         assert_eq!(second.sinks[0].config.sample, 0.5);
-        assert!(second.knows("req_1"));
-        assert!(!second.knows("req_2"));
+        assert!(second.knows("req_1", Caller::Key("team")));
+        assert!(!second.knows("req_2", Caller::Key("team")));
     }
 
     #[test]
     fn without_datasets_nothing_is_remembered() {
         let none = Datasets::build(&[], None, &Arc::new(Metrics::new()));
         none.begin("req_1");
-        assert!(none.is_empty() && !none.knows("req_1"));
+        assert!(none.is_empty() && !none.knows("req_1", Caller::Admin));
+    }
+
+    #[test]
+    fn feedback_is_taken_from_the_requests_key_or_the_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        let datasets = Datasets::build(&[config("a", dir.path(), 1.0)], None, &Arc::new(Metrics::new()));
+        datasets.begin("req_1");
+        // Before its key is known (refused before authentication), only the admin may.
+        assert!(!datasets.knows("req_1", Caller::Key("anonymous")));
+        assert!(datasets.knows("req_1", Caller::Admin));
+        datasets.owned_by("req_1", "team");
+        assert!(datasets.knows("req_1", Caller::Key("team")));
+        assert!(!datasets.knows("req_1", Caller::Key("other")));
+        assert!(datasets.knows("req_1", Caller::Admin));
+        // Being served keeps the owner.
+        datasets.recent.served("req_1", "chat", "a");
+        assert!(datasets.knows("req_1", Caller::Key("team")));
+        assert_eq!(datasets.served_by("req_1").unwrap().variant, "a");
+        // An id never seen is unknown to everyone, the admin included.
+        assert!(!datasets.knows("req_2", Caller::Admin));
     }
 }

@@ -19,6 +19,8 @@ use crate::wire::{Record, Usage};
 #[derive(Debug)]
 pub struct Source {
     pub request_id: String,
+    /// The `x-request-id` the client sent, if any.
+    pub client_request_id: Option<String>,
     /// When the request arrived.
     pub ts: SystemTime,
     pub key: String,
@@ -46,6 +48,7 @@ impl Source {
     pub fn from_record(record: &Record) -> Source {
         Source {
             request_id: record.request_id.clone(),
+            client_request_id: record.client_request_id.clone(),
             ts: SystemTime::now().checked_sub(record.duration).unwrap_or_else(SystemTime::now),
             key: record.key.clone(),
             model: record.model.clone(),
@@ -67,11 +70,25 @@ impl Source {
         }
     }
 
+    /// Roughly the bytes this record keeps alive while it waits for the disk: the client's
+    /// body, the assembled answer and the names (the writer's queue is bounded by this).
+    pub fn weight(&self) -> usize {
+        let names = [&self.request_id, &self.key, &self.model, &self.backend, &self.variant];
+        let names: usize = names.iter().map(|s| s.len()).sum();
+        let extra = self.experiment.as_ref().map_or(0, String::len) + self.error.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Source>()
+            + self.request.len()
+            + self.response.as_ref().map_or(0, value_weight)
+            + names
+            + extra
+    }
+
     /// The record as one JSON line (with its `\n`), every string redacted by `redactor`.
     pub fn line(&self, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
         let ts = rfc3339(self.ts);
         let mut record = Row {
             request_id: &self.request_id,
+            client_request_id: self.client_request_id.as_deref(),
             ts: &ts,
             key: &self.key,
             model: &self.model,
@@ -110,6 +127,29 @@ impl Source {
     }
 }
 
+/// Roughly the heap a JSON value holds: its strings and keys, and a node's size for each
+/// node. Iterative, so a deep value costs no stack.
+pub fn value_weight(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    let mut total = 0usize;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        total = total.saturating_add(NODE);
+        match value {
+            Value::String(s) => total = total.saturating_add(s.len()),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (key, item) in map {
+                    total = total.saturating_add(key.len().saturating_add(NODE));
+                    stack.push(item);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    total
+}
+
 /// A feedback line: `{"type":"feedback","request_id","score","comment","ts",...}`.
 pub fn feedback_line(feedback: &Value, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
     let mut value = feedback.clone();
@@ -120,6 +160,7 @@ pub fn feedback_line(feedback: &Value, redactor: &Redactor) -> Result<Vec<u8>, s
 #[derive(Serialize)]
 struct Row<'a> {
     request_id: &'a str,
+    client_request_id: Option<&'a str>,
     ts: &'a str,
     key: &'a str,
     model: &'a str,
@@ -179,7 +220,7 @@ fn usage_json(usage: Usage) -> Value {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
     })
 }
 
@@ -201,6 +242,7 @@ mod tests {
     fn source(request: &'static str) -> Source {
         Source {
             request_id: "req_1".into(),
+            client_request_id: Some("client-7".into()),
             ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_300_000),
             key: "team".into(),
             model: "chat".into(),
@@ -211,7 +253,7 @@ mod tests {
             stream: false,
             request: Bytes::from_static(request.as_bytes()),
             response: Some(json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]})),
-            usage: Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0 }),
+            usage: Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0, cache_write_tokens: 0 }),
             latency: Duration::from_micros(12_345),
             ttft: None,
             cost_usd: Some(0.5),
@@ -234,6 +276,7 @@ mod tests {
         let v = parse(&line);
         for field in [
             "request_id",
+            "client_request_id",
             "ts",
             "key",
             "model",

@@ -11,6 +11,14 @@
 //!   (records in file order);
 //! - significance: Welch's unequal-variances t-test (two-sided, p < 0.05) of each variant
 //!   against the control, on feedback scores and on latency (t distribution in `stats`).
+//!   That test is only valid read once at a sample size fixed in advance;
+//! - always-valid: next to it, the anytime-valid comparison the live gateway makes
+//!   (`experiments::analyze`, the same code): per variant the metric's mean with its
+//!   confidence sequence, the difference from the control with its interval, and the
+//!   decision (`undecided`, `better`, `worse`, `equivalent`), Holm-corrected across variants.
+//!   Its metric and stopping rule come from [`Sequential`] (the config's `experiments:` entry
+//!   when `--config` names one). Success is the share of requests without an error; latency
+//!   and cost are over successful requests.
 //!
 //! Requests without an `experiment` are grouped under `-`.
 
@@ -24,6 +32,8 @@ use serde_json::Value;
 
 use super::read::{self, Entry, ReadError};
 use super::stats;
+use crate::config::{Metric, StopConfig};
+use crate::experiments::{Analysis, Moments, analyze};
 
 /// p below this is reported as significant.
 pub const ALPHA: f64 = 0.05;
@@ -41,6 +51,25 @@ pub struct ExperimentReport {
     pub experiment: String,
     pub control: String,
     pub variants: Vec<VariantReport>,
+    /// The anytime-valid comparison, as `/admin/experiments` shows it.
+    pub always_valid: Analysis,
+}
+
+/// The metric and stopping rule of the always-valid comparison.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sequential {
+    pub metric: Metric,
+    pub stop: StopConfig,
+}
+
+impl Default for Sequential {
+    fn default() -> Self {
+        let metric = Metric::Feedback;
+        Sequential {
+            metric,
+            stop: StopConfig { confidence: 0.95, min_samples: 200, promote: false, margin: metric.default_margin() },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -100,6 +129,10 @@ struct Tally {
     output_tokens: u64,
     cost: f64,
     scores: Vec<f64>,
+    /// Per request: 1 without an error, 0 with one.
+    success: Moments,
+    /// Cost of successful requests that had one.
+    costs: Moments,
 }
 
 /// Variants in the order first met.
@@ -108,8 +141,14 @@ struct Experiment {
     variants: Vec<(String, Tally)>,
 }
 
-/// Reads `dir` and computes the report (only `experiment` when given).
-pub fn report(dir: &Path, experiment: Option<&str>, warn: &mut dyn Write) -> Result<Report, ReadError> {
+/// Reads `dir` and computes the report (only `experiment` when given); `sequential` gives
+/// each experiment's metric and stopping rule (the defaults for the others).
+pub fn report(
+    dir: &Path,
+    experiment: Option<&str>,
+    sequential: &dyn Fn(&str) -> Sequential,
+    warn: &mut dyn Write,
+) -> Result<Report, ReadError> {
     let feedback = read::feedback(dir)?;
     let mut experiments: BTreeMap<String, Experiment> = BTreeMap::new();
     let skipped = read::for_each(dir, warn, |entry| {
@@ -131,7 +170,13 @@ pub fn report(dir: &Path, experiment: Option<&str>, warn: &mut dyn Write) -> Res
         variants[slot].1.add(&record, score);
         Ok(())
     })?;
-    let experiments = experiments.into_iter().map(|(name, e)| e.finish(name)).collect();
+    let experiments = experiments
+        .into_iter()
+        .map(|(name, e)| {
+            let settings = sequential(&name);
+            e.finish(name, settings)
+        })
+        .collect();
     Ok(Report { experiments, skipped_lines: skipped })
 }
 
@@ -141,9 +186,13 @@ impl Tally {
         let number = |field: &str| record.get(field).and_then(Value::as_f64);
         let status = record.get("status").and_then(Value::as_u64).unwrap_or(0);
         let failed = status >= 400 || record.get("error").is_some_and(|e| !e.is_null());
+        self.success.add(if failed { 0.0 } else { 1.0 });
         if failed {
             self.errors += 1;
         } else {
+            if let Some(cost) = number("cost_usd") {
+                self.costs.add(cost);
+            }
             self.latency.extend(number("latency_ms"));
             self.ttft.extend(number("ttft_ms").filter(|_| record.get("stream").and_then(Value::as_bool) == Some(true)));
         }
@@ -155,8 +204,20 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// The observations of `metric`, as the live experiment counts them.
+    fn metric(&self, metric: Metric) -> Moments {
+        match metric {
+            Metric::Feedback => Moments::of(&self.scores),
+            Metric::Success => self.success,
+            Metric::Latency => Moments::of(&self.latency),
+            Metric::Cost => self.costs,
+        }
+    }
+}
+
 impl Experiment {
-    fn finish(mut self, name: String) -> ExperimentReport {
+    fn finish(mut self, name: String, sequential: Sequential) -> ExperimentReport {
         let control = self.variants.iter().position(|(v, _)| v == "control").unwrap_or(0);
         for (_, tally) in &mut self.variants {
             tally.latency.sort_by(f64::total_cmp);
@@ -178,7 +239,10 @@ impl Experiment {
                 summarize(variant, tally, vs_control)
             })
             .collect();
-        ExperimentReport { experiment: name, control: control_name, variants }
+        let arms: Vec<(String, Moments)> =
+            self.variants.iter().map(|(v, tally)| (v.clone(), tally.metric(sequential.metric))).collect();
+        let always_valid = analyze(&arms, &control_name, sequential.metric, &sequential.stop);
+        ExperimentReport { experiment: name, control: control_name, variants, always_valid }
     }
 }
 
@@ -227,10 +291,22 @@ pub fn table(report: &Report) -> String {
         "tokens out",
         "cost usd",
         "feedback (95% CI, n)",
-        "vs control",
+        "vs control (fixed-horizon)",
+        "always-valid",
     ];
     for experiment in &report.experiments {
-        let _ = writeln!(out, "experiment {} (control: {})", experiment.experiment, experiment.control);
+        let av = &experiment.always_valid;
+        let _ = writeln!(
+            out,
+            "experiment {} (control: {}; always-valid on {} at {:.0}% confidence, min {} samples, margin {}{})",
+            experiment.experiment,
+            experiment.control,
+            av.metric,
+            av.confidence * 100.0,
+            av.min_samples,
+            av.margin,
+            av.winner.as_ref().map(|w| format!("; winner: {w}")).unwrap_or_default(),
+        );
         let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
         for v in &experiment.variants {
             rows.push(vec![
@@ -246,14 +322,10 @@ pub fn table(report: &Report) -> String {
                 format!("{:.6}", v.cost_usd),
                 feedback_cell(&v.feedback),
                 comparison_cell(v.vs_control.as_ref()),
+                always_valid_cell(av, &v.variant),
             ]);
         }
-        let widths: Vec<usize> =
-            (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-        for row in rows {
-            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-            let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
-        }
+        out.push_str(&aligned(&rows, "  "));
         out.push('\n');
     }
     if report.experiments.is_empty() {
@@ -261,6 +333,20 @@ pub fn table(report: &Report) -> String {
     }
     if report.skipped_lines > 0 {
         let _ = writeln!(out, "({} damaged lines skipped)", report.skipped_lines);
+    }
+    out
+}
+
+/// `rows` as left-aligned columns two spaces apart, each line starting with `indent`.
+pub fn aligned(rows: &[Vec<String>], indent: &str) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{indent}{}", cells.join("  ").trim_end());
     }
     out
 }
@@ -274,6 +360,22 @@ fn feedback_cell(f: &Feedback) -> String {
         (Some(mean), Some((lo, hi))) => format!("{mean:.3} [{lo:.3}, {hi:.3}] n={}", f.count),
         (Some(mean), None) => format!("{mean:.3} n={}", f.count),
         _ => "-".to_owned(),
+    }
+}
+
+/// `mean [lo, hi] n=N` for the control; `diff [lo, hi] decision` for the others.
+fn always_valid_cell(analysis: &Analysis, variant: &str) -> String {
+    let Some(arm) = analysis.arms.iter().find(|a| a.variant == variant) else { return "-".to_owned() };
+    match (arm.decision, arm.vs_control) {
+        (Some(decision), Some(d)) => {
+            format!("{:+.3} [{:+.3}, {:+.3}] {}", d.diff, d.interval.lo, d.interval.hi, decision.as_str())
+        }
+        (Some(decision), None) => format!("n={} {}", arm.samples, decision.as_str()),
+        (None, _) => match (arm.mean, arm.interval) {
+            (Some(mean), Some(i)) => format!("{mean:.3} [{:.3}, {:.3}] n={}", i.lo, i.hi, arm.samples),
+            (Some(mean), None) => format!("{mean:.3} n={}", arm.samples),
+            _ => format!("n={}", arm.samples),
+        },
     }
 }
 

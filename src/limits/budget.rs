@@ -61,10 +61,12 @@ pub struct Period {
 }
 
 impl Period {
-    /// The period that contains `now`.
+    /// The period that contains `now` (a clock past the year 9999 reads as its last day).
+    // Calendar arithmetic on a day number clamped to 0..=LAST_DAY: no step can overflow.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn at(per: BudgetPeriod, now: SystemTime) -> Period {
         let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let days = (secs / 86_400) as i64;
+        let days = i64::try_from(secs / 86_400).unwrap_or(LAST_DAY).min(LAST_DAY);
         let (year, month, day) = civil_from_days(days);
         match per {
             BudgetPeriod::Day => {
@@ -101,15 +103,22 @@ pub fn per_str(per: BudgetPeriod) -> &'static str {
 }
 
 /// USD → nano-USD, rounded up so that a fraction of a nano still counts.
+/// An infinite (or too large) cost is the largest one, never zero.
 pub fn usd_to_nanos(usd: f64) -> i64 {
-    if usd.is_finite() && usd > 0.0 { (usd * NANOS_PER_USD).ceil().min(i64::MAX as f64) as i64 } else { 0 }
+    // `as` saturates: +inf and anything past i64::MAX become i64::MAX.
+    if usd > 0.0 { (usd * NANOS_PER_USD).ceil() as i64 } else { 0 }
 }
 
 pub fn nanos_to_usd(nanos: i64) -> f64 {
     nanos as f64 / NANOS_PER_USD
 }
 
+/// 9999-12-31, the last day periods are computed for.
+const LAST_DAY: i64 = 2_932_896;
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+// Only called with days in 0..=LAST_DAY (and tests' small negatives): no step overflows.
+#[allow(clippy::arithmetic_side_effects)]
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -124,6 +133,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// (year, month, day) → days since 1970-01-01.
+// Only called with years up to 10000: no step overflows.
+#[allow(clippy::arithmetic_side_effects)]
 fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
@@ -135,6 +146,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 
@@ -174,6 +186,9 @@ mod tests {
         assert_eq!(usd_to_nanos(0.5), 500_000_000);
         assert_eq!(usd_to_nanos(1.5e-7), 150);
         assert_eq!(usd_to_nanos(-1.0), 0);
+        assert_eq!(usd_to_nanos(f64::NAN), 0);
+        assert_eq!(usd_to_nanos(f64::INFINITY), i64::MAX);
+        assert_eq!(usd_to_nanos(1e300), i64::MAX);
         assert!((nanos_to_usd(2_500_000_000) - 2.5).abs() < 1e-12);
     }
 }

@@ -49,7 +49,7 @@ fn put(headers: &mut HeaderMap, [limit, remaining, reset]: [HeaderName; 3], w: W
 
 /// `Retry-After`: whole seconds, rounded up, at least 1.
 pub fn retry_after(wait: Duration) -> HeaderValue {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0));
     HeaderValue::from(secs.max(1))
 }
 
@@ -83,6 +83,7 @@ fn seconds_text(millis: u128) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 

@@ -10,6 +10,12 @@
 //! slow store for longer than `state.timeout`.
 //!
 //! A key with no `rate` and no `budget` costs nothing here: no parse, no admission.
+//!
+//! Every number here can come from a client (`max_tokens`, `n`, prompt sizes) or an
+//! upstream (`usage`, and so cost): arithmetic is checked or saturating, never wrapping, and
+//! the lints below keep it so. A reservation larger than the key's `tpm` is refused outright
+//! (it could never fit), and a count that is not a non-negative integer is a 400.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 pub mod budget;
 pub(crate) mod headers;
@@ -33,9 +39,6 @@ use crate::config::{BudgetConfig, Config, FailMode, Price, RateConfig, StateStor
 use crate::telemetry::metrics::Metrics;
 use crate::wire::{Endpoint, Record, Usage};
 
-/// Which limit refused a request: the `limit` label of `weir_ratelimit_rejections_total`.
-pub const LIMIT_LABELS: [&str; 5] = ["requests", "tokens", "concurrent", "budget", "unavailable"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
     #[error(
@@ -55,6 +58,14 @@ pub enum LimitError {
         format_reset(*retry_after)
     )]
     Budget { key: String, usd: f64, per: &'static str, spent: f64, cost: f64, retry_after: Duration, view: RateView },
+    /// A request that could never fit the window, however long it waited (OpenAI's wording).
+    #[error(
+        "Request too large for key `{key}` on tokens per min (TPM): Limit {limit}, Requested {requested}. The input or output tokens must be reduced in order to run successfully."
+    )]
+    TooLarge { key: String, limit: u64, requested: u64, view: RateView },
+    /// A count the limits read (`max_tokens`, `max_completion_tokens`, `n`) is out of range.
+    #[error("Invalid '{param}': {reason}")]
+    Invalid { param: &'static str, reason: String },
     #[error(
         "Limits for key `{key}` cannot be checked right now: the shared state store is unreachable (state.on_error: closed)"
     )]
@@ -62,24 +73,29 @@ pub enum LimitError {
 }
 
 impl LimitError {
-    /// The `limit` label this refusal counts under.
-    pub fn limit(&self) -> &'static str {
+    /// The `limit` label of `weir_ratelimit_rejections_total` this refusal counts under: the
+    /// config's names, as the metrics pre-register them. `None` for a bad request, which is
+    /// no rate-limit rejection.
+    pub fn limit(&self) -> Option<&'static str> {
         match self {
-            LimitError::Requests { .. } => LIMIT_LABELS[0],
-            LimitError::Tokens { .. } => LIMIT_LABELS[1],
-            LimitError::Concurrent { .. } => LIMIT_LABELS[2],
-            LimitError::Budget { .. } => LIMIT_LABELS[3],
-            LimitError::Unavailable { .. } => LIMIT_LABELS[4],
+            LimitError::Requests { .. } => Some("rpm"),
+            LimitError::Tokens { .. } | LimitError::TooLarge { .. } => Some("tpm"),
+            LimitError::Concurrent { .. } => Some("concurrent"),
+            LimitError::Budget { .. } => Some("budget"),
+            LimitError::Unavailable { .. } => Some("unavailable"),
+            LimitError::Invalid { .. } => None,
         }
     }
 
-    /// How long the client should wait before trying again.
-    pub fn retry_after(&self) -> Duration {
+    /// How long the client should wait before trying again (`Retry-After`); `None` when
+    /// waiting does not help.
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             LimitError::Requests { retry_after, .. }
             | LimitError::Tokens { retry_after, .. }
-            | LimitError::Budget { retry_after, .. } => *retry_after,
-            LimitError::Concurrent { .. } | LimitError::Unavailable { .. } => Duration::from_secs(1),
+            | LimitError::Budget { retry_after, .. } => Some(*retry_after),
+            LimitError::Concurrent { .. } | LimitError::Unavailable { .. } => Some(Duration::from_secs(1)),
+            LimitError::TooLarge { .. } | LimitError::Invalid { .. } => None,
         }
     }
 
@@ -87,9 +103,10 @@ impl LimitError {
         match self {
             LimitError::Requests { view, .. }
             | LimitError::Tokens { view, .. }
+            | LimitError::TooLarge { view, .. }
             | LimitError::Concurrent { view, .. }
             | LimitError::Budget { view, .. } => Some(view),
-            LimitError::Unavailable { .. } => None,
+            LimitError::Unavailable { .. } | LimitError::Invalid { .. } => None,
         }
     }
 }
@@ -124,6 +141,13 @@ pub struct BudgetDemand {
     pub period: Period,
     /// The budget in nano-USD.
     pub limit: i64,
+}
+
+/// A request whose demand cannot be reserved at all.
+#[derive(Debug)]
+enum BadDemand {
+    Count(tokens::BadCount),
+    TooLarge { limit: u64, requested: u64 },
 }
 
 /// Why a store refused; [`Limits::admit`] turns it into a [`LimitError`].
@@ -240,17 +264,40 @@ impl Limits {
         request: AdmitRequest<'a, M>,
     ) -> Result<Option<Admission>, LimitError> {
         let Some(limits) = self.keys.get(request.key).filter(|k| k.limited()) else { return Ok(None) };
-        let demand = self.demand(limits, request);
-        let result = self.admit_demand(metrics, limits, &demand).await;
-        result.inspect_err(|err| metrics.ratelimit_rejection(&limits.name, err.limit())).map(Some)
+        let result = match self.demand(limits, request) {
+            Ok(demand) => self.admit_demand(metrics, limits, &demand).await,
+            Err(BadDemand::Count(bad)) => Err(LimitError::Invalid { param: bad.param, reason: bad.reason }),
+            Err(BadDemand::TooLarge { limit, requested }) => {
+                Err(LimitError::TooLarge { key: limits.name.clone(), limit, requested, view: limits.local.view() })
+            }
+        };
+        result
+            .inspect_err(|err| {
+                if let Some(limit) = err.limit() {
+                    metrics.ratelimit_rejection(&limits.name, limit);
+                }
+            })
+            .map(Some)
     }
 
-    fn demand<'a, M: Iterator<Item = &'a str>>(&self, limits: &KeyLimits, request: AdmitRequest<'a, M>) -> Demand {
+    fn demand<'a, M: Iterator<Item = &'a str>>(
+        &self,
+        limits: &KeyLimits,
+        request: AdmitRequest<'a, M>,
+    ) -> Result<Demand, BadDemand> {
         if !limits.needs_estimate() {
-            return Demand::default();
+            return Ok(Demand::default());
         }
         let counter = Counter::for_models(request.models);
-        let estimate = tokens::estimate(request.endpoint, request.body, counter, self.default_max_tokens);
+        let estimate = tokens::estimate(request.endpoint, request.body, counter, self.default_max_tokens)
+            .map_err(BadDemand::Count)?;
+        // A reservation larger than the whole window would never fit: refused now, so no
+        // store ever holds more than `tpm` for one request.
+        if let Some(tpm) = limits.rate.tpm
+            && estimate.total() > tpm
+        {
+            return Err(BadDemand::TooLarge { limit: tpm, requested: estimate.total() });
+        }
         let budget = limits
             .budget
             .map(|b| BudgetDemand { period: Period::at(b.per, self.clock.now()), limit: usd_to_nanos(b.usd) });
@@ -258,7 +305,7 @@ impl Limits {
             (Some(_), Some(price)) => usd_to_nanos(price.cost(&estimate_usage(estimate))),
             _ => 0,
         };
-        Demand { tokens: estimate.total(), cost, budget }
+        Ok(Demand { tokens: estimate.total(), cost, budget })
     }
 
     async fn admit_demand(
@@ -350,13 +397,17 @@ impl Limits {
     /// When a request has finished: counts the key's totals and settles its admission.
     pub fn finish(&self, record: &Record, admission: Option<Admission>) {
         if let Some(limits) = self.keys.get(&record.key) {
-            limits.totals.requests.fetch_add(1, Ordering::Relaxed);
+            let totals = &limits.totals;
+            add_saturating(&totals.requests, 1);
             if let Some(usage) = record.usage {
-                limits.totals.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
-                limits.totals.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
+                add_saturating(&totals.prompt_tokens, usage.prompt_tokens);
+                add_saturating(&totals.completion_tokens, usage.completion_tokens);
             }
             if let Some(cost) = record.cost_usd {
-                limits.totals.cost_nanos.fetch_add(usd_to_nanos(cost), Ordering::Relaxed);
+                let nanos = usd_to_nanos(cost);
+                let _ = totals
+                    .cost_nanos
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(nanos)));
             }
         }
         let Some(admission) = admission else { return };
@@ -393,7 +444,7 @@ impl Limits {
             }
         }
         let window = |w: Option<Window>| {
-            w.map(|w| json!({"limit": w.limit, "remaining": w.remaining, "used": w.limit - w.remaining.min(w.limit), "reset": format_reset(w.reset)}))
+            w.map(|w| json!({"limit": w.limit, "remaining": w.remaining, "used": w.limit.saturating_sub(w.remaining), "reset": format_reset(w.reset)}))
         };
         let budget = match (limits.budget, period) {
             (Some(b), Some(p)) => {
@@ -430,8 +481,18 @@ impl Limits {
     }
 }
 
+/// Totals stop at the top instead of wrapping round to small numbers (upstreams report usage).
+fn add_saturating(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(n)));
+}
+
 fn estimate_usage(estimate: Estimate) -> Usage {
-    Usage { prompt_tokens: estimate.prompt, completion_tokens: estimate.completion, cached_tokens: 0 }
+    Usage {
+        prompt_tokens: estimate.prompt,
+        completion_tokens: estimate.completion,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+    }
 }
 
 /// Where an admission's reservation was made, so it is settled there.
@@ -465,16 +526,15 @@ impl Admission {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
-        match &self.via {
+        match &mut self.via {
             Via::Local => self.key.local.settle(self.tokens, tokens, self.period, self.cost, cost),
             Via::Redis { store, member } => {
                 let settlement = redis::Settlement {
-                    member: member.clone(),
-                    reserved_tokens: self.tokens,
+                    member: std::mem::take(member),
                     used_tokens: tokens,
                     period: self.period,
-                    reserved: self.cost,
                     spent: cost,
+                    revoke: false,
                 };
                 store.settle(&self.key, settlement);
             }
@@ -489,6 +549,7 @@ impl Drop for Admission {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 

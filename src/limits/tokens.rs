@@ -7,15 +7,22 @@
 //!   `gpt-3.5*`, `text-embedding-*`, ... as `tiktoken` maps them) are counted with the real
 //!   BPE (`o200k_base` or `cl100k_base`). The BPE tables take a moment to build, so they are
 //!   built once on a blocking thread ([`warm`]); until ready, the fallback is used.
-//! - Any other model, and any single text over [`BPE_TEXT_LIMIT`] bytes (to bound the CPU a
-//!   request can cost), uses the fallback: UTF-8 bytes / 4, rounded up.
+//! - Any other model, any single text over [`BPE_TEXT_LIMIT`] bytes, and whatever text of a
+//!   request remains once [`BPE_REQUEST_LIMIT`] bytes of it have been encoded (the estimate
+//!   runs on the request's task: this bounds the CPU a request can cost there), uses the
+//!   fallback: UTF-8 bytes / 4, rounded up.
 //! - Chat: each message costs its text plus [`PER_MESSAGE`] tokens of framing, plus
 //!   [`REPLY_PRIMING`] once; tool definitions and tool calls are counted as their JSON text;
 //!   a non-text content part (an image, audio) counts [`PER_MEDIA_PART`].
 //! - Completion: `max_completion_tokens`, else `max_tokens`, else the configured default,
 //!   times `n`. Embeddings have none.
+//! - Sums saturate: a client's `max_tokens: 2^64-1` with `n: 4` is an enormous reservation
+//!   (refused by `tpm`), never a small one by wrapping.
 //!
-//! Must not: block (no BPE build on async threads) or fail: bad input gives a rough count.
+//! Must not: block (no BPE build on async threads) or fail on text: a body of a shape not
+//! modelled gives a rough count. Only the counts it reserves by (`max_tokens`,
+//! `max_completion_tokens`, `n`) must be integers in range ([`BadCount`]), since guessing
+//! them would reserve something other than what the upstream is asked for.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -34,6 +41,10 @@ pub const REPLY_PRIMING: u64 = 3;
 pub const PER_MEDIA_PART: u64 = 85;
 /// Longer texts are estimated with the fallback: BPE cost grows with the text.
 pub const BPE_TEXT_LIMIT: usize = 64 * 1024;
+/// Text bytes of one request encoded with the BPE at most; the rest is counted by bytes.
+pub const BPE_REQUEST_LIMIT: usize = 256 * 1024;
+/// OpenAI's range for `n`.
+pub const MAX_CHOICES: u64 = 128;
 
 static O200K: OnceLock<&'static CoreBPE> = OnceLock::new();
 static CL100K: OnceLock<&'static CoreBPE> = OnceLock::new();
@@ -89,15 +100,47 @@ impl Counter {
 
     pub fn count(&self, text: &str) -> u64 {
         match self {
-            Counter::Bpe(bpe) if text.len() <= BPE_TEXT_LIMIT => bpe.encode_ordinary(text).len() as u64,
+            Counter::Bpe(bpe) if text.len() <= BPE_TEXT_LIMIT => len_u64(bpe.encode_ordinary(text).len()),
             _ => fallback(text),
         }
     }
 }
 
+/// Counts the texts of one request: with its counter until [`BPE_REQUEST_LIMIT`] bytes have
+/// been encoded, then by bytes.
+struct Meter {
+    counter: Counter,
+    left: std::cell::Cell<usize>,
+}
+
+impl Meter {
+    fn new(counter: Counter) -> Meter {
+        Meter { counter, left: std::cell::Cell::new(BPE_REQUEST_LIMIT) }
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        let Some(left) = self.left.get().checked_sub(text.len()) else { return fallback(text) };
+        if matches!(self.counter, Counter::Bpe(_)) && text.len() <= BPE_TEXT_LIMIT {
+            self.left.set(left);
+        }
+        self.counter.count(text)
+    }
+}
+
 /// UTF-8 bytes / 4, rounded up.
 pub fn fallback(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(4)
+    len_u64(text.len()).div_ceil(4)
+}
+
+fn len_u64(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+/// A count field out of range, worded as OpenAI words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadCount {
+    pub param: &'static str,
+    pub reason: String,
 }
 
 /// A request's token estimate.
@@ -109,7 +152,7 @@ pub struct Estimate {
 
 impl Estimate {
     pub fn total(&self) -> u64 {
-        self.prompt + self.completion
+        self.prompt.saturating_add(self.completion)
     }
 }
 
@@ -125,12 +168,12 @@ struct Body<'a> {
     tools: Option<&'a RawValue>,
     #[serde(borrow, default)]
     functions: Option<&'a RawValue>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    n: Option<u64>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    n: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -147,43 +190,78 @@ struct Message<'a> {
     function_call: Option<&'a RawValue>,
 }
 
-/// Estimates `body` (already checked by `parse_head`) for `endpoint`.
-pub fn estimate(endpoint: Endpoint, body: &[u8], counter: Counter, default_max_tokens: u64) -> Estimate {
+/// Estimates `body` (already checked by `parse_head`) for `endpoint`; `Err` when a count
+/// it reserves by is not an integer in range.
+pub fn estimate(
+    endpoint: Endpoint,
+    body: &[u8],
+    counter: Counter,
+    default_max_tokens: u64,
+) -> Result<Estimate, BadCount> {
     let Ok(body) = serde_json::from_slice::<Body<'_>>(body) else {
         // parse_head accepted it, so this is a shape we do not model: count it as text.
-        return Estimate { prompt: (body.len() as u64).div_ceil(4), completion: default_max_tokens };
+        return Ok(Estimate { prompt: len_u64(body.len()).div_ceil(4), completion: default_max_tokens });
     };
-    let mut prompt = 0;
+    let completion = match endpoint {
+        Endpoint::Embeddings => 0,
+        // The inbound APIs are estimated on their chat translation.
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses | Endpoint::Messages => {
+            let max_completion = count_field(body.max_completion_tokens, "max_completion_tokens", 0, u64::MAX)?;
+            let max_tokens = count_field(body.max_tokens, "max_tokens", 0, u64::MAX)?;
+            let n = count_field(body.n, "n", 1, MAX_CHOICES)?;
+            max_completion.or(max_tokens).unwrap_or(default_max_tokens).saturating_mul(n.unwrap_or(1))
+        }
+    };
+    let counter = Meter::new(counter);
+    let counter = &counter;
+    let mut prompt = 0u64;
+    let mut add = |tokens: u64| prompt = prompt.saturating_add(tokens);
     if let Some(messages) = &body.messages {
-        prompt += REPLY_PRIMING;
+        add(REPLY_PRIMING);
         for m in messages {
-            prompt += PER_MESSAGE;
-            prompt += m.role.as_deref().map_or(0, |r| counter.count(r));
-            prompt += m.name.as_deref().map_or(0, |n| counter.count(n) + 1);
-            prompt += m.content.map_or(0, |c| content_tokens(c, counter));
+            add(PER_MESSAGE);
+            add(m.role.as_deref().map_or(0, |r| counter.count(r)));
+            add(m.name.as_deref().map_or(0, |n| counter.count(n).saturating_add(1)));
+            add(m.content.map_or(0, |c| content_tokens(c, counter)));
             for raw in [m.tool_calls, m.function_call].into_iter().flatten() {
-                prompt += counter.count(raw.get());
+                add(counter.count(raw.get()));
             }
         }
     }
     for raw in [body.tools, body.functions].into_iter().flatten() {
-        prompt += counter.count(raw.get());
+        add(counter.count(raw.get()));
     }
     for raw in [body.prompt, body.input].into_iter().flatten() {
-        prompt += input_tokens(raw, counter);
+        add(input_tokens(raw, counter));
     }
-    let completion = match endpoint {
-        Endpoint::Embeddings => 0,
-        Endpoint::ChatCompletions | Endpoint::Completions => {
-            let per_choice = body.max_completion_tokens.or(body.max_tokens).unwrap_or(default_max_tokens);
-            per_choice.saturating_mul(body.n.unwrap_or(1).max(1))
+    Ok(Estimate { prompt, completion })
+}
+
+/// An optional integer field in `min..=max` (`null` is absent).
+fn count_field(raw: Option<&RawValue>, param: &'static str, min: u64, max: u64) -> Result<Option<u64>, BadCount> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else { return Ok(None) };
+    let bad = |reason: String| Err(BadCount { param, reason });
+    match serde_json::from_str::<i128>(raw.get()) {
+        Ok(value) if value < i128::from(min) => {
+            bad(format!("integer below minimum value. Expected a value >= {min}, but got {value} instead."))
         }
-    };
-    Estimate { prompt, completion }
+        Ok(value) if value > i128::from(max) => {
+            bad(format!("integer above maximum value. Expected a value <= {max}, but got {value} instead."))
+        }
+        Ok(value) => Ok(u64::try_from(value).ok()),
+        Err(_) => {
+            let shown: String = raw.get().chars().take(40).collect();
+            bad(format!("expected an integer, but got {shown} instead."))
+        }
+    }
+}
+
+fn sum(counts: impl Iterator<Item = u64>) -> u64 {
+    counts.fold(0, u64::saturating_add)
 }
 
 /// A message's `content`: a string, or an array of parts (text counted, media at a flat rate).
-fn content_tokens(raw: &RawValue, counter: Counter) -> u64 {
+fn content_tokens(raw: &RawValue, counter: &Meter) -> u64 {
     let text = raw.get();
     if text.starts_with('"') {
         return serde_json::from_str::<Cow<'_, str>>(text).map_or_else(|_| fallback(text), |s| counter.count(&s));
@@ -194,29 +272,30 @@ fn content_tokens(raw: &RawValue, counter: Counter) -> u64 {
         text: Option<Cow<'a, str>>,
     }
     match serde_json::from_str::<Vec<Part<'_>>>(text) {
-        Ok(parts) => parts.iter().map(|p| p.text.as_deref().map_or(PER_MEDIA_PART, |t| counter.count(t))).sum(),
+        Ok(parts) => sum(parts.iter().map(|p| p.text.as_deref().map_or(PER_MEDIA_PART, |t| counter.count(t)))),
         Err(_) => fallback(text),
     }
 }
 
 /// A completions `prompt` or embeddings `input`: strings, arrays of strings, or token ids.
-fn input_tokens(raw: &RawValue, counter: Counter) -> u64 {
+fn input_tokens(raw: &RawValue, counter: &Meter) -> u64 {
     match serde_json::from_str::<Value>(raw.get()) {
         Ok(value) => value_tokens(&value, counter),
         Err(_) => fallback(raw.get()),
     }
 }
 
-fn value_tokens(value: &Value, counter: Counter) -> u64 {
+fn value_tokens(value: &Value, counter: &Meter) -> u64 {
     match value {
         Value::String(s) => counter.count(s),
         Value::Number(_) => 1,
-        Value::Array(items) => items.iter().map(|v| value_tokens(v, counter)).sum(),
+        Value::Array(items) => sum(items.iter().map(|v| value_tokens(v, counter))),
         Value::Null | Value::Bool(_) | Value::Object(_) => 0,
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, reason = "tests use known small numbers")]
 mod tests {
     use super::*;
 
@@ -227,7 +306,7 @@ mod tests {
     #[test]
     fn chat_counts_messages_tools_and_completion() {
         let body = br#"{"model":"gpt-4o","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"hello world"},{"type":"image_url","image_url":{"url":"x"}}]}],"max_tokens":50,"n":2}"#;
-        let e = estimate(Endpoint::ChatCompletions, body, bpe(), 256);
+        let e = estimate(Endpoint::ChatCompletions, body, bpe(), 256).unwrap();
         // priming 3 + 2×3 framing + roles (1 each) + "Be brief." (3) + "hello world" (2) + image 85
         assert_eq!(e.prompt, 3 + 6 + 2 + 3 + 2 + 85);
         assert_eq!(e.completion, 100);
@@ -235,8 +314,8 @@ mod tests {
             br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#;
         let plain = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
         let (a, b) = (
-            estimate(Endpoint::ChatCompletions, with_tools, bpe(), 7),
-            estimate(Endpoint::ChatCompletions, plain, bpe(), 7),
+            estimate(Endpoint::ChatCompletions, with_tools, bpe(), 7).unwrap(),
+            estimate(Endpoint::ChatCompletions, plain, bpe(), 7).unwrap(),
         );
         assert!(a.prompt > b.prompt + 5, "{a:?} vs {b:?}");
         assert_eq!(b.completion, 7);
@@ -245,10 +324,52 @@ mod tests {
     #[test]
     fn fallback_is_bytes_over_four() {
         let body = br#"{"model":"llama","prompt":["abcdefgh","abc"],"max_completion_tokens":3,"max_tokens":9}"#;
-        let e = estimate(Endpoint::Completions, body, Counter::Fallback, 256);
+        let e = estimate(Endpoint::Completions, body, Counter::Fallback, 256).unwrap();
         assert_eq!(e, Estimate { prompt: 3, completion: 3 });
-        let e = estimate(Endpoint::Embeddings, br#"{"input":[1,2,3]}"#, Counter::Fallback, 256);
+        let e = estimate(Endpoint::Embeddings, br#"{"input":[1,2,3]}"#, Counter::Fallback, 256).unwrap();
         assert_eq!(e, Estimate { prompt: 3, completion: 0 });
+    }
+
+    #[test]
+    fn counts_saturate_and_bad_counts_name_their_field() {
+        let chat = |extra: &str| {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+            estimate(Endpoint::ChatCompletions, body.as_bytes(), Counter::Fallback, 16)
+        };
+        let huge = chat(r#","max_tokens":18446744073709551615,"n":4"#).unwrap();
+        assert_eq!((huge.completion, huge.total()), (u64::MAX, u64::MAX));
+        let big = chat(r#","max_completion_tokens":9223372036854775807,"n":4"#).unwrap();
+        assert_eq!(big.completion, u64::MAX);
+        assert_eq!(chat(r#","max_tokens":null,"n":null"#).unwrap().completion, 16);
+        for (extra, param) in [
+            (r#","max_tokens":-1"#, "max_tokens"),
+            (r#","max_tokens":18446744073709551616"#, "max_tokens"),
+            (r#","max_completion_tokens":"5""#, "max_completion_tokens"),
+            (r#","max_tokens":1.5"#, "max_tokens"),
+            (r#","n":0"#, "n"),
+            (r#","n":129"#, "n"),
+        ] {
+            let err = chat(extra).unwrap_err();
+            assert_eq!(err.param, param, "{extra}: {err:?}");
+        }
+        assert!(chat(r#","n":0"#).unwrap_err().reason.contains(">= 1"));
+        // Embeddings reserve no completion, whatever they say.
+        assert!(estimate(Endpoint::Embeddings, br#"{"input":"x","n":0}"#, Counter::Fallback, 16).is_ok());
+    }
+
+    #[test]
+    fn bpe_work_per_request_is_capped() {
+        // 8 texts of 60 KiB: the first four (240 KiB) are encoded, the rest counted by bytes.
+        let text = "hello ".repeat(10 * 1024);
+        let meter = Meter::new(bpe());
+        let counts: Vec<u64> = (0..8).map(|_| meter.count(&text)).collect();
+        let bytes = fallback(&text);
+        assert!(counts[..4].iter().all(|&c| c < bytes), "BPE counts: {counts:?}");
+        assert!(counts[4..].iter().all(|&c| c == bytes), "byte counts: {counts:?}");
+        // Without a BPE nothing is used up.
+        let meter = Meter::new(Counter::Fallback);
+        assert!((0..8).all(|_| meter.count(&text) == bytes));
+        assert_eq!(meter.left.get(), BPE_REQUEST_LIMIT);
     }
 
     #[test]

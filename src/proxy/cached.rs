@@ -19,12 +19,13 @@ use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
 use super::Exchange;
+use crate::apis::{self, StreamError};
 use crate::auth::Identity;
 use crate::cache::{Next, Served};
 use crate::config::AuthMode;
 use crate::runtime::Snapshot;
-use crate::wire::Outcome;
 use crate::wire::body::Body;
+use crate::wire::{Endpoint, Outcome};
 
 /// Whose entries a request may see under `scope: key`: the virtual key's name; with
 /// `auth: passthrough` (every client is `anonymous`), a digest of the client's own credential.
@@ -52,6 +53,21 @@ pub fn response(served: Served, mut exchange: Exchange) -> Response<Body> {
     let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
     *response.headers_mut() = headers;
     response
+}
+
+/// The one event that ends a shared stream whose leader failed, in the client's API.
+fn failure_event(endpoint: Option<Endpoint>, message: String) -> Vec<u8> {
+    let err = StreamError::Upstream { code: Some("upstream_error".into()), message };
+    let mut out = Vec::new();
+    match endpoint {
+        Some(Endpoint::Responses) => apis::responses::stream::Emitter::default().error(&mut out, &err),
+        Some(Endpoint::Messages) => apis::messages::stream::write_error(&mut out, &err),
+        _ => {
+            let event = serde_json::json!({"error": {"message": err.message(), "type": "api_error", "code": "upstream_error", "param": null}});
+            out = format!("data: {event}\n\n").into_bytes();
+        }
+    }
+    out
 }
 
 enum Source {
@@ -98,8 +114,8 @@ impl http_body::Body for CachedBody {
                 this.done = true;
                 this.exchange.record.error = Some(message.clone());
                 this.exchange.finish(Outcome::Failed);
-                let event = serde_json::json!({"error": {"message": message, "type": "api_error", "code": "upstream_error", "param": null}});
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))))
+                let event = failure_event(this.exchange.record.endpoint, message);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
             }
             Some(Next::Done) | None => {
                 this.done = true;

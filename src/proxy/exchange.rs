@@ -22,7 +22,9 @@ use crate::limits::Admission;
 use crate::router::InFlight;
 use crate::runtime::Snapshot;
 use crate::telemetry::trace::Tracer;
-use crate::wire::{AnswerSummary, CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext};
+use crate::wire::{
+    AnswerSummary, Assembled, CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext,
+};
 
 /// What a request holds that must be given back when it ends, whatever the way.
 #[derive(Debug, Default)]
@@ -49,7 +51,13 @@ pub struct Exchange {
     /// The datasets that record this request, chosen when its answer starts (so the capture
     /// knows whether to keep the whole answer).
     datasets: Option<Selection>,
+    /// Who may send feedback for this request (`KeyTable::owner`), once authenticated and
+    /// when a dataset or an experiment could take that feedback.
+    pub owner: Option<String>,
     pub guards: Guards,
+    /// A Responses answer from a backend that speaks the API natively, stored once read
+    /// back (converted answers are stored by their converter).
+    pub store: Option<super::inbound::StoreJob>,
     finished: bool,
 }
 
@@ -75,7 +83,9 @@ impl Exchange {
             capture: None,
             wants_assembly,
             datasets: None,
+            owner: None,
             guards: Guards::default(),
+            store: None,
             finished: false,
         }
     }
@@ -87,11 +97,19 @@ impl Exchange {
         self.record.variant = variant;
     }
 
+    /// The answer's headers are going out: an experiment scored by feedback remembers who
+    /// answered, so feedback may follow at once.
+    pub fn answering(&self) {
+        self.snapshot.experiments.answering(&self.record, self.owner.as_deref());
+    }
+
     /// Sets up the capture of an answer about to be sent (status, backend and shape known):
     /// the whole answer when a tap reads it back, else only its usage.
     pub fn start_capture(&mut self) {
         let datasets = self.snapshot.datasets.select(&self.record);
-        let whole = self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
+        // The inbound APIs are read back whole: their usage is in their closing event.
+        let inbound = self.record.endpoint.is_some_and(Endpoint::is_inbound);
+        let whole = inbound || self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
         self.datasets = Some(datasets);
         self.capture = Some(if whole {
             Capture::whole(CAPTURE_LIMIT)
@@ -131,6 +149,9 @@ impl Exchange {
         let datasets = self.datasets.take().unwrap_or_else(|| snapshot.datasets.select(&self.record));
         self.wants_assembly |= !datasets.is_empty();
         self.read_back();
+        if let (Some(job), Some(answer)) = (self.store.take(), self.record.assembled.as_ref()) {
+            job.store(answer.body.clone());
+        }
         let record = &self.record;
         snapshot.metrics.record_request(record);
         if let Some(fill) = self.guards.fill.take() {
@@ -141,7 +162,8 @@ impl Exchange {
         }
         snapshot.limits.finish(record, self.guards.admission.take());
         snapshot.datasets.record(record, datasets);
-        log(record);
+        snapshot.experiments.observe(record);
+        crate::telemetry::access::log(record);
     }
 
     /// Reads usage (and the whole answer, when a tap asked) out of the capture, and prices
@@ -149,7 +171,13 @@ impl Exchange {
     fn read_back(&mut self) {
         let Some(capture) = self.capture.take() else { return };
         let record = &mut self.record;
-        if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
+        if let Some(endpoint) = record.endpoint.filter(|e| e.is_inbound()) {
+            // The client's own API, read with its own usage fields (cached tokens included).
+            let complete = record.outcome == Outcome::Completed && (200..300).contains(&record.status);
+            record.assembled =
+                capture.bytes().filter(|_| complete).and_then(|bytes| read_inbound(endpoint, &bytes, record.sse));
+            record.usage = record.assembled.as_ref().and_then(|a| a.usage);
+        } else if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
             record.assembled = capture.assemble(record.sse);
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
         } else {
@@ -170,29 +198,28 @@ impl Exchange {
     }
 }
 
-/// The access log line of a finished request.
-fn log(record: &Record) {
-    let duration_ms = record.duration.as_secs_f64() * 1000.0;
-    let endpoint = record.endpoint_str();
-    let outcome = record.outcome;
-    if record.status >= 500 || outcome == Outcome::Failed {
-        tracing::warn!(
-            target: "weir::access",
-            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
-            status = record.status, outcome = outcome.as_str(), duration_ms, error = record.error.as_deref().unwrap_or(""),
-            "request failed"
-        );
-    } else {
-        tracing::debug!(
-            target: "weir::access",
-            request_id = %record.request_id, endpoint, key = %record.key, model = %record.model, backend = %record.backend,
-            variant = %record.variant, stream = record.stream, status = record.status, outcome = outcome.as_str(),
-            duration_ms, bytes_out = record.bytes_out,
-            "request"
-        );
-    }
+/// A Responses or Messages answer (JSON or stream) read back in the chat-neutral shape the
+/// taps take: the API's own object as the body, its usage, its stop reason.
+fn read_inbound(endpoint: Endpoint, bytes: &[u8], sse: bool) -> Option<Assembled> {
+    let (body, usage, reason, model) = match endpoint {
+        Endpoint::Responses => {
+            let answer = crate::apis::responses::read_answer(bytes, sse)?;
+            (answer.body, answer.usage, Some(answer.status), answer.model)
+        }
+        Endpoint::Messages => {
+            let answer = crate::apis::messages::read_answer(bytes, sse)?;
+            (answer.body, answer.usage, answer.stop_reason, answer.model)
+        }
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => return None,
+    };
+    Some(Assembled {
+        body,
+        usage: usage.map(crate::apis::usage::Tokens::to_wire),
+        finish_reasons: reason.into_iter().collect(),
+        response_model: model,
+        complete: true,
+    })
 }
-
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.finish(Outcome::ClientGone);

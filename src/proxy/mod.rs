@@ -10,13 +10,14 @@
 
 mod cached;
 mod exchange;
+pub mod inbound;
 mod response;
 pub(crate) mod sse_filter;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -26,15 +27,16 @@ use crate::backends::{BackendError, BackendResponse, BackendRuntime, UpstreamAut
 use crate::cache::{CacheRequest, to_sse};
 use crate::config::AuthMode;
 use crate::limits::{AdmitRequest, LimitError};
-use crate::router::{self, DispatchError, Outbound, Pick, RouteError};
+use crate::router::{self, DispatchError, Native, Outbound, Pick, RouteError};
 use crate::runtime::Snapshot;
-use crate::wire::body::{Body, read_body};
+use crate::wire::body::{Body, discard, read_body};
 use crate::wire::headers::{
     X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT, millis_header,
 };
 use crate::wire::{CAPTURE_LIMIT, Endpoint, Outcome, RequestError, parse_head};
 
 use exchange::Exchange;
+use inbound::Inbound;
 
 /// Why the request path refused a request, before any answer.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,9 @@ pub enum ProxyError {
     Limit(Box<LimitError>),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// A Responses or Messages request that cannot go ahead.
+    #[error(transparent)]
+    Inbound(#[from] inbound::InboundError),
 }
 
 impl From<LimitError> for ProxyError {
@@ -64,15 +69,21 @@ impl From<LimitError> for ProxyError {
 pub struct Refused {
     pub error: ProxyError,
     exchange: Exchange,
+    /// Whether the connection can carry another request: a body refused unread was read to
+    /// its end (bounded) so it can, else the answer says `Connection: close`.
+    keep_alive: bool,
 }
 
 impl Refused {
     /// Sends `render(error)` as the answer: weir's headers (overhead, cache status, the
     /// key's rate headers, the backend tried) are added and the request is recorded.
     pub fn respond(self, render: impl FnOnce(ProxyError) -> Response<Body>) -> Response<Body> {
-        let Refused { error, mut exchange } = self;
+        let Refused { error, mut exchange, keep_alive } = self;
         let message = error.to_string();
         let mut response = render(error);
+        if !keep_alive {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         exchange.record.status = response.status().as_u16();
         exchange.record.error = Some(message);
         let headers = response.headers_mut();
@@ -91,20 +102,37 @@ impl Refused {
     }
 }
 
+/// A request's ids: weir's own, and the `x-request-id` the client sent (kept beside it).
+#[derive(Debug)]
+pub struct Ids {
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
 /// Serves one inference request: the streamed answer, or the refusal for the server to
 /// render. Either way the request is recorded exactly once.
 pub async fn handle(
     snapshot: Arc<Snapshot>,
     request: Request<Incoming>,
     endpoint: Endpoint,
-    request_id: String,
+    ids: Ids,
     started: Instant,
 ) -> Result<Response<Body>, Refused> {
-    let mut exchange = Exchange::begin(Arc::clone(&snapshot), request_id, started, endpoint, request.headers());
-    match forward(&snapshot, request, endpoint, &mut exchange).await {
+    let mut exchange = Exchange::begin(Arc::clone(&snapshot), ids.request_id, started, endpoint, request.headers());
+    exchange.record.client_request_id = ids.client;
+    let (parts, incoming) = request.into_parts();
+    let mut unread = Some(incoming);
+    match forward(&snapshot, &parts, &mut unread, endpoint, &mut exchange).await {
         Ok(Reply::Upstream(answer)) => Ok(answer.into_response(exchange)),
         Ok(Reply::Cache(served)) => Ok(cached::response(served, exchange)),
-        Err(error) => Err(Refused { error, exchange }),
+        Err(error) => {
+            // Refused before its body was read (a wrong key): read it off the connection.
+            let keep_alive = match unread.take() {
+                Some(body) => discard(&parts.headers, body).await,
+                None => true,
+            };
+            Err(Refused { error, exchange, keep_alive })
+        }
     }
 }
 
@@ -124,36 +152,61 @@ struct Answer {
     /// weir asked upstream for the usage chunk; the client did not.
     strip_usage: bool,
     backend: Arc<BackendRuntime>,
+    /// A Responses or Messages request answered by a chat backend: its answer is converted.
+    inbound: Option<Box<Inbound>>,
 }
 
+/// `unread` is the request body, taken when it is read: a refusal that leaves it there was
+/// made before the body was read.
 async fn forward(
     snapshot: &Snapshot,
-    request: Request<Incoming>,
+    parts: &http::request::Parts,
+    unread: &mut Option<Incoming>,
     endpoint: Endpoint,
     exchange: &mut Exchange,
 ) -> Result<Reply, ProxyError> {
-    let (parts, incoming) = request.into_parts();
     let identity = snapshot.keys.authenticate(&parts.headers)?;
     exchange.record.key = identity.name().to_owned();
-    let body = read_body(&parts.headers, incoming, snapshot.config.server.max_body).await?;
-    let head = parse_head(endpoint, &body)?;
+    if !snapshot.datasets.is_empty() || !snapshot.experiments.is_empty() {
+        let owner = snapshot.keys.owner(&identity, &parts.headers);
+        snapshot.datasets.owned_by(&exchange.record.request_id, &owner);
+        exchange.owner = Some(owner);
+    }
+    let Some(incoming) = unread.take() else {
+        return Err(RequestError::BodyRead("the request body was already taken".into()).into());
+    };
+    let body = read_body(parts, incoming, snapshot.config.server.max_body).await?;
+    exchange.record.request_body = body.clone();
+    // The Responses and Messages APIs run on their chat translation; chat backends get it,
+    // backends that speak the client's API get the client's own request.
+    let inbound = match endpoint.is_inbound() {
+        true => Some(inbound::prepare(snapshot, endpoint, &body, &parts.headers, identity.name()).await?),
+        false => None,
+    };
+    let parsed;
+    let (head, chat_endpoint, chat_body) = match &inbound {
+        Some(inbound) => (&inbound.chat_head, Endpoint::ChatCompletions, &inbound.chat_body),
+        None => {
+            parsed = parse_head(endpoint, &body)?;
+            (&parsed, endpoint, &body)
+        }
+    };
     exchange.record.model.clone_from(&head.model);
     exchange.record.stream = head.stream;
-    exchange.record.request_body = body.clone();
 
     let route = snapshot.route(&head.model)?;
     exchange.record.model_configured = true;
     if !identity.may_use(&head.model) {
-        return Err(AuthError::ModelNotAllowed { model: head.model }.into());
+        return Err(AuthError::ModelNotAllowed { model: head.model.clone() }.into());
     }
     // Limits: once the key may use the model, before anything is looked up or sent. A
     // response cache's lookup comes after this, so hits count against the key's limits too.
     let admit = AdmitRequest {
         key: identity.name(),
-        endpoint,
+        endpoint: chat_endpoint,
         models: route.token_models(),
         price: route.config.price,
-        body: &body,
+        body: chat_body,
     };
     exchange.guards.admission = snapshot.limits.admit(&snapshot.metrics, admit).await?;
     if let Some(ttl) = route.config.cache_ttl {
@@ -190,19 +243,33 @@ async fn forward(
         AuthMode::Passthrough => UpstreamAuth::Client(parts.headers.get(AUTHORIZATION)),
         AuthMode::Keys | AuthMode::None => UpstreamAuth::Backend,
     };
-    let outbound = Outbound { endpoint, head: &head, body: &body, auth };
+    let native = inbound.as_ref().and_then(|inbound| {
+        let head = inbound.native_head.as_ref()?;
+        let body = inbound.native_body.as_ref().unwrap_or(&body);
+        Some(Native { endpoint, head, body, headers: &inbound.native_headers })
+    });
+    let outbound = Outbound { endpoint: chat_endpoint, head, body: chat_body, auth, native };
     let dispatched = router::dispatch(route, pick, outbound, &snapshot.metrics, &mut exchange.record).await?;
     exchange.guards.target = Some(dispatched.hold);
+    let stream = head.stream;
+    let strip_usage = head.injects_usage && !dispatched.native;
+    let mut inbound = inbound;
+    if dispatched.native {
+        // A native Responses answer is stored once read back, under the upstream's id.
+        exchange.store = inbound.as_mut().and_then(|inbound| inbound.store.take());
+    }
     let mut upstream = dispatched.response;
-    if head.stream && is_json(&upstream.headers) {
+    // A native answer is in the client's own API: only chat answers are restreamed.
+    if stream && !dispatched.native && is_json(&upstream.headers) {
         upstream = restream(upstream, &dispatched.backend, dispatched.sent).await?;
     }
     Ok(Reply::Upstream(Answer {
         upstream,
         sent: dispatched.sent,
-        stream: head.stream,
-        strip_usage: head.injects_usage,
+        stream,
+        strip_usage,
         backend: dispatched.backend,
+        inbound: inbound.filter(|_| !dispatched.native).map(Box::new),
     }))
 }
 
@@ -254,6 +321,10 @@ impl Answer {
         if self.strip_usage && sse {
             body = body.strip_usage_chunk();
         }
+        if let Some(inbound) = self.inbound {
+            let converter = inbound.converter(upstream.status.as_u16(), sse);
+            body = body.convert(converter, inbound.store);
+        }
         let mut response = Response::new(body.map_err(Into::into).boxed_unsync());
         *response.status_mut() = upstream.status;
         *response.headers_mut() = headers;
@@ -266,6 +337,7 @@ impl Answer {
 /// can read the answer back when the exchange finishes.
 fn prepare_answer(headers: &mut HeaderMap, sse: bool, exchange: &mut Exchange) {
     exchange.record.sse = sse;
+    exchange.answering();
     exchange.start_capture();
     if sse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -19,7 +19,10 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::Exchange;
+use super::inbound::StoreJob;
 use super::sse_filter::UsageChunkFilter;
+use crate::apis::StreamError;
+use crate::apis::convert::Converter;
 use crate::backends::{InflightPermit, TimeoutPhase, UpstreamBody};
 use crate::cache::{Origin, finish_for_followers};
 use crate::wire::Outcome;
@@ -53,6 +56,14 @@ pub struct ProxyBody {
     /// The tail of what the client was sent, to see a stream's `data: [DONE]` go by.
     tail: Tail,
     done: bool,
+    /// Set for a Responses or Messages request answered by a chat backend.
+    inbound: Option<Box<InboundConversion>>,
+}
+
+/// The conversion of a chat answer for the client's API, and the store of its result.
+struct InboundConversion {
+    converter: Converter,
+    store: Option<StoreJob>,
 }
 
 /// The last bytes sent, enough to hold `data: [DONE]` and its blank line.
@@ -111,6 +122,37 @@ impl ProxyBody {
             remaining,
             tail: Tail::default(),
             done: false,
+            inbound: None,
+        }
+    }
+
+    /// Converts the answer for the client's API (Responses or Messages) before anything
+    /// downstream (the capture, the client) sees it; `store` keeps a completed response.
+    pub fn convert(mut self, converter: Converter, store: Option<StoreJob>) -> ProxyBody {
+        self.sse = converter.is_stream();
+        self.inbound = Some(Box::new(InboundConversion { converter, store }));
+        self
+    }
+
+    /// Runs upstream bytes (or the upstream's end, `None`) through the conversion. `Err`
+    /// carries the client's last bytes (its error event) and why the answer failed.
+    fn converted(&mut self, chunk: Option<&[u8]>) -> Result<Bytes, (Bytes, String)> {
+        let Some(inbound) = self.inbound.as_mut() else {
+            return Ok(chunk.map(Bytes::copy_from_slice).unwrap_or_default());
+        };
+        let mut out = Vec::new();
+        let result = match chunk {
+            Some(chunk) => inbound.converter.push(chunk, &mut out),
+            None => inbound.converter.finish(&mut out),
+        };
+        if let Some(response) = inbound.converter.take_final()
+            && let Some(store) = inbound.store.take()
+        {
+            store.store(response);
+        }
+        match result {
+            Ok(()) => Ok(Bytes::from(out)),
+            Err(err) => Err((Bytes::from(out), err.to_string())),
         }
     }
 
@@ -145,6 +187,16 @@ impl ProxyBody {
     fn fail(&mut self, code: &str, message: String) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
         self.done = true;
         self.exchange.record.error = Some(message.clone());
+        if let Some(inbound) = self.inbound.as_mut().filter(|_| self.sse) {
+            // The client's API has its own error event.
+            let mut out = Vec::new();
+            let err = StreamError::Upstream { code: Some(code.to_owned()), message };
+            inbound.converter.fail(&err, &mut out);
+            let out = Bytes::from(out);
+            self.exchange.observe_chunk(&out);
+            self.exchange.finish(Outcome::Failed);
+            return Poll::Ready(Some(Ok(Frame::data(out))));
+        }
         self.exchange.finish(Outcome::Failed);
         if !self.sse {
             return Poll::Ready(Some(Err(BodyCut(message))));
@@ -152,6 +204,44 @@ impl ProxyBody {
         let event =
             serde_json::json!({"error": {"message": message, "type": "api_error", "code": code, "param": null}});
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))))
+    }
+}
+
+impl ProxyBody {
+    /// The client's frame for converted upstream bytes (or the upstream's end).
+    fn converted_frame(
+        &mut self,
+        chunk: Option<&[u8]>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+        let ended = chunk.is_none();
+        match self.converted(chunk) {
+            Ok(out) if out.is_empty() && ended => self.end(),
+            Ok(out) if out.is_empty() => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Ok(out) => {
+                self.exchange.observe_chunk(&out);
+                self.upstream_ended = ended;
+                Poll::Ready(Some(Ok(Frame::data(out))))
+            }
+            Err((out, message)) => {
+                self.done = true;
+                let message = format!(
+                    "backend `{}` answered what weir cannot translate: {message}",
+                    self.exchange.record.backend
+                );
+                self.exchange.record.error = Some(message.clone());
+                if out.is_empty() {
+                    self.exchange.finish(Outcome::Failed);
+                    return Poll::Ready(Some(Err(BodyCut(message))));
+                }
+                self.exchange.observe_chunk(&out);
+                self.exchange.finish(Outcome::Failed);
+                Poll::Ready(Some(Ok(Frame::data(out))))
+            }
+        }
     }
 }
 
@@ -168,6 +258,11 @@ impl Body for ProxyBody {
             return this.end();
         }
         match this.upstream.poll_chunk(cx) {
+            Poll::Ready(Some(Ok(chunk))) if this.inbound.is_some() => {
+                this.last_chunk = Instant::now();
+                this.converted_frame(Some(&chunk), cx)
+            }
+            Poll::Ready(None) if this.inbound.is_some() => this.converted_frame(None, cx),
             Poll::Ready(Some(Ok(chunk))) => {
                 this.exchange.observe_chunk(&chunk);
                 this.last_chunk = Instant::now();
@@ -226,6 +321,9 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.inbound.is_some() {
+            return SizeHint::default();
+        }
         match &self.upstream {
             UpstreamBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             UpstreamBody::Http(incoming) if !self.sse => incoming.size_hint(),
@@ -247,7 +345,9 @@ impl Drop for ProxyBody {
         }
         // The client left mid-stream; identical requests reading this stream through the
         // cache get the rest of it instead of a cut.
-        if let Some(fill) = self.exchange.guards.fill.take_if(|fill| fill.has_stream_followers()) {
+        // A converted answer cannot be handed on unconverted: its followers fail instead.
+        let convertible = self.inbound.is_none();
+        if let Some(fill) = self.exchange.guards.fill.take_if(|fill| convertible && fill.has_stream_followers()) {
             let mut upstream = std::mem::replace(&mut self.upstream, UpstreamBody::Full(None));
             let record = &self.exchange.record;
             let origin = Origin { backend: record.backend.clone(), variant: record.variant.clone() };

@@ -41,6 +41,19 @@ pub struct Outbound<'a> {
     /// The client's body; each target gets it with its own upstream model name.
     pub body: &'a Bytes,
     pub auth: UpstreamAuth<'a>,
+    /// For the Responses and Messages APIs, the request in the client's own API, sent to
+    /// targets whose kind speaks it natively (`head`/`body` above are its chat translation).
+    pub native: Option<Native<'a>>,
+}
+
+/// A request in the client's own API, for a backend that speaks it.
+#[derive(Debug, Clone, Copy)]
+pub struct Native<'a> {
+    pub endpoint: Endpoint,
+    pub head: &'a RequestHead,
+    pub body: &'a Bytes,
+    /// The API's own headers to pass on (`anthropic-version`, `anthropic-beta`).
+    pub headers: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 /// Why no answer came back: nothing could be tried, or the last failure.
@@ -67,6 +80,8 @@ pub struct Dispatched {
     pub backend: Arc<BackendRuntime>,
     /// The target's in-flight place, held until the body ends.
     pub hold: InFlight,
+    /// The answer is in the client's own API (the target spoke it natively), not chat.
+    pub native: bool,
 }
 
 /// How one target's tries ended.
@@ -163,15 +178,21 @@ async fn try_target(
         record.backend.clone_from(&target.backend.config.name);
         record.provider = Some(target.backend.config.kind.genai_provider());
         record.variant.clone_from(&target.variant);
+        let native = outbound.native.filter(|n| target.backend.speaks_natively(n.endpoint));
+        let (endpoint, head, body, native_headers) = match native {
+            Some(n) => (n.endpoint, n.head, n.body, n.headers),
+            None => (outbound.endpoint, outbound.head, outbound.body, &[][..]),
+        };
         let call = BackendCall {
-            endpoint: outbound.endpoint,
-            body: outbound.head.body_for_upstream(outbound.body, &target.model),
+            endpoint,
+            body: head.body_for_upstream(body, &target.model),
             model: &target.model,
             params: &target.params,
-            stream: outbound.head.stream,
+            stream: head.stream,
             auth: outbound.auth,
             request_id: &record.request_id,
             traceparent: record.trace.upstream_header(record.attempts.len()),
+            native_headers,
         };
         let sent = tokio::time::Instant::now();
         let offset = record.started.elapsed();
@@ -187,7 +208,8 @@ async fn try_target(
                 hold.verdict(Verdict::Success);
                 push_attempt(record, target, kind, offset, duration, Some(response.status), None);
                 let backend = Arc::clone(&target.backend);
-                return Outcome::Answered(Dispatched { response, sent, backend, hold });
+                let native = native.is_some();
+                return Outcome::Answered(Dispatched { response, sent, backend, hold, native });
             }
             Err(failure) => failure,
         };
@@ -207,7 +229,7 @@ async fn try_target(
             classified.retry && number + 1 < retry.attempts && !matches!(classified.verdict, Verdict::RateLimited(_));
         tracing::info!(
             request_id = %record.request_id, backend = target.backend.name(), model = %target.model,
-            variant = %target.variant, attempt = number + 1, error = %err,
+            variant = %target.variant, attempt = number + 1, error = %crate::wire::LogSafe(&err.to_string()),
             next = if again { "retry" } else { "next target" },
             "upstream attempt failed"
         );

@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use crate::backends::BackendRuntime;
 use crate::config::{ModelConfig, Sticky};
+use crate::experiments::Allocation;
 
-pub use dispatch::{DispatchError, Dispatched, Outbound, dispatch};
+pub use dispatch::{DispatchError, Dispatched, Native, Outbound, dispatch};
 pub use health::{
     Availability, BASE_EJECTION, CONSECUTIVE_FAILURES, FAILURE_RATIO, Health, HealthBuilder, InFlight, MAX_EJECTION,
     RATIO_MIN_REQUESTS, RATIO_WINDOW, TargetHealth, Verdict,
@@ -40,6 +41,9 @@ pub struct ModelRoute {
     /// Tried in order after the chosen variant's targets gave up.
     pub fallbacks: Vec<Target>,
     variants: Vec<Variant>,
+    /// The experiment's live shares (Thompson sampling or a promotion), by variant in the
+    /// same order as `variants`; while inactive the targets' weights split the traffic.
+    allocation: Option<Arc<Allocation>>,
 }
 
 #[derive(Debug)]
@@ -89,7 +93,12 @@ pub enum RouteError {
 // === impl ModelRoute ===
 
 impl ModelRoute {
-    pub fn new(config: ModelConfig, mut targets: Vec<Target>, fallbacks: Vec<Target>) -> ModelRoute {
+    pub fn new(
+        config: ModelConfig,
+        mut targets: Vec<Target>,
+        fallbacks: Vec<Target>,
+        allocation: Option<Arc<Allocation>>,
+    ) -> ModelRoute {
         let mut names: Vec<&str> = Vec::new();
         for t in &config.targets {
             if !names.contains(&t.variant.as_str()) {
@@ -113,7 +122,9 @@ impl ModelRoute {
                 }),
             }
         }
-        ModelRoute { config, targets, fallbacks, variants }
+        // The allocation lists the variants in the same order; anything else is ignored.
+        let allocation = allocation.filter(|a| a.variants.iter().eq(variants.iter().map(|v| &v.name)));
+        ModelRoute { config, targets, fallbacks, variants, allocation }
     }
 
     /// The names a prompt's tokens may be counted for, best first: the public name, then each
@@ -164,18 +175,24 @@ impl ModelRoute {
 
     /// Weighted over the variants that have a target in rotation: rendezvous hashing for a
     /// sticky value, random otherwise. Ejected variants drop out and their share spreads
-    /// over the rest by weight.
+    /// over the rest by weight. The weights are the experiment's live shares when it has
+    /// them (unless every variant they favour is out of rotation), else the targets'.
     fn choose_variant(&self, sticky: Option<u64>, now: Instant) -> Option<&Variant> {
         if let [only] = self.variants.as_slice() {
             return Some(only);
         }
-        let weight = |v: &Variant| if self.in_rotation(v.targets.clone(), now) { v.weight } else { 0 };
+        // Live shares apply while any variant in rotation has one.
+        let live = self.allocation.as_deref().filter(|a| a.weight(0).is_some());
+        let weight_of = |i: usize, v: &Variant, use_live: bool| match live {
+            _ if !self.in_rotation(v.targets.clone(), now) => 0,
+            Some(allocation) if use_live => allocation.weight(i).unwrap_or(0),
+            _ => v.weight,
+        };
+        let use_live = live.is_some() && self.variants.iter().enumerate().any(|(i, v)| weight_of(i, v, true) > 0);
+        let weights = || self.variants.iter().enumerate().map(move |(i, v)| weight_of(i, v, use_live));
         let index = match sticky {
-            Some(key) => sticky::rendezvous(key, self.variants.iter().map(|v| (v.seed, weight(v)))),
-            None => {
-                let total = self.variants.iter().map(weight).sum();
-                sticky::weighted_random(total, self.variants.iter().map(weight))
-            }
+            Some(key) => sticky::rendezvous(key, self.variants.iter().map(|v| v.seed).zip(weights())),
+            None => sticky::weighted_random(weights().sum(), weights()),
         }?;
         self.variants.get(index)
     }

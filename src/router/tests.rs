@@ -12,6 +12,7 @@ fn backend(name: &str) -> Arc<BackendRuntime> {
         base_url: String::new(),
         api_key: None,
         api_version: None,
+        responses_native: false,
         max_inflight: None,
         timeouts: Timeouts::default(),
         headers: Vec::new(),
@@ -54,7 +55,7 @@ fn route(targets: &[(&str, &str, u32)], sticky: Sticky) -> ModelRoute {
         cache_ttl: None,
         price: None,
     };
-    ModelRoute::new(config, live, Vec::new())
+    ModelRoute::new(config, live, Vec::new(), None)
 }
 
 fn chosen(route: &ModelRoute, pick: Pick) -> Option<&Target> {

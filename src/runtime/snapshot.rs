@@ -16,7 +16,10 @@ use crate::auth::KeyTable;
 use crate::backends::{BackendBuildError, BackendRuntime};
 use crate::cache::Cache;
 use crate::config::{Config, SourceInfo, TargetConfig};
+use crate::config::{StateConfig, StateStore};
+use crate::conversations::Conversations;
 use crate::datasets::Datasets;
+use crate::experiments::Experiments;
 use crate::limits::Limits;
 use crate::router::{Health, HealthBuilder, ModelRoute, RouteError, Target};
 use crate::telemetry::metrics::Metrics;
@@ -40,6 +43,10 @@ pub struct Snapshot {
     pub health: Health,
     /// Dataset sinks; writers of unchanged datasets are carried from `previous`.
     pub datasets: Datasets,
+    /// Live experiments; counts of unchanged experiments are carried from `previous`.
+    pub experiments: Experiments,
+    /// Stored Responses API responses; carried while `state` keeps its store and bounds.
+    pub conversations: Arc<Conversations>,
     pub loaded_at: SystemTime,
     /// Where the config came from, its hash and masked view; set by whoever loaded it.
     pub source: Arc<SourceInfo>,
@@ -58,6 +65,7 @@ impl Snapshot {
             };
             backends.insert(name.clone(), runtime);
         }
+        let experiments = Experiments::build(&config, previous.map(|p| &p.experiments));
         let mut health = Health::carry(previous.map(|p| &p.health));
         let mut models = HashMap::with_capacity(config.models.len());
         for (name, model) in &config.models {
@@ -66,18 +74,24 @@ impl Snapshot {
             };
             let targets = resolve(&model.targets)?;
             let fallbacks = resolve(&model.fallbacks)?;
-            models.insert(name.clone(), ModelRoute::new(model.clone(), targets, fallbacks));
+            let allocation = experiments.allocation(model.experiment.as_deref());
+            models.insert(name.clone(), ModelRoute::new(model.clone(), targets, fallbacks, allocation));
         }
         let health = health.build();
         let keys = KeyTable::new(config.auth, config.keys.clone());
         let limits = Limits::build(&config, previous.map(|p| &p.limits));
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| Arc::clone(&p.metrics));
         metrics.register_config(&config, backends.iter().map(|(name, b)| (name.clone(), b.active())).collect());
+        metrics.watch_experiments(experiments.iter().cloned().collect());
         let tracer = Tracer::carry_or_build(&config.telemetry, previous.and_then(|p| p.tracer.as_ref()));
         let datasets = Datasets::build(&config.datasets, previous.map(|p| &p.datasets), &metrics);
         let cache = match previous {
             Some(p) if p.config.cache == config.cache => Arc::clone(&p.cache),
             _ => Arc::new(Cache::new(&config.cache)),
+        };
+        let conversations = match previous {
+            Some(p) if same_response_store(&p.config.state, &config.state) => Arc::clone(&p.conversations),
+            _ => Arc::new(conversations_for(&config.state)),
         };
         let source = Arc::new(SourceInfo::in_memory());
         Ok(Snapshot {
@@ -91,6 +105,8 @@ impl Snapshot {
             tracer,
             health,
             datasets,
+            experiments,
+            conversations,
             loaded_at: SystemTime::now(),
             source,
         })
@@ -98,6 +114,20 @@ impl Snapshot {
 
     pub fn route(&self, model: &str) -> Result<&ModelRoute, RouteError> {
         self.models.get(model).ok_or_else(|| RouteError::UnknownModel { model: model.to_owned() })
+    }
+}
+
+fn same_response_store(old: &StateConfig, new: &StateConfig) -> bool {
+    old.store == new.store
+        && old.timeout == new.timeout
+        && old.responses_ttl == new.responses_ttl
+        && old.responses_max_size == new.responses_max_size
+}
+
+fn conversations_for(state: &StateConfig) -> Conversations {
+    match &state.store {
+        StateStore::Memory => Conversations::memory(state.responses_ttl, state.responses_max_size),
+        StateStore::Redis(url) => Conversations::redis(url, state.responses_ttl, state.timeout),
     }
 }
 

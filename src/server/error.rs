@@ -10,7 +10,7 @@
 //! hand-written error body anywhere else.
 
 use bytes::Bytes;
-use http::header::RETRY_AFTER;
+use http::header::{CONNECTION, RETRY_AFTER};
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -19,6 +19,7 @@ use crate::backends::BackendError;
 use crate::datasets::feedback::FeedbackError;
 use crate::limits::{LimitError, headers as rate_headers};
 use crate::proxy::ProxyError;
+use crate::proxy::inbound::InboundError;
 use crate::router::{DispatchError, RouteError};
 use crate::runtime::reload::ReloadError;
 use crate::wire::RequestError;
@@ -50,9 +51,15 @@ pub enum GatewayError {
     AdminUnauthorized,
     #[error("no key named `{0}` in the config")]
     KeyNotFound(String),
+    /// `GET /admin/experiments/{name}` for an experiment the config does not have.
+    #[error("no experiment named `{0}` (experiments are the `experiments:` entries of the config)")]
+    ExperimentNotFound(String),
     /// `POST /admin/reload` rejected the config; the active one stays.
     #[error("config reload rejected, the active config stays: {0}")]
     Reload(#[from] ReloadError),
+    /// A Responses or Messages request (or stored response) that cannot be served.
+    #[error(transparent)]
+    Inbound(#[from] InboundError),
 }
 
 impl From<LimitError> for GatewayError {
@@ -85,6 +92,7 @@ impl From<ProxyError> for GatewayError {
             ProxyError::Route(err) => GatewayError::Route(err),
             ProxyError::Limit(err) => GatewayError::Limit(err),
             ProxyError::Dispatch(err) => err.into(),
+            ProxyError::Inbound(err) => GatewayError::Inbound(err),
         }
     }
 }
@@ -110,7 +118,11 @@ impl GatewayError {
                 RequestError::BodyTimeout(_) => {
                     plain(S::REQUEST_TIMEOUT, "invalid_request_error", Some("request_timeout"))
                 }
+                RequestError::BodiesOverBudget { .. } => {
+                    plain(S::SERVICE_UNAVAILABLE, "api_error", Some("too_many_request_bodies"))
+                }
                 RequestError::InvalidJson(_) => plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_json")),
+                RequestError::TooDeep { .. } => plain(S::BAD_REQUEST, "invalid_request_error", Some("json_too_deep")),
                 RequestError::InvalidField { param, .. } => Described {
                     status: S::BAD_REQUEST,
                     kind: "invalid_request_error",
@@ -150,7 +162,15 @@ impl GatewayError {
             // budget is `insufficient_quota`.
             GatewayError::Limit(err) => match err.as_ref() {
                 LimitError::Requests { .. } => plain(S::TOO_MANY_REQUESTS, "requests", Some("rate_limit_exceeded")),
-                LimitError::Tokens { .. } => plain(S::TOO_MANY_REQUESTS, "tokens", Some("rate_limit_exceeded")),
+                LimitError::Tokens { .. } | LimitError::TooLarge { .. } => {
+                    plain(S::TOO_MANY_REQUESTS, "tokens", Some("rate_limit_exceeded"))
+                }
+                LimitError::Invalid { param, .. } => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("invalid_value"),
+                    param: Some((*param).into()),
+                },
                 LimitError::Concurrent { .. } => {
                     plain(S::TOO_MANY_REQUESTS, "requests", Some("concurrency_limit_exceeded"))
                 }
@@ -196,6 +216,25 @@ impl GatewayError {
                 plain(S::UNAUTHORIZED, "invalid_request_error", Some("invalid_admin_token"))
             }
             GatewayError::KeyNotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("key_not_found")),
+            GatewayError::ExperimentNotFound(_) => {
+                plain(S::NOT_FOUND, "invalid_request_error", Some("experiment_not_found"))
+            }
+            GatewayError::Inbound(err) => match err {
+                InboundError::Invalid(invalid) => Described {
+                    status: S::BAD_REQUEST,
+                    kind: "invalid_request_error",
+                    code: Some("invalid_value"),
+                    param: Some(invalid.param.clone()).filter(|p| !p.is_empty()),
+                },
+                InboundError::PreviousNotFound(_) => Described {
+                    status: S::NOT_FOUND,
+                    kind: "invalid_request_error",
+                    code: Some("previous_response_not_found"),
+                    param: Some("previous_response_id".into()),
+                },
+                InboundError::NotFound(_) => plain(S::NOT_FOUND, "invalid_request_error", Some("response_not_found")),
+                InboundError::Store(_) => plain(S::SERVICE_UNAVAILABLE, "api_error", Some("state_store_unavailable")),
+            },
             GatewayError::Reload(err) => match err {
                 ReloadError::Invalid(_) | ReloadError::Tls(_) | ReloadError::Backend(_) | ReloadError::Bind { .. } => {
                     plain(S::BAD_REQUEST, "invalid_request_error", Some("invalid_config"))
@@ -231,7 +270,9 @@ impl GatewayError {
         let mut response = body::json(described.status, error_json(&described, &self.to_string()));
         if let GatewayError::Limit(limit) = self {
             let headers = response.headers_mut();
-            headers.insert(RETRY_AFTER, rate_headers::retry_after(limit.retry_after()));
+            if let Some(wait) = limit.retry_after() {
+                headers.insert(RETRY_AFTER, rate_headers::retry_after(wait));
+            }
             if let Some(view) = limit.view() {
                 view.apply(headers);
             }
@@ -241,12 +282,62 @@ impl GatewayError {
         {
             response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
         }
+        if let GatewayError::Request(err) = self
+            && body_left_unread(err)
+        {
+            // The rest of the body is still on its way: the connection cannot carry another
+            // request, and saying so spares the client a reused connection closed under it.
+            response.headers_mut().insert(CONNECTION, http::HeaderValue::from_static("close"));
+            if matches!(err, RequestError::BodiesOverBudget { .. }) {
+                response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+        }
         if let GatewayError::Route(RouteError::RateLimited { retry_after, .. }) = self {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from(seconds));
         }
         response
     }
+}
+
+/// Refusals made while the request body was still arriving.
+fn body_left_unread(err: &RequestError) -> bool {
+    match err {
+        RequestError::BodyTooLarge { .. }
+        | RequestError::BodyRead(_)
+        | RequestError::BodyTimeout(_)
+        | RequestError::BodiesOverBudget { .. } => true,
+        RequestError::InvalidJson(_) | RequestError::TooDeep { .. } | RequestError::InvalidField { .. } => false,
+    }
+}
+
+impl GatewayError {
+    /// The response in the Anthropic Messages API's shape (`{"type":"error","error":{type,
+    /// message}}`, the type Anthropic uses for the status), with the same status and headers
+    /// as [`GatewayError::to_response`]. A backend's own error keeps its message.
+    pub fn to_anthropic_response(&self) -> Response<Body> {
+        let mut response = self.to_response();
+        let message = match self {
+            GatewayError::Backend(backend) => match backend.as_ref() {
+                BackendError::Rejected { status, body, .. } if status.is_client_error() => {
+                    upstream_error_message(body).unwrap_or_else(|| self.to_string())
+                }
+                _ => self.to_string(),
+            },
+            _ => self.to_string(),
+        };
+        let kind = crate::apis::messages::response::error_type(response.status().as_u16());
+        let body = crate::apis::messages::response::error_body(kind, &message);
+        *response.body_mut() = body::full(body.to_string());
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        response
+    }
+}
+
+/// `error.message` of an OpenAI- or Anthropic-shaped error body.
+fn upstream_error_message(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get("error")?.get("message")?.as_str().map(str::to_owned)
 }
 
 fn error_json(described: &Described, message: &str) -> Bytes {

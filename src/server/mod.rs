@@ -1,7 +1,9 @@
 //! Server: listeners, connections, the route table and every HTTP handler.
 //!
 //! Owns: binding sockets (`TCP_NODELAY`, deep accept backlog), HTTP/1.1 and HTTP/2 (h2c and
-//! TLS with ALPN) via hyper-util's auto builder, request ids, catching panics as 500s,
+//! TLS with ALPN) via hyper-util's auto builder and their limits (HTTP/2 streams, windows and
+//! header size; the memory budgets of request bodies being read, per connection and per
+//! listener), request ids, catching panics as 500s,
 //! graceful shutdown that lets in-flight requests and streams finish up to a deadline; the
 //! shared [`AppState`]; the handlers (`admin`, `feedback`, `models`, and the inference
 //! endpoints through `proxy`); and the one map from every error to an HTTP answer (`error`).
@@ -16,6 +18,7 @@ mod models;
 mod routes;
 mod send_timeout;
 mod state;
+mod stored;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,7 +40,7 @@ pub use routes::{admin_service, client_service};
 pub use state::AppState;
 
 use crate::runtime::tls::TlsAcceptorSource;
-use crate::wire::body::Body;
+use crate::wire::body::{Body, BodyBudget, BodyBudgets};
 
 /// Pending connections the kernel may queue; bursts of thousands of clients connect at once.
 const ACCEPT_BACKLOG: u32 = 8192;
@@ -45,6 +48,20 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Drain for a loop whose owner went away without stopping it (the default `shutdown_timeout`).
 const ORPHAN_DRAIN: Duration = Duration::from_secs(30);
+/// Request-body bytes one connection may hold while its bodies are read (HTTP/2 multiplexes
+/// many), and all connections of a listener together. A body alone is never refused by
+/// these (see `BodyBudgets`); beyond them, a body is refused with 503 and `Retry-After`.
+const CONNECTION_BODY_BUDGET: u64 = 32 << 20;
+const SERVER_BODY_BUDGET: u64 = 256 << 20;
+/// HTTP/2: streams one connection may have open, and flow-control windows small enough that
+/// what a client may send ahead of weir reading it stays small (a stream's window is
+/// refilled as its body is read).
+const H2_MAX_STREAMS: u32 = 256;
+const H2_STREAM_WINDOW: u32 = 256 << 10;
+const H2_CONNECTION_WINDOW: u32 = 1 << 20;
+/// HTTP/2 header block limit (h2's default is 16 MiB per stream); HTTP/1 headers are bounded
+/// by hyper's read buffer (about 400 KiB).
+const H2_MAX_HEADER_LIST: u32 = 64 << 10;
 
 /// Binds `addr` with `SO_REUSEADDR` and a deep backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -70,6 +87,7 @@ pub async fn serve<H: Handler>(
 ) {
     let graceful = GracefulShutdown::new();
     let builder = connection_builder();
+    let server_budget = Arc::new(BodyBudget::new("server", SERVER_BODY_BUDGET));
     let drain = loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -85,7 +103,11 @@ pub async fn serve<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        spawn_connection(&builder, &graceful, stream, tls.acceptor(), handler.clone());
+        let budgets = BodyBudgets {
+            connection: Arc::new(BodyBudget::new("connection", CONNECTION_BODY_BUDGET)),
+            server: Arc::clone(&server_budget),
+        };
+        spawn_connection(&builder, &graceful, stream, tls.acceptor(), handler.clone(), budgets);
     };
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
@@ -99,7 +121,10 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
@@ -111,11 +136,13 @@ fn spawn_connection<H: Handler>(
     stream: TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: H,
+    budgets: BodyBudgets,
 ) {
     let builder = builder.clone();
     let watcher = graceful.watcher();
     tokio::spawn(async move {
-        let service = service_fn(move |request| {
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(budgets.clone());
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(call_catching_panics(&handler, request).await) }
         });
@@ -140,7 +167,10 @@ fn spawn_connection<H: Handler>(
 
 /// A panic in a handler answers 500 instead of dropping the connection without a word.
 async fn call_catching_panics<H: Handler>(handler: &H, request: Request<Incoming>) -> Response<Body> {
-    match std::panic::AssertUnwindSafe(handler.call(request)).catch_unwind().await {
+    // Boxed: hyper keeps the service future inline in the connection's task for the
+    // connection's whole life, so an inline request path (several KiB of state) would cost
+    // every open connection that much even while it only streams or idles.
+    match std::panic::AssertUnwindSafe(Box::pin(handler.call(request))).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
             let detail = panic

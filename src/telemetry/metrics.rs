@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 
 use self::family::{Counter, Family, Histogram};
 use crate::config::Config;
+use crate::experiments::Experiment;
 use crate::wire::{Outcome, Record};
 
 /// Outcome label of `weir_cache_requests_total{result}`.
@@ -62,10 +63,10 @@ struct RouteSeries {
     duration: Histogram,
     ttft: Histogram,
     /// `input`, `output`, `cached`.
-    tokens: [Counter; 3],
+    tokens: [Counter; 4],
 }
 
-const TOKEN_KINDS: [&str; 3] = ["input", "output", "cached"];
+const TOKEN_KINDS: [&str; 4] = ["input", "output", "cached", "cache_write"];
 
 impl RouteSeries {
     fn new() -> RouteSeries {
@@ -77,7 +78,7 @@ impl RouteSeries {
 #[derive(Debug)]
 pub struct Metrics {
     /// `model, backend, variant, status, cache`.
-    requests: Family<Counter, 5>,
+    requests: Family<Counter, 6>,
     /// `model, backend, variant`: durations, TTFT, tokens.
     routes: Family<RouteSeries, 3>,
     backend_duration: Family<Histogram, 1>,
@@ -99,6 +100,8 @@ pub struct Metrics {
     state_store_errors: Family<Counter, 1>,
     /// `model, variant`: feedback scores (0-1), for the experiments dashboard.
     feedback: Family<Histogram, 2>,
+    /// The live experiments, read when rendering (shares, samples, decisions, promotions).
+    experiments: ArcSwap<Vec<Arc<Experiment>>>,
 }
 
 impl Default for Metrics {
@@ -118,6 +121,7 @@ impl Metrics {
             cache_requests: Family::new(Counter::default),
             ratelimit_rejections: Family::new(Counter::default),
             inflight: ArcSwap::from_pointee(Vec::new()),
+            experiments: ArcSwap::from_pointee(Vec::new()),
             backend_errors: Family::new(Counter::default),
             dataset_records: Family::new(Counter::default),
             config_reloads: Family::new(Counter::default),
@@ -139,8 +143,9 @@ impl Metrics {
         let (backend, variant) = (record.backend.as_str(), record.variant.as_str());
         let status = if record.status == 0 { 499 } else { record.status.clamp(100, 599) };
         let mut digits = [0u8; 3];
-        self.requests
-            .with([model, backend, variant, status_label(status, &mut digits), record.cache.as_str()], Counter::inc);
+        let labels =
+            [model, backend, variant, status_label(status, &mut digits), record.cache.as_str(), record.endpoint_str()];
+        self.requests.with(labels, Counter::inc);
         self.routes.with([model, backend, variant], |route| {
             route.duration.observe(record.duration.as_secs_f64());
             if record.stream && (200..300).contains(&status) {
@@ -152,6 +157,7 @@ impl Metrics {
                 route.tokens[0].add(usage.prompt_tokens);
                 route.tokens[1].add(usage.completion_tokens);
                 route.tokens[2].add(usage.cached_tokens);
+                route.tokens[3].add(usage.cache_write_tokens);
             }
         });
         if let Some(cost) = record.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
@@ -191,7 +197,13 @@ impl Metrics {
 
     /// `weir_dataset_records_total{dataset,outcome}`.
     pub fn dataset_record(&self, dataset: &str, written: bool) {
-        self.dataset_records.with([dataset, if written { "written" } else { "dropped" }], Counter::inc);
+        self.dataset_records(dataset, written, 1);
+    }
+
+    /// `weir_dataset_records_total{dataset,result}` by `n` at once (a batch reached the file,
+    /// or was lost with it).
+    pub fn dataset_records(&self, dataset: &str, written: bool, n: u64) {
+        self.dataset_records.with([dataset, if written { "written" } else { "dropped" }], |c| c.add(n));
     }
 
     /// `weir_config_reloads_total{outcome}`.
@@ -223,7 +235,7 @@ impl Metrics {
             for target in model.targets.iter().chain(&model.fallbacks) {
                 let labels = [name.as_str(), target.backend.as_str(), target.variant.as_str()];
                 self.routes.register(labels);
-                self.requests.register([labels[0], labels[1], labels[2], "200", cache]);
+                self.requests.register([labels[0], labels[1], labels[2], "200", cache, "chat"]);
                 if model.price.is_some() {
                     for key in &keys {
                         self.cost.register([labels[0], labels[1], labels[2], key]);
@@ -253,6 +265,11 @@ impl Metrics {
             self.backend_duration.register([name.as_str()]);
         }
         self.inflight.store(Arc::new(inflight));
+    }
+
+    /// Points the `weir_experiment_*` gauges at the live experiments.
+    pub fn watch_experiments(&self, experiments: Vec<Arc<Experiment>>) {
+        self.experiments.store(Arc::new(experiments));
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.

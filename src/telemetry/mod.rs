@@ -1,10 +1,11 @@
-//! Telemetry: logs, Prometheus metrics ([`metrics`]) and OpenTelemetry traces ([`trace`]).
+//! Telemetry: logs (the access log: [`access`]), Prometheus metrics ([`metrics`]) and OpenTelemetry traces ([`trace`]).
 //!
 //! Owns: the process's log pipeline — structured lines on stderr, filtered like `RUST_LOG`,
 //! written by a background thread behind a bounded queue so a slow terminal or pipe never
 //! stalls a request (lines are dropped, not waited for, when the queue is full).
 //! Must not: block the request path or put raw client input into metric labels.
 
+pub(crate) mod access;
 pub(crate) mod metrics;
 pub(crate) mod trace;
 

@@ -263,7 +263,10 @@ mod tests {
     fn json_answer_keeps_usage_and_finish() {
         let body = br#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}"#;
         let a = assemble(body, false).unwrap();
-        assert_eq!(a.usage, Some(Usage { prompt_tokens: 3, completion_tokens: 1, cached_tokens: 2 }));
+        assert_eq!(
+            a.usage,
+            Some(Usage { prompt_tokens: 3, completion_tokens: 1, cached_tokens: 2, cache_write_tokens: 0 })
+        );
         assert_eq!(a.finish_reasons, vec!["stop".to_owned()]);
         assert_eq!(a.response_model.as_deref(), Some("m"));
     }
@@ -280,7 +283,10 @@ mod tests {
         );
         let a = assemble(sse.as_bytes(), true).unwrap();
         assert!(a.complete);
-        assert_eq!(a.usage, Some(Usage { prompt_tokens: 5, completion_tokens: 2, cached_tokens: 0 }));
+        assert_eq!(
+            a.usage,
+            Some(Usage { prompt_tokens: 5, completion_tokens: 2, cached_tokens: 0, cache_write_tokens: 0 })
+        );
         assert_eq!(a.finish_reasons, vec!["tool_calls".to_owned()]);
         let message = &a.body["choices"][0]["message"];
         assert_eq!(message["content"], "Hello");

@@ -45,3 +45,45 @@ pub fn millis_header(duration: std::time::Duration) -> http::HeaderValue {
     let text = format!("{}.{:03}", micros / 1000, micros % 1000);
     http::HeaderValue::try_from(text).unwrap_or(http::HeaderValue::from_static("0.000"))
 }
+
+/// Longest client `x-request-id` kept, in bytes; longer ones are cut (at a character boundary).
+pub const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+/// The client's own `x-request-id`, kept as `client_request_id` beside weir's id: bounded to
+/// [`MAX_CLIENT_REQUEST_ID`] bytes, control characters dropped, non-UTF-8 bytes replaced.
+/// `None` when absent or nothing printable is left.
+pub fn client_request_id(headers: &http::HeaderMap) -> Option<String> {
+    let raw = headers.get(&X_REQUEST_ID)?.as_bytes();
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(4 * MAX_CLIENT_REQUEST_ID)]);
+    let mut kept = String::with_capacity(text.len().min(MAX_CLIENT_REQUEST_ID));
+    for c in text.trim().chars().filter(|c| !c.is_control()) {
+        if kept.len() + c.len_utf8() > MAX_CLIENT_REQUEST_ID {
+            break;
+        }
+        kept.push(c);
+    }
+    (!kept.is_empty()).then_some(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(value: &[u8]) -> Option<String> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(X_REQUEST_ID, http::HeaderValue::from_bytes(value).unwrap());
+        client_request_id(&headers)
+    }
+
+    #[test]
+    fn client_request_ids_are_bounded_and_printable() {
+        assert_eq!(id(b"trace-42"), Some("trace-42".into()));
+        assert_eq!(id(b"  "), None);
+        assert_eq!(id(b"a\tb"), Some("ab".into()));
+        assert_eq!(id(&[b'x'; 500]).map(|s| s.len()), Some(MAX_CLIENT_REQUEST_ID));
+        // obs-text bytes are not UTF-8: replaced, and the result still fits the bound.
+        let lossy = id(&[0xE9; 300]).unwrap();
+        assert!(lossy.len() <= MAX_CLIENT_REQUEST_ID && lossy.starts_with('\u{FFFD}'));
+        assert_eq!(client_request_id(&http::HeaderMap::new()), None);
+    }
+}

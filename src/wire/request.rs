@@ -23,8 +23,14 @@ pub enum RequestError {
     BodyRead(String),
     #[error("the request body took longer than {0:?} to arrive")]
     BodyTimeout(Duration),
+    #[error(
+        "too many request bodies are being received at once (this {scope}'s budget of {capacity} bytes is in use); retry shortly"
+    )]
+    BodiesOverBudget { scope: &'static str, capacity: u64 },
     #[error("we could not parse the JSON body of your request: {0}")]
     InvalidJson(String),
+    #[error("the JSON body of your request nests deeper than {limit} levels")]
+    TooDeep { limit: usize },
     #[error("{message}")]
     InvalidField { param: String, message: String },
 }
@@ -77,11 +83,82 @@ struct WireMessage<'a> {
     role: Cow<'a, str>,
 }
 
+/// Deepest nesting of arrays and objects a request body may have. Records embed a body one
+/// or two levels down and are read back with serde_json (whose own limit is 128), so a body
+/// accepted here can always be read back from a dataset.
+pub const MAX_JSON_DEPTH: usize = 100;
+/// Longest `model` a request may name; no real model name comes close.
+pub const MAX_MODEL_LEN: usize = 256;
+
+/// Refuses JSON nested deeper than `limit` levels, and strings with a lone UTF-16 surrogate
+/// escape (`"\ud800"`): one pass over the bytes counting brackets outside strings, before any
+/// parser. serde skips the fields weir does not read without a depth limit and without
+/// checking surrogates, so either would otherwise be accepted, sent upstream and recorded in
+/// a form no reader (serde_json's included) takes back.
+/// Says nothing about validity otherwise: malformed JSON is the parser's to report.
+pub fn check_structure(body: &[u8], limit: usize) -> Result<(), RequestError> {
+    let mut depth: usize = 0;
+    let mut in_string = false;
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
+        at += 1;
+        if in_string {
+            match byte {
+                b'\\' if body.get(at) == Some(&b'u') => at = after_unicode_escape(body, at - 1)?,
+                b'\\' => at += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth = depth.saturating_add(1);
+                if depth > limit {
+                    return Err(RequestError::TooDeep { limit });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where scanning resumes after the `\uXXXX` escape at `at`, which must not be half of a
+/// surrogate pair: a high surrogate is followed by a low one, a low one is never alone.
+/// Hex digits that are not are the parser's to report.
+fn after_unicode_escape(body: &[u8], at: usize) -> Result<usize, RequestError> {
+    let unit = |at: usize| {
+        let digits = body.get(at + 2..at + 6)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let lone = || RequestError::InvalidJson(format!("lone UTF-16 surrogate in a \\u escape at byte {at}"));
+    match unit(at) {
+        Some(0xD800..=0xDBFF) => match (body.get(at + 6..at + 8), unit(at + 6)) {
+            (Some(b"\\u"), Some(0xDC00..=0xDFFF)) => Ok(at + 12),
+            _ => Err(lone()),
+        },
+        Some(0xDC00..=0xDFFF) => Err(lone()),
+        _ => Ok(at + 2),
+    }
+}
+
 /// Parses `body` once, checking the fields OpenAI would refuse to go without.
 pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, RequestError> {
     // serde would accept an array for a struct (fields by position); OpenAI wants an object.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(RequestError::InvalidJson("the request body must be a JSON object".into()));
+    }
+    check_structure(body, MAX_JSON_DEPTH)?;
+    // serde skips the fields weir does not read without checking their text: without this, a
+    // string that is not UTF-8 would go upstream and into datasets.
+    if let Err(err) = std::str::from_utf8(body) {
+        return Err(RequestError::InvalidJson(format!(
+            "the request body is not valid UTF-8 (at byte {})",
+            err.valid_up_to()
+        )));
     }
     // The fast path parses without tracking paths; only a failure pays for a second,
     // path-tracking parse that names the field at fault.
@@ -97,6 +174,13 @@ pub fn parse_head(endpoint: Endpoint, body: &[u8]) -> Result<RequestHead, Reques
     })?;
     if model.is_empty() {
         return Err(missing("model", "you must provide a model parameter"));
+    }
+    if model.len() > MAX_MODEL_LEN {
+        // Echoed in errors, logs and records: a megabyte of model name would be too.
+        return Err(RequestError::InvalidField {
+            param: "model".into(),
+            message: format!("'model' is longer than {MAX_MODEL_LEN} bytes"),
+        });
     }
     match endpoint {
         Endpoint::ChatCompletions => match &wire.messages {
@@ -294,6 +378,8 @@ mod tests {
         assert_eq!(param(head(r#"{"model":"m","messages":[{"role":1}]}"#).unwrap_err()), "messages[0].role");
         assert_eq!(param(head(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).unwrap_err()), "stream");
         assert_eq!(param(parse_head(Endpoint::Embeddings, br#"{"model":"m"}"#).unwrap_err()), "input");
+        let long = format!(r#"{{"model":"{}","messages":[{{"role":"user"}}]}}"#, "m".repeat(MAX_MODEL_LEN + 1));
+        assert_eq!(param(head(&long).unwrap_err()), "model");
     }
 
     #[test]
@@ -304,6 +390,34 @@ mod tests {
             head(r#"{"model":"m","messages":[{"role":"u"}]} x"#).unwrap_err(),
             RequestError::InvalidJson(_)
         ));
+    }
+
+    #[test]
+    fn nesting_is_limited_at_the_door() {
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":{}1{}}}]}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        // The object, `messages` and the message take three levels.
+        assert!(head(&nested(MAX_JSON_DEPTH - 3)).is_ok());
+        assert!(matches!(head(&nested(MAX_JSON_DEPTH - 2)), Err(RequestError::TooDeep { limit: MAX_JSON_DEPTH })));
+        assert!(matches!(head(&nested(100_000)), Err(RequestError::TooDeep { .. })));
+        // Brackets inside strings (escaped quotes included) do not count.
+        let text = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"\"{}"}}]}}"#, "[".repeat(500));
+        assert!(head(&text).is_ok());
+        assert!(check_structure(br#"["\\", [[1]]]"#, 3).is_ok());
+        assert!(check_structure(br#"["\\", [[[1]]]]"#, 3).is_err());
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_pass() {
+        assert!(check_structure(br#"["\ud83d\ude00", "\u00e9", "\\ud800"]"#, 8).is_ok());
+        for lone in [r#"["\ud800"]"#, r#"["\udc00"]"#, r#"["\ud800\u0041"]"#, r#"["\uD800x"]"#, r#"["\ud800"#] {
+            assert!(matches!(check_structure(lone.as_bytes(), 8), Err(RequestError::InvalidJson(_))), "{lone}");
+        }
     }
 
     #[test]

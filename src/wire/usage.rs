@@ -14,11 +14,16 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// `usage.prompt_tokens_details.cached_tokens`: part of `prompt_tokens`.
     pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`; weir's `prompt_tokens_details.cache_write_tokens` on
+    /// chat): part of `prompt_tokens`.
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
+    /// Saturating: the counts are an upstream's word.
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
@@ -37,6 +42,8 @@ pub(crate) struct RawUsage {
 struct RawPromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
 }
 
 impl From<RawUsage> for Usage {
@@ -44,7 +51,8 @@ impl From<RawUsage> for Usage {
         Usage {
             prompt_tokens: raw.prompt_tokens,
             completion_tokens: raw.completion_tokens,
-            cached_tokens: raw.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            cached_tokens: raw.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
+            cache_write_tokens: raw.prompt_tokens_details.and_then(|d| d.cache_write_tokens).unwrap_or(0),
         }
     }
 }

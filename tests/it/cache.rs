@@ -337,15 +337,15 @@ async fn the_store_stays_within_max_size() {
 }
 
 /// A `redis-server` on a free port, killed when dropped.
-struct RedisGuard {
+pub(crate) struct RedisGuard {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl RedisGuard {
     /// Starts one; `None` (with a message) when redis-server is not installed, unless under
     /// `CI=true`, where a missing redis-server fails the test.
-    fn start() -> Option<RedisGuard> {
+    pub(crate) fn start() -> Option<RedisGuard> {
         let port = crate::cli::free_port();
         let spawned = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

@@ -419,8 +419,38 @@ fn report_numbers_match_a_hand_computation() {
 
     let table = weir(&["experiment", "report", "--dir", dir.path().to_str().unwrap()]);
     let text = String::from_utf8(table.stdout).unwrap();
-    assert!(text.contains("experiment exp (control: control)") && text.contains("experiment another"), "{text}");
+    assert!(text.contains("experiment exp (control: control;") && text.contains("experiment another"), "{text}");
     assert!(text.contains("0.400 [-0.097, 0.897] n=3"), "{text}");
+    // The always-valid comparison next to it, with the live gateway's code: undecided below
+    // min_samples (200 by default) ...
+    assert!(text.contains("always-valid on feedback at 95% confidence, min 200 samples"), "{text}");
+    assert!(text.contains("+0.500 [") && text.contains("] undecided"), "{text}");
+    let json = weir(&[
+        "experiment",
+        "report",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "json",
+        "--min-samples",
+        "2",
+    ]);
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let exp = report["experiments"].as_array().unwrap().iter().find(|e| e["experiment"] == "exp").unwrap();
+    let arm = exp["always_valid"]["arms"].as_array().unwrap().iter().find(|a| a["variant"] == "candidate").unwrap();
+    // ... and with --min-samples 2 the mixture SPRT decides. Reference (tests/golden/
+    // experiments.py, quadrature and root finding): interval [0.1069951, 0.8930049], p 0.0035528.
+    assert!(near(&arm["vs_control"]["diff"], 0.5), "{arm}");
+    assert!(
+        near(&arm["vs_control"]["interval"]["lo"], 0.1069951) && near(&arm["vs_control"]["interval"]["hi"], 0.8930049),
+        "{arm}"
+    );
+    assert!(near(&arm["vs_control"]["p"], 0.0035528), "{arm}");
+    assert_eq!(arm["decision"], "better", "{arm}");
+    assert_eq!(exp["always_valid"]["winner"], "candidate");
+    assert_eq!(exp["always_valid"]["min_samples"], 2);
+    let bad = weir(&["experiment", "report", "--dir", dir.path().to_str().unwrap(), "--confidence", "2"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--confidence must be above 0.5"));
 }
 
 #[tokio::test]
@@ -456,4 +486,51 @@ async fn cached_and_rate_limited_requests_are_recorded() {
     let limited = record(&lines, &limited_id);
     assert_eq!(limited["status"], 429);
     assert!(limited["error"].as_str().unwrap().contains("RPM"), "{limited}");
+}
+
+/// `weir_dataset_records_total{dataset,outcome}` as `/metrics` shows it.
+async fn dataset_count(gateway: &Gateway, dataset: &str, outcome: &str) -> u64 {
+    let metrics = support::http()
+        .get(format!("http://{}/metrics", gateway.admin_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(r#"weir_dataset_records_total{{dataset="{dataset}",outcome="{outcome}"}} "#);
+    metrics.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.parse().unwrap())
+}
+
+/// A dataset whose disk is full (its file leads to `/dev/full`): every record is counted as
+/// dropped, none as written; and once the disk has room, records are written again.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn records_lost_to_a_full_disk_count_as_dropped_not_written() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let date = weir::datasets::date_of_day(weir::datasets::day_of(std::time::SystemTime::now()));
+    let file = dir.path().join(weir::datasets::file_name(&date, 0));
+    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    let gateway = gateway_with(&upstream, &format!("  - {{ name: full, dir: {} }}\n", dir.path().display())).await;
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..3 {
+        let (status, _, answer) = post(&gateway, "/chat/completions", TEAM_KEY, body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    while dataset_count(&gateway, "full", "dropped").await < 3 {
+        assert!(std::time::Instant::now() < deadline, "records lost to the full disk were not counted as dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(dataset_count(&gateway, "full", "written").await, 0);
+
+    // Room again: the next records reach the file and count as written.
+    std::fs::remove_file(&file).unwrap();
+    let (status, id, _) = post(&gateway, "/chat/completions", TEAM_KEY, body).await;
+    assert_eq!(status, 200);
+    gateway.shutdown().await;
+    let lines = lines(dir.path());
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    record(&lines, &id);
 }

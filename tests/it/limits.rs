@@ -13,12 +13,12 @@ use weir::limits::budget::Clock;
 
 use crate::support::{self, Behavior, MockUpstream, body_json, http, read_sse, sse_events};
 
-const KEY: &str = "sk-limited-0123456789";
-const ADMIN: &str = "admin-secret";
+pub(crate) const KEY: &str = "sk-limited-0123456789";
+pub(crate) const ADMIN: &str = "admin-secret";
 
 /// One backend `up`, models `chat` (priced at $1 per token either way) and `embed`, and one
 /// key `limited` allowed `chat` only, with `limits` as its YAML (`rate:`/`budget:` lines).
-fn yaml(upstream: &str, limits: &str) -> String {
+pub(crate) fn yaml(upstream: &str, limits: &str) -> String {
     format!(
         r#"server: {{ listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token: {ADMIN} }}
 backends:
@@ -39,13 +39,13 @@ auth: {{ mode: keys }}
     )
 }
 
-async fn gateway(limits: &str) -> (Gateway, MockUpstream) {
+pub(crate) async fn gateway(limits: &str) -> (Gateway, MockUpstream) {
     let upstream = MockUpstream::start(Behavior::mock()).await;
     let gateway = support::start(&yaml(&upstream.url(), limits)).await;
     (gateway, upstream)
 }
 
-fn chat_body(extra: Value) -> Value {
+pub(crate) fn chat_body(extra: Value) -> Value {
     let mut body = json!({"model": "chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5});
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         body.extend(extra.clone());
@@ -53,7 +53,7 @@ fn chat_body(extra: Value) -> Value {
     body
 }
 
-async fn send(gateway: &Gateway, body: &Value) -> reqwest::Response {
+pub(crate) async fn send(gateway: &Gateway, body: &Value) -> reqwest::Response {
     http()
         .post(format!("{}/chat/completions", support::base_url(gateway)))
         .bearer_auth(KEY)
@@ -71,7 +71,7 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
     headers.get(name).unwrap_or_else(|| panic!("missing {name} in {headers:?}")).to_str().expect("ASCII header")
 }
 
-async fn usage_of(gateway: &Gateway, name: &str, token: Option<&str>) -> (http::StatusCode, Value) {
+pub(crate) async fn usage_of(gateway: &Gateway, name: &str, token: Option<&str>) -> (http::StatusCode, Value) {
     let mut request = http().get(format!("http://{}/admin/keys/{name}/usage", gateway.admin_addr()));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -129,11 +129,16 @@ async fn tpm_counts_prompt_and_completion_as_reported() {
     assert!(in_window <= used && in_window + 3 >= used, "window {in_window}, reported {used}");
 
     // A request that may need more than what is left is refused, naming the tokens window.
-    let (status, headers, body) = body_json(send(&gateway, &chat_body(json!({"max_tokens": 200}))).await).await;
+    let (status, headers, body) = body_json(send(&gateway, &chat_body(json!({"max_tokens": 45}))).await).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["type"], "tokens");
     assert!(body["error"]["message"].as_str().unwrap().contains("tokens per min (TPM): Limit 60"), "{body}");
     assert!(header(&headers, "retry-after").parse::<u64>().unwrap() >= 1);
+    // One that could never fit the window is "too large", and waiting would not help.
+    let (status, headers, body) = body_json(send(&gateway, &chat_body(json!({"max_tokens": 200}))).await).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("Request too large"), "{body}");
+    assert!(headers.get("retry-after").is_none());
 }
 
 #[tokio::test]
@@ -277,7 +282,7 @@ async fn key_usage_needs_the_admin_token_and_a_known_key() {
 // === Two processes, one Redis ===
 
 /// Kills the child when the test ends, however it ends.
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -302,7 +307,7 @@ fn wait_listening(child: &mut ChildGuard, addr: SocketAddr, what: &str) {
 }
 
 /// `redis-server` on a free port, or `None` (skip) when it is not installed outside CI.
-fn start_redis() -> Option<(ChildGuard, u16)> {
+pub(crate) fn start_redis() -> Option<(ChildGuard, u16)> {
     let port = free_port();
     let spawned = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

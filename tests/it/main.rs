@@ -4,18 +4,22 @@
 mod support;
 
 mod adapters;
+mod apis;
 mod cache;
 mod chat;
 mod cli;
 mod config;
 mod datasets;
 mod errors;
+mod experiments;
 mod fuzz_corpus;
+mod hostile;
 mod ledger;
 mod limits;
 mod pool;
 mod reload;
 mod replicas;
+mod reservations;
 mod routing;
 mod streaming;
 mod telemetry;

@@ -65,6 +65,9 @@ impl AnthropicBackend {
             param,
             message,
         };
+        if call.endpoint == Endpoint::Messages {
+            return self.send_native(config, call).await;
+        }
         if call.endpoint != Endpoint::ChatCompletions {
             let message = format!(
                 "backend `{}` (kind anthropic) serves only /v1/chat/completions, not {}",
@@ -96,7 +99,7 @@ impl AnthropicBackend {
         let mode = if !status.is_success() {
             Mode::Error { whole: Vec::new(), client_error: status.is_client_error() }
         } else if translated.stream {
-            Mode::Stream(StreamTranslator::new(translated.include_usage, unix_now()))
+            Mode::Stream(Box::new(StreamTranslator::new(translated.include_usage, unix_now())))
         } else {
             Mode::Message { whole: Vec::new() }
         };
@@ -108,6 +111,30 @@ impl AnthropicBackend {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let body = TranslatedBody { inner: answered.body, mode, done: false, deferred: None };
         Ok(BackendResponse { status, headers, body: UpstreamBody::Translated(Box::new(body)), permit: None })
+    }
+
+    /// A Messages request as the client sent it (model renamed, `params` defaults filled
+    /// in), with the client's `anthropic-version` and `anthropic-beta`; the answer comes back
+    /// untouched, so nothing Anthropic-specific (cache_control, thinking, citations) is lost.
+    async fn send_native(
+        &self,
+        config: &BackendConfig,
+        call: BackendCall<'_>,
+    ) -> Result<BackendResponse, BackendError> {
+        let body = params::apply_defaults(&call.body, call.params);
+        let credential = self.credential(call.auth);
+        let build = || {
+            let mut request = self.http.post(&self.messages_url, body.clone(), &call);
+            let headers = request.headers_mut();
+            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static(API_VERSION));
+            for (name, value) in call.native_headers {
+                headers.insert(name.clone(), value.clone());
+            }
+            finish_headers(headers, credential.clone(), config);
+            request
+        };
+        let answered = self.http.send(&config.name, build).await?;
+        Ok(BackendResponse { status: answered.status, headers: answered.headers, body: answered.body, permit: None })
     }
 
     /// The backend's key, or with `auth: passthrough` the client's bearer token, as `x-api-key`.
@@ -141,7 +168,7 @@ pub struct TranslatedBody {
 }
 
 enum Mode {
-    Stream(StreamTranslator),
+    Stream(Box<StreamTranslator>),
     Message { whole: Vec<u8> },
     Error { whole: Vec<u8>, client_error: bool },
 }

@@ -30,6 +30,13 @@ pub struct OpenAiUsage {
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct PromptDetails {
     pub cached_tokens: u64,
+    /// Not OpenAI's: Anthropic's cache writes, which OpenAI has no field for.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl AnthropicUsage {
@@ -40,7 +47,10 @@ impl AnthropicUsage {
             prompt_tokens: prompt,
             completion_tokens: self.output_tokens,
             total_tokens: prompt + self.output_tokens,
-            prompt_tokens_details: PromptDetails { cached_tokens: cache_read },
+            prompt_tokens_details: PromptDetails {
+                cached_tokens: cache_read,
+                cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0),
+            },
         }
     }
 

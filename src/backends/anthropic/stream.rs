@@ -16,9 +16,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::response::{AnthropicUsage, OpenAiUsage, finish_reason};
+use crate::apis;
+use crate::apis::sse::{Event, SseReader};
 
-/// Largest partial line (one event's data) kept while waiting for its end.
-pub const MAX_PENDING: usize = 1024 * 1024;
+/// Largest partial event kept while waiting for its end.
+pub const MAX_PENDING: usize = crate::apis::sse::MAX_EVENT;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
@@ -33,10 +35,8 @@ pub enum StreamError {
 pub struct StreamTranslator {
     include_usage: bool,
     created: u64,
-    /// Bytes of a line not yet ended.
-    pending: Vec<u8>,
-    /// `data:` lines of the event being read.
-    data: Vec<u8>,
+    /// Splits the upstream bytes into events.
+    sse: SseReader,
     id: String,
     model: String,
     started: bool,
@@ -99,8 +99,7 @@ impl StreamTranslator {
         StreamTranslator {
             include_usage,
             created,
-            pending: Vec::new(),
-            data: Vec::new(),
+            sse: SseReader::new(),
             id: String::new(),
             model: String::new(),
             started: false,
@@ -118,26 +117,7 @@ impl StreamTranslator {
         if self.stopped {
             return Ok(());
         }
-        let mut rest = bytes;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
-            let (line, tail) = rest.split_at(end);
-            rest = &tail[1..];
-            if self.pending.is_empty() {
-                self.line(line, out)?;
-            } else {
-                let mut joined = std::mem::take(&mut self.pending);
-                joined.extend_from_slice(line);
-                self.line(&joined, out)?;
-            }
-            if self.stopped {
-                return Ok(());
-            }
-        }
-        if self.pending.len() + rest.len() > MAX_PENDING {
-            return Err(self.failure(StreamError::Malformed(format!("an event is longer than {MAX_PENDING} bytes"))));
-        }
-        self.pending.extend_from_slice(rest);
-        Ok(())
+        self.read(out, |sse, on| sse.push(bytes, on))
     }
 
     /// The upstream body ended: appends what is left, or fails if the stream did not finish.
@@ -145,14 +125,41 @@ impl StreamTranslator {
         self.check_failed()?;
         if !self.stopped {
             // A last event without its closing blank line still counts.
-            let line = std::mem::take(&mut self.pending);
-            self.line(&line, out)?;
-            self.line(b"", out)?;
+            self.read(out, |sse, on| sse.finish(on))?;
         }
         if !self.stopped {
             return Err(self.failure(StreamError::Malformed("the stream ended before message_stop".into())));
         }
         Ok(())
+    }
+
+    /// Runs the SSE reader (`apis::sse`, shared with the inbound APIs) over new bytes, each
+    /// whole event translated as it completes; events after `message_stop` are ignored.
+    fn read<F>(&mut self, out: &mut Vec<u8>, step: F) -> Result<(), StreamError>
+    where
+        F: FnOnce(
+            &mut SseReader,
+            &mut dyn FnMut(Event<'_>) -> Result<(), apis::StreamError>,
+        ) -> Result<(), apis::StreamError>,
+    {
+        let mut sse = std::mem::take(&mut self.sse);
+        let mut failed = None;
+        let result = step(&mut sse, &mut |event: Event<'_>| {
+            // An event with no data carries nothing (and after message_stop, nothing counts).
+            if self.stopped || event.data.is_empty() {
+                return Ok(());
+            }
+            self.event(event.data, out).map_err(|err| {
+                failed = Some(err);
+                apis::StreamError::Malformed(String::new())
+            })
+        });
+        self.sse = sse;
+        match (result, failed) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(err)) => Err(self.failure(err)),
+            (Err(err), None) => Err(self.failure(StreamError::Malformed(err.message()))),
+        }
     }
 
     fn check_failed(&self) -> Result<(), StreamError> {
@@ -165,32 +172,6 @@ impl StreamTranslator {
     fn failure(&mut self, err: StreamError) -> StreamError {
         self.failed = true;
         err
-    }
-
-    /// One SSE line (without its `\n`). Only `data:` matters: the JSON's `type` names the
-    /// event, so `event:`, `id:`, `retry:` and comments are skipped.
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            if self.data.is_empty() {
-                return Ok(());
-            }
-            let data = std::mem::take(&mut self.data);
-            return self.event(&data, out).map_err(|err| self.failure(err));
-        }
-        if let Some(value) = line.strip_prefix(b"data:") {
-            let value = value.strip_prefix(b" ").unwrap_or(value);
-            if !self.data.is_empty() {
-                self.data.push(b'\n');
-            }
-            if self.data.len() + value.len() > MAX_PENDING {
-                return Err(
-                    self.failure(StreamError::Malformed(format!("an event is longer than {MAX_PENDING} bytes")))
-                );
-            }
-            self.data.extend_from_slice(value);
-        }
-        Ok(())
     }
 
     fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {

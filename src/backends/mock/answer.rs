@@ -208,7 +208,8 @@ fn unit_vector(seed: u64, dimensions: usize) -> Vec<f32> {
 /// All prompt text, for the seed and the token count.
 fn prompt_text(endpoint: Endpoint, request: &Value) -> String {
     match endpoint {
-        Endpoint::ChatCompletions => {
+        // The inbound APIs reach backends as chat, except where a kind speaks them natively.
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
             let mut text = String::new();
             for message in request.get("messages").and_then(Value::as_array).into_iter().flatten() {
                 push_content(&mut text, message.get("content"));
@@ -247,7 +248,7 @@ fn count_tokens(text: &str) -> u64 {
 
 fn id_prefix(endpoint: Endpoint) -> &'static str {
     match endpoint {
-        Endpoint::ChatCompletions => "chatcmpl",
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => "chatcmpl",
         Endpoint::Completions => "cmpl",
         Endpoint::Embeddings => "emb",
     }

@@ -11,7 +11,7 @@ impl Answer {
     /// The non-streaming response body.
     pub fn to_json(&self) -> String {
         let body = match self.endpoint {
-            Endpoint::ChatCompletions => json!({
+            Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => json!({
                 "id": self.id,
                 "object": "chat.completion",
                 "created": self.created,
@@ -46,7 +46,7 @@ impl Answer {
     pub fn to_sse_chunks(&self) -> Vec<Bytes> {
         let mut events = Vec::new();
         match self.endpoint {
-            Endpoint::ChatCompletions => self.chat_events(&mut events),
+            Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => self.chat_events(&mut events),
             Endpoint::Completions => self.completion_events(&mut events),
             Endpoint::Embeddings => {}
         }

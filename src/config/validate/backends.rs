@@ -46,6 +46,18 @@ impl Cx<'_> {
         if kind == Some(BackendKind::Azure) && api_version.is_none() {
             self.key_err(&path, format!("azure backend `{name}` needs `api_version` (such as 2024-10-21)"));
         }
+        let responses_native = match raw.responses.as_deref() {
+            None | Some("translate") => false,
+            Some("native") if kind == Some(BackendKind::OpenAi) => true,
+            Some("native") => {
+                self.err(&at("responses"), "`responses: native` is for `kind: openai` backends");
+                false
+            }
+            Some(other) => {
+                self.err(&at("responses"), format!("`responses` must be `native` or `translate`, not `{other}`"));
+                false
+            }
+        };
         let max_inflight = match raw.max_inflight {
             Some(0) => {
                 self.err(&at("max_inflight"), "`max_inflight` must be at least 1");
@@ -99,6 +111,7 @@ impl Cx<'_> {
             base_url,
             api_key: raw.api_key.clone().filter(|k| !k.is_empty()),
             api_version,
+            responses_native,
             max_inflight,
             timeouts,
             headers,

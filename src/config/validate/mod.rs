@@ -10,6 +10,7 @@ mod backends;
 mod cache;
 mod datasets;
 mod deserialize;
+mod experiments;
 mod keys;
 mod models;
 mod params;
@@ -98,7 +99,8 @@ impl Cx<'_> {
         let cache = self.cache(raw);
         let state = self.state(raw);
         let datasets = self.datasets(raw);
-        Config { server, backends, models, keys, auth, telemetry, cache, state, datasets }
+        let experiments = self.experiments(raw, &models);
+        Config { server, backends, models, keys, auth, telemetry, cache, state, datasets, experiments }
     }
 }
 

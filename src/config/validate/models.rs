@@ -128,7 +128,20 @@ impl Cx<'_> {
                 ),
                 None => input,
             };
-            Price { input_per_mtok: input, output_per_mtok: output, cached_input_per_mtok: cached }
+            let cache_write = match p.cache_write_per_mtok {
+                Some(_) => self.non_negative(
+                    &join_key(&pp, "cache_write_per_mtok"),
+                    "cache_write_per_mtok",
+                    p.cache_write_per_mtok,
+                ),
+                None => input,
+            };
+            Price {
+                input_per_mtok: input,
+                output_per_mtok: output,
+                cached_input_per_mtok: cached,
+                cache_write_per_mtok: cache_write,
+            }
         });
         ModelConfig {
             name: name.to_string(),

@@ -35,7 +35,20 @@ impl Cx<'_> {
             Some(n) => n,
             None => defaults.default_max_tokens,
         };
-        StateConfig { store, on_error, timeout, default_max_tokens }
+        let responses_ttl = self.duration(
+            "state.responses_ttl",
+            "responses_ttl",
+            state.responses_ttl.as_deref(),
+            defaults.responses_ttl,
+            true,
+        );
+        let responses_max_size = self.size(
+            "state.responses_max_size",
+            "responses_max_size",
+            state.responses_max_size.as_deref(),
+            defaults.responses_max_size,
+        );
+        StateConfig { store, on_error, timeout, default_max_tokens, responses_ttl, responses_max_size }
     }
 }
 

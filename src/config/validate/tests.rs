@@ -155,7 +155,7 @@ server: { max_body: 1024, listen: nowhere }
         problems(text),
         [
             "w.yaml:2:56: `backends.b.max_inflight`: expected a whole number, got string \"lots\"",
-            "w.yaml:2:62: unknown key `bogus` (expected one of: kind, base_url, api_key, api_version, max_inflight, timeouts, headers, ca_file, latency, tokens_per_second)",
+            "w.yaml:2:62: unknown key `bogus` (expected one of: kind, base_url, api_key, api_version, responses, max_inflight, timeouts, headers, ca_file, latency, tokens_per_second)",
             "w.yaml:4:51: `models.m.targets[0].weight`: expected a whole number, got integer `-1`",
             "w.yaml:6:35: `listen`: invalid address `nowhere`: expected IP:PORT such as 127.0.0.1:8080",
         ]
@@ -285,7 +285,7 @@ models:
         problems(text),
         [
             "w.yaml:3:3: unknown key `lisen` (expected one of: listen, admin_listen, tls, max_body, admin_token, shutdown_timeout)",
-            "w.yaml:4:1: unknown key `modles` (expected one of: server, backends, models, keys, auth, cache, state, telemetry, datasets)",
+            "w.yaml:4:1: unknown key `modles` (expected one of: server, backends, models, keys, auth, cache, state, telemetry, datasets, experiments)",
             "w.yaml:8:43: unknown key `wieght` (expected one of: backend, model, weight, variant, params)",
         ]
     );
@@ -296,6 +296,18 @@ models:
 fn schema_covers_the_last_section() {
     let got = problems("auth: { mode: none }\ndatasets:\n  - { name: d, dir: x, filter: { modle: m } }\n");
     assert_eq!(got, ["w.yaml:3:34: unknown key `modle` (expected one of: model, variant, key, status)"]);
+}
+
+#[test]
+fn schema_covers_the_experiments_section() {
+    let got = problems("auth: { mode: none }\nexperiments:\n  e: { stop: { confidnce: 0.9 } }\n");
+    assert!(
+        got.contains(
+            &"w.yaml:3:16: unknown key `confidnce` (expected one of: confidence, min_samples, promote, margin)"
+                .to_owned()
+        ),
+        "{got:?}"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! Must not: change any value (it only reads atomics).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::family::{Counter, Family, Histogram};
@@ -14,7 +15,8 @@ pub fn render(m: &Metrics) -> String {
     let routes = m.routes.snapshot();
 
     header(&mut out, "weir_requests_total", "counter", "Requests answered, by the HTTP status sent to the client.");
-    counters(&mut out, "weir_requests_total", &["model", "backend", "variant", "status", "cache"], &m.requests, 1.0);
+    let labels = ["model", "backend", "variant", "status", "cache", "endpoint"];
+    counters(&mut out, "weir_requests_total", &labels, &m.requests, 1.0);
 
     header(&mut out, "weir_request_duration_seconds", "histogram", "Time from request arrival to the last byte sent.");
     for series in &routes {
@@ -78,7 +80,55 @@ pub fn render(m: &Metrics) -> String {
     for series in m.feedback.snapshot() {
         histogram(&mut out, "weir_feedback_score", &["model", "variant"], &series.labels, &series.metric);
     }
+    experiments(&mut out, m);
     out
+}
+
+/// `weir_experiment_*`: each live experiment's arms as its last refresh saw them.
+fn experiments(out: &mut String, m: &Metrics) {
+    let experiments = m.experiments.load();
+    let arms = || {
+        experiments.iter().filter_map(|e| e.view().map(|v| (Arc::clone(e), v))).flat_map(|(e, view)| {
+            (0..view.arms.len()).map(move |i| {
+                let labels =
+                    labels_text(&["experiment", "variant"], &[e.config.name.clone(), view.arms[i].variant.clone()]);
+                (labels, view.arms[i].clone())
+            })
+        })
+    };
+    header(
+        out,
+        "weir_experiment_share",
+        "gauge",
+        "Share of an experiment's traffic each arm gets now (thompson or promoted).",
+    );
+    for (labels, arm) in arms() {
+        if let Some(share) = arm.share {
+            sample(out, "weir_experiment_share", &labels, share);
+        }
+    }
+    header(out, "weir_experiment_samples", "gauge", "Observations of the experiment's metric per arm.");
+    for (labels, arm) in arms() {
+        sample(out, "weir_experiment_samples", &labels, arm.samples as f64);
+    }
+    header(out, "weir_experiment_mean", "gauge", "Mean of the experiment's metric per arm.");
+    for (labels, arm) in arms() {
+        if let Some(mean) = arm.mean {
+            sample(out, "weir_experiment_mean", &labels, mean);
+        }
+    }
+    header(out, "weir_experiment_decision", "gauge", "1 for each arm's current decision against the control.");
+    for (mut labels, arm) in arms() {
+        if let Some(decision) = arm.decision {
+            push_label(&mut labels, "decision", decision.as_str());
+            sample(out, "weir_experiment_decision", &labels, 1.0);
+        }
+    }
+    header(out, "weir_experiment_promotions_total", "counter", "Arms promoted to all traffic by a decided experiment.");
+    for e in experiments.iter() {
+        let labels = labels_text(&["experiment"], std::slice::from_ref(&e.config.name));
+        sample(out, "weir_experiment_promotions_total", &labels, e.promotions() as f64);
+    }
 }
 
 const ROUTE_LABELS: [&str; 3] = ["model", "backend", "variant"];

@@ -53,7 +53,7 @@ fn a_finished_stream_is_counted_timed_and_priced() {
     exchange.duration = Duration::from_millis(300);
     exchange.first_byte = Some(Duration::from_millis(40));
     exchange.weir_time = Some(Duration::from_micros(30));
-    exchange.usage = Some(Usage { prompt_tokens: 10, completion_tokens: 5, cached_tokens: 4 });
+    exchange.usage = Some(Usage { prompt_tokens: 10, completion_tokens: 5, cached_tokens: 4, cache_write_tokens: 0 });
     exchange.cost_usd = Some(0.00002);
     exchange.attempts.push(Attempt {
         kind: AttemptKind::Primary,
@@ -70,7 +70,10 @@ fn a_finished_stream_is_counted_timed_and_priced() {
     metrics.record_request(&exchange);
     let text = metrics.render();
 
-    has(&text, r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss"} 1"#);
+    has(
+        &text,
+        r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss",endpoint=""} 1"#,
+    );
     let route = r#"model="chat",backend="mock",variant="control""#;
     has(&text, &format!(r#"weir_request_duration_seconds_bucket{{{route},le="0.25"}} 0"#));
     has(&text, &format!(r#"weir_request_duration_seconds_bucket{{{route},le="0.5"}} 1"#));
@@ -95,7 +98,10 @@ fn a_finished_stream_is_counted_timed_and_priced() {
 #[test]
 fn config_series_exist_at_zero_before_traffic() {
     let text = configured().render();
-    has(&text, r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss"} 0"#);
+    has(
+        &text,
+        r#"weir_requests_total{model="chat",backend="mock",variant="control",status="200",cache="miss",endpoint="chat"} 0"#,
+    );
     has(&text, r#"weir_cost_usd_total{model="chat",backend="mock",variant="control",key="team"} 0"#);
     has(&text, r#"weir_cache_requests_total{model="chat",result="hit"} 0"#);
     has(&text, r#"weir_ratelimit_rejections_total{key="team",limit="rpm"} 0"#);
@@ -118,8 +124,8 @@ fn unknown_models_and_early_errors_take_no_client_text() {
     gone.outcome = Outcome::ClientGone;
     metrics.record_request(&gone);
     let text = metrics.render();
-    has(&text, r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass"} 1"#);
-    has(&text, r#"weir_requests_total{model="chat",backend="",variant="",status="499",cache="bypass"} 1"#);
+    has(&text, r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass",endpoint=""} 1"#);
+    has(&text, r#"weir_requests_total{model="chat",backend="",variant="",status="499",cache="bypass",endpoint=""} 1"#);
     assert!(!text.contains("made-up"), "{text}");
 }
 

@@ -39,6 +39,7 @@ pub struct SpanRecord {
     key: String,
     experiment: Option<String>,
     request_id: String,
+    client_request_id: Option<String>,
     stream: bool,
     status: u16,
     cache: &'static str,
@@ -100,7 +101,7 @@ impl SpanRecord {
             ids,
             start: SystemTime::now().checked_sub(record.duration).unwrap_or_else(SystemTime::now),
             duration: record.duration,
-            operation: record.endpoint.map_or("chat", Endpoint::as_str),
+            operation: record.endpoint.map_or("chat", Endpoint::operation),
             model: configured.then(|| record.model.clone()),
             requested_model: truncate(&record.model, TEXT_LIMIT).into_owned(),
             provider: record.provider,
@@ -109,6 +110,7 @@ impl SpanRecord {
             key: record.key.clone(),
             experiment: record.experiment.clone(),
             request_id: record.request_id.clone(),
+            client_request_id: record.client_request_id.clone(),
             stream: record.stream,
             status: record.status,
             cache: record.cache.as_str(),
@@ -167,6 +169,9 @@ impl SpanRecord {
         }
         if let Some(experiment) = &self.experiment {
             attributes.push(KeyValue::new("weir.experiment", experiment.clone()));
+        }
+        if let Some(client_request_id) = &self.client_request_id {
+            attributes.push(KeyValue::new("weir.client_request_id", client_request_id.clone()));
         }
         if let Some(model) = &self.response_model {
             attributes.push(KeyValue::new("gen_ai.response.model", truncate(model, TEXT_LIMIT).into_owned()));

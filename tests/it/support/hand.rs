@@ -59,6 +59,7 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         base_url: upstream_url.trim_end_matches('/').into(),
         api_key: Some(UPSTREAM_KEY.into()),
         api_version: None,
+        responses_native: false,
         max_inflight: None,
         timeouts: BackendTimeouts {
             connect: duration(timeouts.connect),
@@ -76,6 +77,7 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         base_url: String::new(),
         api_key: None,
         api_version: None,
+        responses_native: false,
         max_inflight: None,
         timeouts: BackendTimeouts::default(),
         headers: Vec::new(),
@@ -110,5 +112,6 @@ pub fn standard_config(upstream_url: &str, timeouts: Timeouts) -> Config {
         cache: weir::config::CacheConfig::default(),
         state: weir::config::StateConfig::default(),
         datasets: Vec::new(),
+        experiments: BTreeMap::new(),
     }
 }

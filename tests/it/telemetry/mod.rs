@@ -48,6 +48,7 @@ async fn chat(gateway: &weir::Gateway, body: serde_json::Value, traceparent: Opt
     let mut request = support::http()
         .post(format!("{}/chat/completions", support::base_url(gateway)))
         .bearer_auth(TEAM_KEY)
+        .header("x-request-id", "client-42")
         .json(&body);
     if let Some(traceparent) = traceparent {
         request = request.header("traceparent", traceparent);
@@ -100,6 +101,9 @@ async fn http_protobuf_export_continues_the_clients_trace_with_genai_attributes(
     ] {
         assert_eq!(attr(server, key).as_deref(), Some(expected.as_str()), "server span attribute {key}");
     }
+    // weir's own id, and the client's kept beside it.
+    assert_eq!(attr(server, "weir.client_request_id").as_deref(), Some("client-42"));
+    assert!(attr(server, "weir.request_id").is_some_and(|id| id.starts_with("req_")));
     let cost: f64 = attr(server, "weir.cost_usd").expect("cost").parse().unwrap();
     assert!(cost > 0.0);
     assert_eq!(attr(client, "gen_ai.request.model").as_deref(), Some("upstream-chat"));
@@ -223,10 +227,12 @@ async fn metrics_are_served_on_the_admin_port() {
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let text = response.text().await.unwrap();
     assert!(
-        text.contains(r#"weir_requests_total{model="chat",backend="up",variant="up",status="200",cache="bypass"} 1"#),
+        text.contains(r#"weir_requests_total{model="chat",backend="up",variant="up",status="200",cache="bypass",endpoint="chat"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass"} 1"#));
+    assert!(text.contains(
+        r#"weir_requests_total{model="",backend="",variant="",status="404",cache="bypass",endpoint="chat"} 1"#
+    ));
     assert!(text.contains(r#"weir_backend_inflight{backend="up"} 0"#), "in-flight back to 0 after the body");
     // The client port serves no metrics.
     let response = support::http().get(format!("http://{}/metrics", gateway.addr())).send().await.unwrap();

@@ -63,6 +63,8 @@ models:
 keys:
   - {{ name: team, key: {team}, rate: {{ rpm: 100000 }} }}
 auth: {{ mode: keys }}
+experiments:
+  exp-1: {{ strategy: thompson, metric: success }}
 "#,
         url = upstream.url(),
         team = weir::auth::hash_key(TEAM_KEY),
