@@ -4,11 +4,8 @@
 //!
 //! ```text
 //! top        gateway (lifecycle) · server (listeners, handlers, the error map) · proxy (the request path)
-<<<<<<< HEAD
-//!            · fuzzing (re-exported entry points for fuzz targets and corpus tests)
-=======
 //!            · eval (`weir eval run`, a client of a running weir)
->>>>>>> main
+//!            · fuzzing (re-exported entry points for fuzz targets and corpus tests)
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
 //! features   auth · limits · cache · router → backends · router → experiments (shares, decisions)
@@ -31,12 +28,9 @@ pub(crate) mod cache;
 pub mod config;
 pub mod conversations;
 pub mod datasets;
-<<<<<<< HEAD
-pub mod fuzzing;
-=======
 pub mod eval;
 pub mod experiments;
->>>>>>> main
+pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub(crate) mod proxy;
