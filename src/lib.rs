@@ -5,6 +5,7 @@
 //! ```text
 //! top        gateway (lifecycle) · server (listeners, handlers, the error map) · proxy (the request path)
 //!            · eval (`weir eval run`, a client of a running weir)
+//!            · fuzzing (re-exported entry points for fuzz targets and corpus tests)
 //! runtime    runtime: snapshot, live state, TLS, reload
 //! taps       telemetry (metrics, traces) · datasets       ← read one finished `wire::Record`
 //! features   auth · limits · cache · prompts · router → backends · router → experiments (shares,
@@ -29,6 +30,7 @@ pub mod conversations;
 pub mod datasets;
 pub mod eval;
 pub mod experiments;
+pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub mod prompts;

@@ -13,7 +13,7 @@ mod cached;
 mod exchange;
 pub mod inbound;
 mod response;
-mod sse_filter;
+pub(crate) mod sse_filter;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -65,7 +65,8 @@ impl UsageChunkFilter {
     /// At the end of the stream: whatever partial event is left, unless it is the usage one.
     pub fn finish(&mut self) -> Bytes {
         let rest = self.partial.split().freeze();
-        if is_usage_only(&rest) { Bytes::new() } else { rest }
+        let blank = blank_prefix(&rest);
+        if is_usage_only(&rest[blank..]) { rest.slice(..blank) } else { rest }
     }
 }
 
@@ -77,9 +78,7 @@ fn complete_prefix(data: &[u8]) -> usize {
 }
 
 fn drop_usage_events(complete: Bytes) -> Bytes {
-    let candidate = memmem::find(&complete, b"\"choices\":[]").is_some()
-        || memmem::find(&complete, b"\"choices\": []").is_some()
-        || memmem::find(&complete, NULL_USAGE).is_some();
+    let candidate = names_empty_choices(&complete) || memmem::find(&complete, NULL_USAGE).is_some();
     if !candidate {
         return complete;
     }
@@ -88,6 +87,8 @@ fn drop_usage_events(complete: Bytes) -> Bytes {
     while !rest.is_empty() {
         let end = next_boundary(rest);
         let (event, tail) = rest.split_at(end);
+        let (blank_lines, event) = event.split_at(blank_prefix(event));
+        out.extend_from_slice(blank_lines);
         if !is_usage_only(event) {
             push_without_null_usage(&mut out, event);
         }
@@ -97,6 +98,13 @@ fn drop_usage_events(complete: Bytes) -> Bytes {
 }
 
 const NULL_USAGE: &[u8] = b",\"usage\":null";
+
+/// Length of the blank lines (CR and LF) an event starts with. A third line end after an
+/// event's blank line starts the next event here but may end a chunk's complete part; kept
+/// whatever happens to the event, it leaves the output independent of where chunks end.
+fn blank_prefix(event: &[u8]) -> usize {
+    event.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count()
+}
 
 /// Copies `event` without a `,"usage":null` that closes its JSON (followed by `}` and the end
 /// of the line); one anywhere else is part of something else and stays.
@@ -123,8 +131,20 @@ fn next_boundary(data: &[u8]) -> usize {
     }
 }
 
+/// The spellings of an empty `choices` that upstreams send. Only an event with one of them
+/// counts as the usage event, so the quick scan above and the parse below agree on every
+/// event, however the stream was cut into chunks (`"choices" : [ ]` passes everywhere).
+const EMPTY_CHOICES: [&[u8]; 2] = [b"\"choices\":[]", b"\"choices\": []"];
+
+fn names_empty_choices(bytes: &[u8]) -> bool {
+    EMPTY_CHOICES.iter().any(|spelling| memmem::find(bytes, spelling).is_some())
+}
+
 /// An event whose data is a chunk with no choices and a usage object.
 fn is_usage_only(event: &[u8]) -> bool {
+    if !names_empty_choices(event) {
+        return false;
+    }
     #[derive(Deserialize)]
     struct Probe<'a> {
         #[serde(default)]
@@ -214,6 +234,23 @@ mod tests {
         let mut all = chunks.clone();
         all.push(DONE);
         assert_eq!(run(&all), format!("{long}{DONE}"));
+    }
+
+    #[test]
+    fn only_the_usual_spelling_is_the_usage_event_wherever_the_chunks_end() {
+        let odd = "data: {\"choices\" : [],\"usage\":{\"prompt_tokens\":1}}\n\n";
+        assert_eq!(run(&[odd, USAGE, DONE]), format!("{odd}{DONE}"));
+        assert_eq!(run(&[&format!("{odd}{USAGE}{DONE}")]), format!("{odd}{DONE}"));
+        assert_eq!(run(&[odd.trim_end()]), odd.trim_end());
+    }
+
+    #[test]
+    fn blank_lines_before_the_usage_event_stay_wherever_the_chunks_end() {
+        let extra = format!("{CHUNK}\n");
+        let want = format!("{CHUNK}\n{DONE}");
+        assert_eq!(run(&[&extra, USAGE, DONE]), want);
+        assert_eq!(run(&[&format!("{extra}{USAGE}{DONE}")]), want);
+        assert_eq!(run(&[&extra, USAGE.trim_end()]), format!("{CHUNK}\n"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod config;
 mod datasets;
 mod errors;
 mod experiments;
+mod fuzz_corpus;
 mod hostile;
 mod ledger;
 mod limits;
