@@ -35,6 +35,7 @@ use crate::wire::body::{Body, discard, read_body};
 use crate::wire::headers::{
     X_ACCEL_BUFFERING, X_WEIR_BACKEND, X_WEIR_CACHE, X_WEIR_OVERHEAD_MS, X_WEIR_VARIANT, millis_header,
 };
+use crate::wire::request::{MAX_JSON_DEPTH, check_structure};
 use crate::wire::{CAPTURE_LIMIT, Endpoint, Outcome, RequestError, parse_head};
 
 use exchange::Exchange;
@@ -181,11 +182,13 @@ async fn forward(
         return Err(RequestError::BodyRead("the request body was already taken".into()).into());
     };
     let body = read_body(parts, incoming, snapshot.config.server.max_body).await?;
-    exchange.record.request_body = body.clone();
     // The Responses and Messages APIs run on their chat translation; chat backends get it,
     // backends that speak the client's API get the client's own request.
     let inbound = match endpoint.is_inbound() {
-        true => Some(inbound::prepare(snapshot, endpoint, &body, &parts.headers, identity.name()).await?),
+        true => {
+            check_structure(&body, MAX_JSON_DEPTH)?;
+            Some(inbound::prepare(snapshot, endpoint, &body, &parts.headers, identity.name()).await?)
+        }
         false => None,
     };
     let parsed;
@@ -196,6 +199,8 @@ async fn forward(
             (&parsed, endpoint, &body)
         }
     };
+    // Recorded once it is known to be JSON of a depth every reader of the dataset can take.
+    exchange.record.request_body = body.clone();
     let prompt_call = head.prompt.as_ref().map(PromptCall::from_json).transpose()?;
     exchange.record.model.clone_from(&head.model);
     exchange.record.stream = head.stream;
