@@ -221,8 +221,9 @@ async fn forward(
     };
     exchange.guards.admission = snapshot.limits.admit(&snapshot.metrics, admit).await?;
     // Only chat requests that name a prompt, or whose targets fix one, pay for rendering.
-    let prompts = (endpoint == Endpoint::ChatCompletions && (prompt_call.is_some() || route.fixes_prompts()))
-        .then_some(PromptPlan { store: &snapshot.prompts, call: prompt_call.as_ref() });
+    let prompts = (matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Responses)
+        && (prompt_call.is_some() || route.fixes_prompts()))
+    .then_some(PromptPlan { store: &snapshot.prompts, call: prompt_call.as_ref() });
     if let Some(ttl) = route.config.cache_ttl {
         let scope = cached::scope(snapshot, &identity, &parts.headers);
         let context = prompts.map(|plan| {

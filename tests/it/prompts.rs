@@ -427,3 +427,50 @@ fn the_cli_lists_and_renders_prompts() {
         String::from_utf8_lossy(&broken.stderr)
     );
 }
+
+/// The Responses API's own `prompt` parameter renders the same way; the backend sees chat
+/// messages and no `prompt`, and the answer echoes the prompt as OpenAI's does.
+#[tokio::test]
+async fn the_responses_api_prompt_parameter_is_rendered() {
+    let upstream = MockUpstream::start(Behavior::mock()).await;
+    let gateway = support::start(&yaml(&upstream, "")).await;
+    let response = support::http()
+        .post(format!("{}/responses", support::base_url(&gateway)))
+        .bearer_auth(ALL_KEY)
+        .json(&json!({
+            "model": "chat",
+            "prompt": {"id": "support-answer", "version": "v1", "variables": {"question": "Q?", "product": "Acme"}},
+            "input": "and one more thing",
+            "store": false
+        }))
+        .send()
+        .await
+        .expect("request reaches the gateway");
+    let (status, _, body) = support::body_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["prompt"]["id"], "support-answer", "{body}");
+    let sent = upstream.only_request().json();
+    assert!(sent.get("prompt").is_none(), "the prompt field never reaches a backend: {sent}");
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "v1: You answer questions about Acme. Be brief."},
+            {"role": "user", "content": "Q?"},
+            {"role": "user", "content": "and one more thing"}
+        ])
+    );
+    // An unknown prompt is the client's error, named, and nothing is sent.
+    let response = support::http()
+        .post(format!("{}/responses", support::base_url(&gateway)))
+        .bearer_auth(ALL_KEY)
+        .json(&json!({"model": "chat", "prompt": {"id": "nope"}, "store": false}))
+        .send()
+        .await
+        .expect("request reaches the gateway");
+    let (status, _, body) = support::body_json(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "prompt.id", "{body}");
+    assert_eq!(upstream.requests().len(), 1);
+    gateway.shutdown().await;
+}

@@ -142,7 +142,16 @@ pub fn translate(request: Map<String, Value>, prior: &[Value]) -> Result<Transla
             "include" | "service_tier" | "prompt_cache_key" | "stream_options" | "prompt_cache_retention" => {}
             "background" if value == Value::Bool(false) => {}
             "top_logprobs" if value.as_u64() == Some(0) => {}
-            "background" | "top_logprobs" | "conversation" | "prompt" | "max_tool_calls" => {
+            // weir's own prompts: rendered into the chat request like the chat extension (a
+            // backend that speaks the Responses API natively gets the request as sent).
+            "prompt" => {
+                if !value.get("id").is_some_and(Value::is_string) {
+                    return Err(invalid("prompt.id", "'prompt' must be an object with a string 'id'"));
+                }
+                echo.insert(field.clone(), value.clone());
+                chat.insert(field, value);
+            }
+            "background" | "top_logprobs" | "conversation" | "max_tool_calls" => {
                 return Err(invalid(&field, format!("'{field}' is not supported by weir's Responses API")));
             }
             _ => return Err(invalid(&field, format!("Unknown parameter: '{field}'."))),
@@ -155,6 +164,8 @@ pub fn translate(request: Map<String, Value>, prior: &[Value]) -> Result<Transla
         Some(Value::String(text)) => vec![json!({"type": "message", "role": "user", "content": text})],
         Some(Value::Array(items)) => items,
         Some(_) => return Err(invalid("input", "'input' must be a string or an array of items")),
+        // A prompt may carry the whole input.
+        None if chat.contains_key("prompt") => Vec::new(),
         None => return Err(invalid("input", "Missing required parameter: 'input'.")),
     };
     let mut messages = Vec::new();
@@ -163,10 +174,12 @@ pub fn translate(request: Map<String, Value>, prior: &[Value]) -> Result<Transla
     }
     items_to_messages(prior, "previous_response", &mut messages)?;
     items_to_messages(&input_items, "input", &mut messages)?;
-    if messages.is_empty() {
+    if messages.is_empty() && !chat.contains_key("prompt") {
         return Err(invalid("input", "'input' must hold at least one item"));
     }
-    chat.insert("messages".into(), Value::Array(messages));
+    if !messages.is_empty() {
+        chat.insert("messages".into(), Value::Array(messages));
+    }
     if stream {
         chat.insert("stream".into(), Value::Bool(true));
         chat.insert("stream_options".into(), json!({"include_usage": true}));
