@@ -218,11 +218,17 @@ async fn try_target(
             record.backend_wait += pause;
         }
         let Some(mut hold) = target.health.admit(tokio::time::Instant::now()) else { break };
+        let native = outbound.native.filter(|n| target.backend.speaks_natively(n.endpoint));
         if prepared.is_none() {
+            // A backend that speaks the client's API gets its request as sent, prompt and all.
+            if native.is_some() {
+                prepared = Some(None);
+            }
             // Dropping the hold without a verdict leaves the target's health as it was.
-            match prepare(target, outbound, record) {
-                Ok(ready) => prepared = Some(ready),
-                Err(err) => return Outcome::Refused(err),
+            match prepared.is_none().then(|| prepare(target, outbound, record)) {
+                None => {}
+                Some(Ok(ready)) => prepared = Some(ready),
+                Some(Err(err)) => return Outcome::Refused(err),
             }
         }
         let (head, body, params) = match prepared.as_ref().and_then(Option::as_ref) {
@@ -233,7 +239,6 @@ async fn try_target(
         record.backend.clone_from(&target.backend.config.name);
         record.provider = Some(target.backend.config.kind.genai_provider());
         record.variant.clone_from(&target.variant);
-        let native = outbound.native.filter(|n| target.backend.speaks_natively(n.endpoint));
         // Prompts render into the chat shape; a request a backend takes natively goes as sent.
         let (endpoint, head, body, native_headers, params) = match native {
             Some(n) => (n.endpoint, n.head, n.body, n.headers, &target.params),

@@ -473,4 +473,30 @@ async fn the_responses_api_prompt_parameter_is_rendered() {
     assert_eq!(body["error"]["param"], "prompt.id", "{body}");
     assert_eq!(upstream.requests().len(), 1);
     gateway.shutdown().await;
+
+    // A backend that speaks the Responses API natively gets a prompt weir does not know as sent.
+    let answer = json!({"id": "resp_up", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-up",
+        "output": [{"id": "msg_up", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+        "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}});
+    let native = MockUpstream::start(Behavior::reply(200, answer.to_string())).await;
+    let config = yaml(&upstream, "")
+        .replacen(
+            "backends:\n",
+            &format!("backends:\n  oai: {{ kind: openai, base_url: {}, responses: native }}\n", native.url()),
+            1,
+        )
+        .replacen("models:\n", "models:\n  native: { targets: [ { backend: oai, model: gpt-up } ] }\n", 1);
+    let gateway = support::start(&config).await;
+    let response = support::http()
+        .post(format!("{}/responses", support::base_url(&gateway)))
+        .bearer_auth(ALL_KEY)
+        .json(&json!({"model": "native", "prompt": {"id": "pmpt_upstream_only"}, "input": "hi", "store": false}))
+        .send()
+        .await
+        .expect("request reaches the gateway");
+    let (status, _, body) = support::body_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(native.only_request().json()["prompt"]["id"], "pmpt_upstream_only");
+    gateway.shutdown().await;
 }
