@@ -127,6 +127,19 @@ struct Shared {
     connections: AtomicUsize,
 }
 
+impl Shared {
+    fn new(behavior: Behavior) -> Arc<Shared> {
+        Arc::new(Shared {
+            behavior: Mutex::new(behavior),
+            queued: Mutex::new(VecDeque::new()),
+            requests: Mutex::new(Vec::new()),
+            cancelled: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+        })
+    }
+}
+
 /// The running upstream; its accept loop lives as long as the test's runtime.
 #[derive(Debug, Clone)]
 pub struct MockUpstream {
@@ -158,14 +171,7 @@ impl MockUpstream {
     pub async fn start(behavior: Behavior) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock upstream");
         let addr = listener.local_addr().expect("mock upstream address");
-        let shared = Arc::new(Shared {
-            behavior: Mutex::new(behavior),
-            queued: Mutex::new(VecDeque::new()),
-            requests: Mutex::new(Vec::new()),
-            cancelled: AtomicUsize::new(0),
-            completed: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-        });
+        let shared = Shared::new(behavior);
         let accept_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             loop {
@@ -204,14 +210,7 @@ impl MockUpstream {
             TlsMode::Length | TlsMode::Chunked => vec![b"http/1.1".to_vec()],
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let shared = Arc::new(Shared {
-            behavior: Mutex::new(behavior),
-            queued: Mutex::new(VecDeque::new()),
-            requests: Mutex::new(Vec::new()),
-            cancelled: AtomicUsize::new(0),
-            completed: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-        });
+        let shared = Shared::new(behavior);
         let accept_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             loop {
