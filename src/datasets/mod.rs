@@ -25,7 +25,6 @@ pub mod report;
 pub(crate) mod stats;
 mod writer;
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +41,7 @@ use self::writer::{Job, Writer};
 use crate::config::{DatasetConfig, MAX_DATASETS};
 use crate::telemetry::metrics::Metrics;
 use crate::wire::Record;
+use crate::wire::record::id_hash;
 
 /// Request ids remembered for feedback: this many, for this long, whichever ends first.
 pub const FEEDBACK_WINDOW_REQUESTS: u64 = 200_000;
@@ -263,12 +263,6 @@ impl RecentRequests {
         let served = Arc::new(ServedBy { model: model.to_owned(), variant: variant.to_owned() });
         self.update(request_id, |entry| entry.served = Some(served));
     }
-}
-
-fn id_hash(request_id: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    request_id.hash(&mut hasher);
-    hasher.finish()
 }
 
 #[cfg(test)]

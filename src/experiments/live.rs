@@ -12,7 +12,6 @@
 //! vector of sums; the task does the rest.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use super::moments::Moments;
 use super::store::{RedisCounts, Shared};
 use super::thompson::{self, Posterior};
 use crate::config::{Config, ExperimentConfig, Metric, StateStore, Strategy};
+use crate::wire::record::id_hash;
 use crate::wire::{Outcome, Record};
 
 /// How often counts are flushed and shares recomputed.
@@ -407,12 +407,6 @@ impl Experiment {
         *promoted = Some(winner);
         self.counts.promotions.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-fn id_hash(request_id: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    request_id.hash(&mut hasher);
-    hasher.finish()
 }
 
 #[cfg(test)]

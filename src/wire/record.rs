@@ -7,6 +7,7 @@
 //! Must not: hold a guard, a snapshot or any other runtime handle: a tap reading a record
 //! can neither release nor reach anything.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -210,4 +211,12 @@ impl Record {
     pub fn endpoint_str(&self) -> &'static str {
         self.endpoint.map_or("", Endpoint::as_str)
     }
+}
+
+/// A 64-bit hash of a request id (or a key), for the bounded indexes that remember recent
+/// requests (feedback's owner and variant) without keeping their text.
+pub fn id_hash(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
