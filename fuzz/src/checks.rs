@@ -14,9 +14,14 @@
 //! - `sse_filter` and `anthropic_stream`: first byte's low bit is a flag (unused by the filter,
 //!   `include_usage` for the translator); the rest is the upstream body, cut into the chunks
 //!   it arrives in at every `0x1f` byte (ASCII unit separator, which never occurs in SSE).
+//! - `responses_stream` and `messages_stream`: first byte unused; the rest is the upstream's
+//!   chat completions SSE, cut into chunks at every `0x1f` byte as above.
 
 use serde_json::Value;
-use weir::fuzzing::{Endpoint, StreamTranslator, UsageChunkFilter, assemble, parse_head};
+use weir::fuzzing::{
+    Endpoint, MessagesStream, ResponsesStream, Shell, StreamTranslate, StreamTranslator, UsageChunkFilter, assemble,
+    parse_head, read_messages_answer, read_responses_answer,
+};
 
 /// The byte at which `sse_filter` and `anthropic_stream` inputs are cut into chunks.
 pub const CHUNK_CUT: u8 = 0x1f;
@@ -25,11 +30,13 @@ pub const CHUNK_CUT: u8 = 0x1f;
 pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by the name of their corpus directory.
-pub const TARGETS: [(&str, Check); 4] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("parse_head", check_parse_head),
     ("sse_filter", check_sse_filter),
     ("assemble", check_assemble),
     ("anthropic_stream", check_anthropic_stream),
+    ("responses_stream", check_responses_stream),
+    ("messages_stream", check_messages_stream),
 ];
 
 fn chunks(body: &[u8]) -> Vec<&[u8]> {
@@ -296,5 +303,140 @@ pub fn check_anthropic_stream(data: &[u8]) {
     if ok {
         let assembled = assemble(&out, true);
         assert!(assembled.is_some_and(|a| a.complete), "a stream that ended well assembles complete");
+    }
+}
+
+/// One inbound API's stream translator, as its fuzz target sees it.
+struct InboundApi {
+    new: fn() -> Box<dyn StreamTranslate>,
+    /// The events that end a stream well.
+    terminal: &'static [&'static str],
+    /// Reads the client's stream back into the API's answer (as the request path does).
+    reads_back: fn(&[u8]) -> bool,
+}
+
+const RESPONSES: InboundApi = InboundApi {
+    new: || {
+        let shell = Shell {
+            id: "resp_fuzz".into(),
+            created_at: 1_700_000_000,
+            model: "m".into(),
+            echo: serde_json::Map::new(),
+        };
+        Box::new(ResponsesStream::new(shell, 1_700_000_001))
+    },
+    terminal: &["response.completed", "response.incomplete"],
+    reads_back: |out| read_responses_answer(out, true).is_some(),
+};
+
+const MESSAGES: InboundApi = InboundApi {
+    new: || Box::new(MessagesStream::new("msg_fuzz".into(), "m".into(), 7)),
+    terminal: &["message_stop"],
+    reads_back: |out| read_messages_answer(out, true).is_some(),
+};
+
+fn run_inbound(api: &InboundApi, chunks: &[&[u8]]) -> Translated {
+    let mut translator = (api.new)();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        if translator.push(chunk, &mut out).is_err() {
+            return Translated { out, ok: false };
+        }
+    }
+    let ok = translator.finish(&mut out).is_ok();
+    Translated { out, ok }
+}
+
+/// The client's events: each must be exactly `event: NAME\ndata: JSON\n\n` with the JSON
+/// an object whose `type` is NAME.
+fn typed_events(out: &[u8]) -> Vec<(String, Value)> {
+    sse_events(out)
+        .into_iter()
+        .map(|event| {
+            let text = match std::str::from_utf8(event) {
+                Ok(text) => text,
+                Err(err) => panic!("an event is not UTF-8 ({err}): {:?}", String::from_utf8_lossy(event)),
+            };
+            let Some((name, data)) = text
+                .strip_prefix("event: ")
+                .and_then(|t| t.strip_suffix("\n\n"))
+                .and_then(|t| t.split_once("\ndata: "))
+            else {
+                panic!("not a whole typed event: {text:?}");
+            };
+            let data: Value = match serde_json::from_str(data) {
+                Ok(data) => data,
+                Err(err) => panic!("an event's data is not JSON ({err}): {data:?}"),
+            };
+            assert_eq!(data.get("type").and_then(Value::as_str), Some(name), "the data's type names the event");
+            (name.to_owned(), data)
+        })
+        .collect()
+}
+
+/// Both inbound translators never panic; their output does not depend on the chunking; it
+/// is whole typed events only; a terminal or error event comes at most once, last, and
+/// exactly one of them ends every stream (terminal iff the stream ended well, which needs
+/// the upstream's `[DONE]`); and a stream that ended well reads back as the API's answer.
+fn check_inbound(api: &InboundApi, data: &[u8]) {
+    let Some((_, body)) = data.split_first() else { return };
+    let whole = joined(body);
+    let translated = run_inbound(api, &chunks(body));
+    let at_once = run_inbound(api, &[&whole]);
+    assert_eq!(translated.out, at_once.out, "the output does not depend on the chunking");
+    assert_eq!(translated.ok, at_once.ok);
+
+    let Translated { out, ok } = translated;
+    let events = typed_events(&out);
+    let ends: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, (name, _))| name == "error" || api.terminal.contains(&name.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(ends, [events.len() - 1], "one terminal or error event, last: {:?}", String::from_utf8_lossy(&out));
+    let ended_well = events.last().is_some_and(|(name, _)| name != "error");
+    assert_eq!(ok, ended_well, "a terminal event exactly when the stream ended well");
+    if ok {
+        assert!(contains(&whole, b"[DONE]"), "ended well only after the upstream's [DONE]");
+        assert!((api.reads_back)(&out), "a stream that ended well reads back: {:?}", String::from_utf8_lossy(&out));
+    }
+}
+
+/// Responses events also number themselves 0, 1, 2, ... in `sequence_number`.
+pub fn check_responses_stream(data: &[u8]) {
+    check_inbound(&RESPONSES, data);
+    let Some((_, body)) = data.split_first() else { return };
+    let out = run_inbound(&RESPONSES, &chunks(body)).out;
+    for (i, (_, event)) in typed_events(&out).iter().enumerate() {
+        assert_eq!(event.get("sequence_number").and_then(Value::as_u64), Some(i as u64), "sequence numbers count up");
+    }
+}
+
+/// Messages content blocks are also started once each, in index order, and their deltas and
+/// stop come while they are the open block.
+pub fn check_messages_stream(data: &[u8]) {
+    check_inbound(&MESSAGES, data);
+    let Some((_, body)) = data.split_first() else { return };
+    let out = run_inbound(&MESSAGES, &chunks(body)).out;
+    let mut open: Option<u64> = None;
+    let mut next = 0u64;
+    for (name, event) in typed_events(&out) {
+        let index = event.get("index").and_then(Value::as_u64);
+        match name.as_str() {
+            "content_block_start" => {
+                assert_eq!(open, None, "a block starts while none is open");
+                assert_eq!(index, Some(next), "blocks start in index order");
+                open = index;
+                next += 1;
+            }
+            "content_block_delta" => assert!(index.is_some() && index == open, "a delta for the open block"),
+            "content_block_stop" => {
+                assert!(index.is_some() && index == open, "the open block stops");
+                open = None;
+            }
+            "message_delta" | "message_stop" => assert_eq!(open, None, "every block stops before the message ends"),
+            _ => {}
+        }
     }
 }

@@ -57,3 +57,13 @@ fn assemble_corpus() {
 fn anthropic_stream_corpus() {
     run_corpus("anthropic_stream");
 }
+
+#[test]
+fn responses_stream_corpus() {
+    run_corpus("responses_stream");
+}
+
+#[test]
+fn messages_stream_corpus() {
+    run_corpus("messages_stream");
+}
