@@ -31,6 +31,8 @@ struct Params {
     open_per_sec: f64,
     max_connecting: usize,
     timeout_margin: Duration,
+    long_chunks: usize,
+    long_gap: Duration,
 }
 
 impl Params {
@@ -42,6 +44,8 @@ impl Params {
             open_per_sec: common::env_or("WEIR_SCALE_OPEN_PER_SEC", 4000.0f64).max(1.0),
             max_connecting: common::env_or("WEIR_SCALE_MAX_CONNECTING", 256usize).max(1),
             timeout_margin: common::env_secs("WEIR_SCALE_TIMEOUT_MARGIN", 60.0),
+            long_chunks: common::env_or("WEIR_SCALE_LONG_CHUNKS", 20_000usize),
+            long_gap: Duration::from_secs_f64(common::env_or("WEIR_SCALE_LONG_GAP_MS", 1.0f64).max(0.0) / 1000.0),
         }
     }
 }
@@ -64,14 +68,18 @@ fn main() {
     }
     weir::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let passed = runtime.block_on(run(params, fd_limit));
+    let passed = runtime.block_on(async {
+        let streams_ok = run(&params, fd_limit).await;
+        let long_ok = params.long_chunks == 0 || long_stream(params.long_chunks, params.long_gap).await;
+        streams_ok && long_ok
+    });
     drop(runtime);
     if !passed {
         std::process::exit(1);
     }
 }
 
-async fn run(params: Params, fd_limit: u64) -> bool {
+async fn run(params: &Params, fd_limit: u64) -> bool {
     common::install_cleanup();
     let bodies = common::plan_bodies(params.chunks);
     let chunk_count = bodies.sse_chunks.len();
@@ -255,6 +263,100 @@ async fn run(params: Params, fd_limit: u64) -> bool {
             "weir_max_fds": max_fds,
             "targets": { "zero_errors": all_ok, "rss_under_300_mib": rss_ok },
         }),
+    );
+    all_ok
+}
+
+// ---------------------------------------------------------------------------------------------
+// One long stream
+
+/// How much one long stream raises weir's RSS: a fresh weir per config, warmed by one short
+/// stream (through a second model on its own upstream), its peak reset, then one stream of
+/// `words` chunks `gap` apart (1 ms: faster than any model; 0 sends them back to back), and
+/// the peak minus the RSS before. Measured without a tap that reads the answer back (only
+/// the usage is kept) and with a dataset recording it (the answer is folded as it passes),
+/// against the answer's text and its SSE bytes.
+async fn long_stream(words: usize, gap: Duration) -> bool {
+    let (chunks, text_len) = common::long_stream_chunks(words);
+    let chunks = Arc::new(chunks);
+    let sse_len: usize = chunks.iter().map(bytes::Bytes::len).sum();
+    let bodies = common::plan_bodies(20);
+    let long_upstream = common::start_upstream(common::UpstreamConfig {
+        response_json: bodies.response_json.clone(),
+        sse_chunks: Arc::clone(&chunks),
+        first_gap: Duration::ZERO,
+        gap,
+    })
+    .await;
+    let short_upstream = common::start_upstream(common::UpstreamConfig {
+        response_json: bodies.response_json.clone(),
+        sse_chunks: Arc::clone(&bodies.sse_chunks),
+        first_gap: Duration::ZERO,
+        gap: Duration::ZERO,
+    })
+    .await;
+    println!(
+        "\n== one stream of {} chunks {} apart ({:.2} MiB of text, {:.2} MiB of SSE) ==",
+        chunks.len(),
+        if gap.is_zero() { "0 ms".to_owned() } else { format!("{:.1} ms", gap.as_secs_f64() * 1000.0) },
+        common::mib(text_len as u64),
+        common::mib(sse_len as u64)
+    );
+    let plain = format!(
+        "backends:\n  long: {{ kind: openai, base_url: http://{long_upstream}/v1 }}\n  \
+         short: {{ kind: openai, base_url: http://{short_upstream}/v1 }}\n\
+         models:\n  {model}: {{ targets: [ {{ backend: long, model: {upstream} }} ] }}\n  \
+         warm: {{ targets: [ {{ backend: short, model: {upstream} }} ] }}\n\
+         auth: {{ mode: none }}\n",
+        model = common::PUBLIC_MODEL,
+        upstream = common::UPSTREAM_MODEL,
+    );
+    let configs = [
+        ("usage only", plain.clone()),
+        ("recorded to a dataset", format!("{plain}datasets:\n  - {{ name: all, dir: datasets/all }}\n")),
+    ];
+    let warm_body = {
+        let mut request: serde_json::Value = serde_json::from_slice(&bodies.request_stream).expect("bench request");
+        request["model"] = json!("warm");
+        bytes::Bytes::from(request.to_string())
+    };
+    let mut results = serde_json::Map::new();
+    let mut all_ok = true;
+    for (name, config) in configs {
+        let weir = common::start_weir_with(&config).await;
+        let pid = weir.process.pid();
+        let mut conn = ClientConn::connect(weir.addr).await.expect("connect");
+        let warm = conn.post(common::CHAT_PATH, warm_body.clone()).await.expect("warm-up stream");
+        assert_eq!(warm.bytes, bodies.sse_len(), "the warm-up stream arrives whole");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = common::proc_status_bytes(pid, "VmRSS").unwrap_or(0);
+        let reset = common::reset_peak_rss(pid);
+        let exchange = conn.post(common::CHAT_PATH, bodies.request_stream.clone()).await;
+        let peak = common::proc_status_bytes(pid, "VmHWM").unwrap_or(0);
+        let received = exchange.as_ref().map_or(0, |e| e.bytes);
+        let whole = received == sse_len;
+        let growth = peak.saturating_sub(before);
+        let of_text = growth as f64 / text_len as f64;
+        let ok = whole && reset && of_text < 2.0;
+        all_ok &= ok;
+        println!(
+            "  {name:<24} RSS +{:.2} MiB = {of_text:.2} x its text ({:.3} x its SSE){}  {}",
+            common::mib(growth),
+            growth as f64 / sse_len as f64,
+            if whole { String::new() } else { format!(", INCOMPLETE ({received} of {sse_len} bytes)") },
+            if ok { "ok (< 2 x)" } else { "MISSED" },
+        );
+        results.insert(
+            name.into(),
+            json!({"rss_before_mib": common::mib(before), "rss_peak_mib": common::mib(peak),
+                   "growth_mib": common::mib(growth), "growth_of_text": of_text,
+                   "growth_of_sse": growth as f64 / sse_len as f64, "whole": whole, "ok": ok}),
+        );
+    }
+    common::write_results(
+        "scale-long.json",
+        &json!({"chunks": chunks.len(), "gap_ms": gap.as_secs_f64() * 1000.0, "text_bytes": text_len,
+                "sse_bytes": sse_len, "configs": results}),
     );
     all_ok
 }

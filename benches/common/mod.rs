@@ -159,6 +159,30 @@ fn upstream_view(request: &Value) -> Value {
     request
 }
 
+/// A long answer as a model streams it: `words` content chunks of one word each, then the
+/// finish chunk, the usage chunk and `data: [DONE]`, one write each. Returns the chunks and
+/// the answer's text length in bytes.
+pub fn long_stream_chunks(words: usize) -> (Vec<Bytes>, usize) {
+    let event = |chunk: Value| Bytes::from(format!("data: {chunk}\n\n"));
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-long", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": UPSTREAM_MODEL, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut chunks = Vec::with_capacity(words + 3);
+    let mut text = 0;
+    for i in 0..words {
+        let word = format!(" word{}", i % 1000);
+        text += word.len();
+        chunks.push(event(chunk(json!({"content": word}), Value::Null)));
+    }
+    chunks.push(event(chunk(json!({}), json!("stop"))));
+    let usage = json!({"prompt_tokens": 40, "completion_tokens": words, "total_tokens": words + 40});
+    chunks.push(event(json!({"id": "chatcmpl-long", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                             "model": UPSTREAM_MODEL, "choices": [], "usage": usage})));
+    chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    (chunks, text)
+}
+
 fn sse_chunks_for(prompt: &str) -> Vec<Bytes> {
     let request = upstream_view(&chat_request(prompt, true));
     weir::backends::mock::Answer::plan(weir::wire::Endpoint::ChatCompletions, &request)

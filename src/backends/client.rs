@@ -19,6 +19,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// One per backend: keep-alive pool, HTTP/2 where ALPN offers it, rustls.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// Most an upstream HTTP/1 connection buffers of what it reads (and of a response head).
+/// hyper grows a connection's read buffer up to about 400 KiB while an upstream sends
+/// faster than the client reads; thousands of open streams cannot each afford that.
+pub const HTTP1_MAX_BUFFER: usize = 64 * 1024;
+
 /// Builds a client whose connections use `TCP_NODELAY` (no Nagle delay on small SSE
 /// writes) and give up connecting after `connect`; `ca_file` adds trusted CA certificates.
 pub fn build_client(connect: Duration, ca_file: Option<&Path>) -> std::io::Result<HttpClient> {
@@ -40,6 +45,7 @@ pub fn build_client(connect: Duration, ca_file: Option<&Path>) -> std::io::Resul
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .http1_max_buf_size(HTTP1_MAX_BUFFER)
         .build(https))
 }
 

@@ -119,6 +119,7 @@ impl H1Pool {
             .map_err(|err| connect_error(format!("connect to {}: {err}", self.authority)))?;
         let _ = stream.set_nodelay(true);
         let (send, io) = http1::Builder::new()
+            .max_buf_size(super::client::HTTP1_MAX_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| connect_error(super::transport::error_chain(&err)))?;

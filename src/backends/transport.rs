@@ -168,7 +168,9 @@ pub fn parse_url(config: &BackendConfig, path: &str) -> Result<Uri, super::Backe
 }
 
 /// Only headers that mean something to the client survive; hop-by-hop headers and the
-/// upstream's own rate-limit headers (weir sends the key's) do not.
+/// upstream's own rate-limit headers (weir sends the key's) do not. The values kept are
+/// copies: hyper's header values are slices of the connection's read buffer, and one kept
+/// for a stream's life would make the connection allocate a fresh buffer for every read.
 pub fn passed_on_headers(status: http::StatusCode, upstream: &HeaderMap) -> HeaderMap {
     // Room for the headers the proxy adds, so they go in without a reallocation.
     let mut kept = HeaderMap::with_capacity(8);
@@ -186,6 +188,7 @@ pub fn passed_on_headers(status: http::StatusCode, upstream: &HeaderMap) -> Head
             }
         }
     }
+    crate::wire::headers::detach_values(&mut kept);
     kept
 }
 

@@ -333,7 +333,14 @@ impl Fill {
         let capture = capture?;
         match (record.sse, record.outcome) {
             (false, Outcome::Completed) => capture.bytes(),
-            (true, Outcome::ClientGone) => replay::whole_of(self.endpoint, &capture.bytes()?).map(Bytes::from),
+            (true, Outcome::ClientGone) => match capture.as_slice() {
+                Some(events) => replay::whole_of(self.endpoint, events).map(Bytes::from),
+                // A chat stream folded as it passed.
+                None => {
+                    let assembled = capture.assembled_stream().filter(|a| a.complete)?;
+                    serde_json::to_vec(&assembled.body).ok().map(Bytes::from)
+                }
+            },
             _ => None,
         }
     }

@@ -22,9 +22,7 @@ use crate::limits::Admission;
 use crate::router::InFlight;
 use crate::runtime::Snapshot;
 use crate::telemetry::trace::Tracer;
-use crate::wire::{
-    AnswerSummary, Assembled, CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext,
-};
+use crate::wire::{Assembled, CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext};
 
 /// What a request holds that must be given back when it ends, whatever the way.
 #[derive(Debug, Default)]
@@ -104,17 +102,18 @@ impl Exchange {
     }
 
     /// Sets up the capture of an answer about to be sent (status, backend and shape known):
-    /// the whole answer when a tap reads it back, else only its usage.
+    /// its exact bytes when a tap needs them, a stream folded into its answer when the taps
+    /// need only that, else only its usage.
     pub fn start_capture(&mut self) {
         let datasets = self.snapshot.datasets.select(&self.record);
-        // The inbound APIs are read back whole: their usage is in their closing event.
+        // The inbound APIs are read back from their own events (usage is in the closing one).
         let inbound = self.record.endpoint.is_some_and(Endpoint::is_inbound);
-        let whole = inbound || self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
+        let reads_answer = self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
         self.datasets = Some(datasets);
-        self.capture = Some(if whole {
-            Capture::whole(CAPTURE_LIMIT)
-        } else {
-            Capture::usage_only(self.record.sse, CAPTURE_LIMIT)
+        self.capture = Some(match (inbound || (reads_answer && !self.record.sse), reads_answer) {
+            (true, _) => Capture::whole(CAPTURE_LIMIT),
+            (false, true) => Capture::assembling(CAPTURE_LIMIT),
+            (false, false) => Capture::usage_only(self.record.sse, CAPTURE_LIMIT),
         });
     }
 
@@ -182,8 +181,8 @@ impl Exchange {
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
         } else {
             record.usage = capture.usage(record.sse);
-            if let Some(bytes) = capture.as_slice().filter(|_| record.trace.sampled()) {
-                record.answer_summary = Some(AnswerSummary::read(bytes, record.sse));
+            if record.trace.sampled() {
+                record.answer_summary = capture.summary(record.sse);
             }
         }
         if record.cache == CacheStatus::Hit {

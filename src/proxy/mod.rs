@@ -126,7 +126,12 @@ pub async fn handle(
 ) -> Result<Response<Body>, Refused> {
     let mut exchange = Exchange::begin(Arc::clone(&snapshot), ids.request_id, started, endpoint, request.headers());
     exchange.record.client_request_id = ids.client;
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
+    // The head is parsed into slices of the connection's read buffer; held while the upstream
+    // answers, they would make hyper allocate a second buffer for the reads it does meanwhile
+    // to notice a client that leaves. The path has been routed on and is not needed again.
+    parts.uri = http::Uri::default();
+    crate::wire::headers::detach_values(&mut parts.headers);
     let mut unread = Some(incoming);
     match forward(&snapshot, &parts, &mut unread, endpoint, &mut exchange).await {
         Ok(Reply::Upstream(answer)) => Ok(answer.into_response(exchange)),

@@ -1,7 +1,7 @@
 //! Server: listeners, connections, the route table and every HTTP handler.
 //!
 //! Owns: binding sockets (`TCP_NODELAY`, deep accept backlog), HTTP/1.1 and HTTP/2 (h2c and
-//! TLS with ALPN) via hyper-util's auto builder and their limits (HTTP/2 streams, windows and
+//! TLS with ALPN, told apart before hyper reads: `protocol`) and their limits (HTTP/2 streams, windows and
 //! header size; the memory budgets of request bodies being read, per connection and per
 //! listener), request ids, catching panics as 500s,
 //! graceful shutdown that lets in-flight requests and streams finish up to a deadline; the
@@ -15,6 +15,7 @@ pub mod error;
 mod feedback;
 mod listener;
 mod models;
+mod protocol;
 mod routes;
 mod send_timeout;
 mod state;
@@ -59,8 +60,12 @@ const SERVER_BODY_BUDGET: u64 = 256 << 20;
 const H2_MAX_STREAMS: u32 = 256;
 const H2_STREAM_WINDOW: u32 = 256 << 10;
 const H2_CONNECTION_WINDOW: u32 = 1 << 20;
-/// HTTP/2 header block limit (h2's default is 16 MiB per stream); HTTP/1 headers are bounded
-/// by hyper's read buffer (about 400 KiB).
+/// Most an HTTP/1 connection buffers of what it reads (a request head must fit) and of
+/// what it has yet to write; hyper's default (about 400 KiB) times thousands of open
+/// connections is more than a gateway should hold.
+const H1_MAX_BUFFER: usize = 64 << 10;
+/// HTTP/2 header block limit (h2's default is 16 MiB per stream); HTTP/1 heads are bounded
+/// by `H1_MAX_BUFFER`.
 const H2_MAX_HEADER_LIST: u32 = 64 << 10;
 
 /// Binds `addr` with `SO_REUSEADDR` and a deep backlog.
@@ -86,7 +91,7 @@ pub async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<Option<Duration>>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = connection_builder();
+    let builders = Arc::new(protocol::Builders::new(http1_builder(), connection_builder()));
     let server_budget = Arc::new(BodyBudget::new("server", SERVER_BODY_BUDGET));
     let drain = loop {
         let accepted = tokio::select! {
@@ -107,7 +112,7 @@ pub async fn serve<H: Handler>(
             connection: Arc::new(BodyBudget::new("connection", CONNECTION_BODY_BUDGET)),
             server: Arc::clone(&server_budget),
         };
-        spawn_connection(&builder, &graceful, stream, tls.acceptor(), handler.clone(), budgets);
+        spawn_connection(&builders, &graceful, stream, tls.acceptor(), handler.clone(), budgets);
     };
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
@@ -115,9 +120,25 @@ pub async fn serve<H: Handler>(
     }
 }
 
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(H1_MAX_BUFFER);
+    builder
+}
+
+/// HTTP/2, and both protocols for a TLS connection without ALPN (HTTP/1 set as `http1_builder`).
 fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(H1_MAX_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -131,14 +152,14 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 }
 
 fn spawn_connection<H: Handler>(
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Arc<protocol::Builders>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: H,
     budgets: BodyBudgets,
 ) {
-    let builder = builder.clone();
+    let builders = Arc::clone(builders);
     let watcher = graceful.watcher();
     tokio::spawn(async move {
         let service = service_fn(move |mut request: Request<Incoming>| {
@@ -147,22 +168,65 @@ fn spawn_connection<H: Handler>(
             async move { Ok::<_, Infallible>(call_catching_panics(&handler, request).await) }
         });
         // A client that stops reading must not hold its response (and the upstream behind it).
-        let stream = send_timeout::SendTimeout::new(stream, send_timeout::SEND_TIMEOUT);
         let result = match tls {
-            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-            Some(acceptor) => {
-                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(err)) => return tracing::debug!(error = %err, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!("TLS handshake timed out"),
-                };
-                watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
-            }
+            // Plaintext HTTP/1 is served inline: the task is as small as its connection.
+            None => serve_plain(stream, &builders, service, watcher).await,
+            Some(acceptor) => Box::pin(serve_tls(stream, acceptor, &builders, service, watcher)).await,
         };
         if let Err(err) = result {
             tracing::debug!(error = %err, "connection ended with an error");
         }
     });
+}
+
+type ConnectionError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn serve_plain<S>(
+    stream: TcpStream,
+    builders: &protocol::Builders,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), ConnectionError>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<ConnectionError>,
+{
+    let Ok(Some(protocol)) = tokio::time::timeout(HEADER_READ_TIMEOUT, protocol::sniff(&stream)).await else {
+        tracing::debug!("connection closed or silent before its first request");
+        return Ok(());
+    };
+    let io = TokioIo::new(send_timeout::SendTimeout::new(stream, send_timeout::SEND_TIMEOUT));
+    match protocol {
+        protocol::Protocol::Http1 => Ok(watcher.watch(builders.http1.serve_connection(io, service)).await?),
+        other => Box::pin(watcher.watch(builders.auto(other).serve_connection(io, service))).await,
+    }
+}
+
+async fn serve_tls<S>(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    builders: &protocol::Builders,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), ConnectionError>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<ConnectionError>,
+{
+    let stream = send_timeout::SendTimeout::new(stream, send_timeout::SEND_TIMEOUT);
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return Err(format!("TLS handshake failed: {err}").into()),
+        Err(_) => return Err("TLS handshake timed out".into()),
+    };
+    let protocol = protocol::Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+    let io = TokioIo::new(stream);
+    match protocol {
+        protocol::Protocol::Http1 => Ok(watcher.watch(builders.http1.serve_connection(io, service)).await?),
+        other => watcher.watch(builders.auto(other).serve_connection(io, service)).await,
+    }
 }
 
 /// A panic in a handler answers 500 instead of dropping the connection without a word.

@@ -3,10 +3,13 @@
 //! JSON answers are parsed as they are. SSE answers (`chat.completion.chunk` or streamed
 //! `text_completion`) are replayed delta by delta: content and text concatenated, tool-call
 //! fragments joined by `index`, the last `finish_reason` per choice kept, and the usage
-//! chunk (`stream_options.include_usage`) read when present.
+//! chunk (`stream_options.include_usage`) read when present. [`SseAssembler`] does the same
+//! as the chunks pass, so a long stream is held as its text rather than as its events.
 
+use memchr::memchr;
 use serde_json::{Map, Value, json};
 
+use super::summary::AnswerSummary;
 use super::usage::{RawUsage, Usage};
 
 /// A complete answer read back from the wire, always in the non-streamed JSON shape.
@@ -52,7 +55,7 @@ fn usage_of(value: &Value) -> Option<Usage> {
 }
 
 /// One choice being rebuilt from its deltas.
-#[derive(Default)]
+#[derive(Debug, Default, Clone)]
 struct ChoiceState {
     role: Option<String>,
     content: Option<String>,
@@ -63,7 +66,7 @@ struct ChoiceState {
     logprobs: Option<Value>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, Clone)]
 struct ToolCallState {
     index: u64,
     id: Option<String>,
@@ -72,7 +75,7 @@ struct ToolCallState {
     arguments: String,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, Clone)]
 struct StreamState {
     id: Option<String>,
     object: Option<String>,
@@ -86,28 +89,100 @@ struct StreamState {
 }
 
 fn assemble_sse(bytes: &[u8]) -> Option<Assembled> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut state = StreamState::default();
-    let mut saw_event = false;
-    for line in text.lines() {
-        let Some(data) = line.strip_prefix("data:") else { continue };
+    let mut assembler = SseAssembler::default();
+    assembler.push(bytes);
+    assembler.finish()
+}
+
+/// Folds an SSE answer as it streams: keeps the answer's text and fields and one unfinished
+/// line, not the events (whose JSON around each delta is many times the delta's text).
+#[derive(Debug, Default, Clone)]
+pub struct SseAssembler {
+    state: StreamState,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    saw_event: bool,
+    /// An error event, or bytes that are not UTF-8: the stream is no answer.
+    spoiled: bool,
+}
+
+impl SseAssembler {
+    /// Reads the lines `chunk` completes (split anywhere; `\n` or `\r\n` line ends).
+    pub fn push(&mut self, mut chunk: &[u8]) {
+        while let Some(end) = memchr(b'\n', chunk) {
+            let (line, rest) = chunk.split_at(end);
+            if self.partial.is_empty() {
+                self.line(line.strip_suffix(b"\r").unwrap_or(line));
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(whole.strip_suffix(b"\r").unwrap_or(&whole));
+                whole.clear();
+                self.partial = whole;
+            }
+            chunk = rest.get(1..).unwrap_or_default();
+        }
+        self.partial.extend_from_slice(chunk);
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        if self.spoiled {
+            return;
+        }
+        let Ok(line) = std::str::from_utf8(line) else {
+            self.spoiled = true;
+            return;
+        };
+        let Some(data) = line.strip_prefix("data:") else { return };
         let data = data.trim_start();
         if data == "[DONE]" {
-            state.done = true;
-            continue;
+            self.state.done = true;
+            return;
         }
-        let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+        let Ok(event) = serde_json::from_str::<Value>(data) else { return };
         if event.get("error").is_some() {
             // weir's own or the upstream's error event: the answer is not complete.
+            self.spoiled = true;
+            return;
+        }
+        self.saw_event = true;
+        self.state.absorb(&event);
+    }
+
+    /// The answer in its non-streamed shape; `None` after an error event, bytes that are
+    /// not UTF-8, or no event at all.
+    pub fn finish(mut self) -> Option<Assembled> {
+        let last = std::mem::take(&mut self.partial);
+        if !last.is_empty() {
+            self.line(&last);
+        }
+        if self.spoiled || !self.saw_event {
             return None;
         }
-        saw_event = true;
-        state.absorb(&event);
+        Some(self.state.finish())
     }
-    if !saw_event {
-        return None;
+
+    /// Bytes of answer held so far: its text, tool calls and unfinished line (the fields
+    /// every chunk repeats are kept once).
+    pub fn held(&self) -> usize {
+        let choices = self.state.choices.iter().map(|(_, c)| c.held()).fold(0usize, usize::saturating_add);
+        choices.saturating_add(self.partial.len())
     }
-    Some(state.finish())
+
+    /// The usage the stream reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.state.usage
+    }
+
+    /// The response model and each choice's finish reason so far (for spans).
+    pub fn summary(&self) -> AnswerSummary {
+        let mut choices: Vec<_> = self.state.choices.iter().collect();
+        choices.sort_by_key(|(index, _)| *index);
+        AnswerSummary {
+            model: self.state.model.clone(),
+            finish_reasons: choices.iter().filter_map(|(_, c)| c.finish_reason.clone()).collect(),
+        }
+    }
 }
 
 impl StreamState {
@@ -169,6 +244,12 @@ impl StreamState {
 }
 
 impl ChoiceState {
+    fn held(&self) -> usize {
+        let texts = [&self.content, &self.refusal, &self.text].into_iter().flatten().map(String::len);
+        let calls = self.tool_calls.iter().map(|c| c.name.len().saturating_add(c.arguments.len()));
+        texts.chain(calls).fold(0, usize::saturating_add)
+    }
+
     fn absorb(&mut self, choice: &Value) {
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             self.finish_reason = Some(reason.to_owned());
@@ -299,6 +380,25 @@ mod tests {
     fn stream_with_error_event_is_not_an_answer() {
         let sse = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\":{\"message\":\"cut\"}}\n\n";
         assert!(assemble(sse.as_bytes(), true).is_none());
+    }
+
+    #[test]
+    fn the_stream_assembler_gives_the_same_answer_however_the_stream_is_split() {
+        let sse = concat!(
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé\"}}]}\r\n\r\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]"
+        );
+        let whole = assemble(sse.as_bytes(), true).unwrap();
+        assert_eq!(whole.body["choices"][0]["message"]["content"], "Héllo");
+        assert!(whole.complete, "a last line without its line end still counts");
+        for split in 0..sse.len() {
+            let mut assembler = SseAssembler::default();
+            assembler.push(&sse.as_bytes()[..split]);
+            assembler.push(&sse.as_bytes()[split..]);
+            assert_eq!(assembler.summary().finish_reasons, ["stop"]);
+            assert_eq!(assembler.finish().as_ref(), Some(&whole), "split at {split}");
+        }
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Owns: [`Capture`], a tap that keeps what the taps will need of an answer, bounded in the
 //! bytes it actually holds: the whole answer copied into one compact buffer (up to
-//! [`CAPTURE_LIMIT`]) when a tap reads it back, or, for a stream nobody reads back, only the
-//! usage event, found as the chunks pass.
+//! [`CAPTURE_LIMIT`]) when a tap needs its exact bytes; a stream folded into its answer as
+//! it passes (its text, not its events) when the taps need only the answer; or, for a
+//! stream nobody reads back, only the usage event, found as the chunks pass.
 //! Must not: keep a chunk's `Bytes` handle (it keeps the whole read buffer it was cut from
 //! alive, which is many times the chunk for a stream's small events), delay a chunk, or grow
 //! past its limit.
@@ -11,11 +12,13 @@
 use bytes::Bytes;
 use memchr::{memchr, memmem};
 
-use super::assemble::{Assembled, assemble};
+use super::assemble::{Assembled, SseAssembler, assemble};
+use super::summary::AnswerSummary;
 use super::usage::{Usage, usage_only};
 
-/// Largest answer kept for reading back (usage, cache fill, datasets). Past this the
-/// capture lets go and the request is recorded without usage or body.
+/// Largest answer kept for reading back (usage, cache fill, datasets): the bytes of an
+/// answer kept whole, or the text of a stream folded as it passes. Past this the capture
+/// lets go and the request is recorded without usage or body.
 pub const CAPTURE_LIMIT: usize = 4 * 1024 * 1024;
 /// Longest SSE line the usage scan keeps while looking for the usage event; a usage event is
 /// a few hundred bytes, so longer lines are skipped rather than held.
@@ -32,6 +35,8 @@ pub struct Capture {
 enum Kept {
     /// Every byte, copied.
     Whole(Vec<u8>),
+    /// A stream, folded into its answer as it passes.
+    Assembling(Box<SseAssembler>),
     /// A stream's usage event only.
     Usage(UsageScan),
 }
@@ -52,6 +57,11 @@ impl Capture {
     /// Keeps the whole answer, up to `limit` bytes.
     pub fn whole(limit: usize) -> Capture {
         Capture { kept: Kept::Whole(Vec::new()), limit, overflowed: false }
+    }
+
+    /// Keeps a stream's answer, folded as it passes; up to `limit` bytes of answer held.
+    pub fn assembling(limit: usize) -> Capture {
+        Capture { kept: Kept::Assembling(Box::default()), limit, overflowed: false }
     }
 
     /// Keeps only what usage needs: a stream's usage event; a JSON answer whole (its usage is
@@ -77,6 +87,16 @@ impl Capture {
                 }
                 buf.extend_from_slice(chunk);
             }
+            Kept::Assembling(assembler) => {
+                if self.overflowed {
+                    return;
+                }
+                assembler.push(chunk);
+                if assembler.held() > self.limit {
+                    self.overflowed = true;
+                    **assembler = SseAssembler::default();
+                }
+            }
             Kept::Usage(scan) => scan.push(chunk),
         }
     }
@@ -101,16 +121,42 @@ impl Capture {
 
     /// Reads the captured answer back; `None` when it overflowed, only usage was kept, or it
     /// is not OpenAI-shaped.
-    pub fn assemble(&self, sse: bool) -> Option<Assembled> {
-        assemble(self.as_slice()?, sse)
+    pub fn assemble(self, sse: bool) -> Option<Assembled> {
+        match self.kept {
+            _ if self.overflowed => None,
+            Kept::Whole(buf) => assemble(&buf, sse),
+            Kept::Assembling(assembler) => assembler.finish(),
+            Kept::Usage(_) => None,
+        }
+    }
+
+    /// [`Capture::assemble`] of a stream, leaving the capture as it is (a copy of the text).
+    pub fn assembled_stream(&self) -> Option<Assembled> {
+        match &self.kept {
+            _ if self.overflowed => None,
+            Kept::Whole(buf) => assemble(buf, true),
+            Kept::Assembling(assembler) => SseAssembler::clone(assembler).finish(),
+            Kept::Usage(_) => None,
+        }
     }
 
     /// The answer's usage, when it reported one.
     pub fn usage(&self, sse: bool) -> Option<Usage> {
         match &self.kept {
-            Kept::Whole(buf) if !self.overflowed => usage_only(buf, sse),
-            Kept::Whole(_) => None,
+            _ if self.overflowed => None,
+            Kept::Whole(buf) => usage_only(buf, sse),
+            Kept::Assembling(assembler) => assembler.usage(),
             Kept::Usage(scan) => usage_only(scan.usage_line.as_deref()?, true),
+        }
+    }
+
+    /// The response model and finish reasons (for spans); `None` when only usage was kept.
+    pub fn summary(&self, sse: bool) -> Option<AnswerSummary> {
+        match &self.kept {
+            _ if self.overflowed => None,
+            Kept::Whole(buf) => Some(AnswerSummary::read(buf, sse)),
+            Kept::Assembling(assembler) => Some(assembler.summary()),
+            Kept::Usage(_) => None,
         }
     }
 }
@@ -194,6 +240,34 @@ data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n
         capture.push(b"\n\n");
         capture.push(STREAM.as_bytes());
         assert_eq!(capture.usage(true).map(|u| u.prompt_tokens), Some(7), "a long line is skipped, not fatal");
+    }
+
+    #[test]
+    fn an_assembling_capture_holds_the_text_not_the_events() {
+        let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ab\"},\"finish_reason\":null}]}\n\n";
+        let mut capture = Capture::assembling(CAPTURE_LIMIT);
+        for _ in 0..1000 {
+            capture.push(event.as_bytes());
+        }
+        capture.push(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1000}}\n\ndata: [DONE]\n\n",
+        );
+        let Kept::Assembling(assembler) = &capture.kept else { panic!("assembling") };
+        assert!(std::mem::size_of_val(assembler) < 100, "boxed");
+        assert_eq!(capture.usage(true).map(|u| u.completion_tokens), Some(1000));
+        assert!(capture.as_slice().is_none(), "no bytes are kept");
+        let answer = capture.assemble(true).unwrap();
+        assert!(answer.complete);
+        assert_eq!(answer.body["choices"][0]["message"]["content"].as_str().map(str::len), Some(2000));
+    }
+
+    #[test]
+    fn an_assembling_capture_lets_go_past_its_limit() {
+        let mut capture = Capture::assembling(10);
+        capture.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"0123456789\"}}]}\n\n");
+        assert!(!capture.overflowed(), "ten bytes of text fit");
+        capture.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"!\"}}]}\n\n");
+        assert!(capture.overflowed() && capture.usage(true).is_none() && capture.assemble(true).is_none());
     }
 
     #[test]

@@ -3,10 +3,35 @@
 //! Owns: the names as constants (a `&str` name is parsed on every use, which showed in
 //! profiles of the request path): weir's own (SPEC §3), OpenAI's rate-limit headers that weir
 //! sends and reads back from upstreams, and W3C trace context.
-//! Must not: hold behaviour beyond formatting a value (each name's meaning lives with the
-//! module that acts on it).
+//! Also: [`detach_values`], which moves header values out of the read buffer hyper parsed
+//! them from.
+//! Must not: hold behaviour beyond formatting or copying a value (each name's meaning lives
+//! with the module that acts on it).
 
-use http::HeaderName;
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Gives `headers` values of their own, all in one new allocation. hyper's parsed header
+/// values are slices of the connection's read buffer; kept while an answer streams, they
+/// make the connection allocate a fresh read buffer for every read it does meanwhile.
+pub fn detach_values(headers: &mut HeaderMap) {
+    let total = headers.values().map(HeaderValue::len).fold(0usize, usize::saturating_add);
+    let mut copy = BytesMut::with_capacity(total);
+    for value in headers.values() {
+        copy.extend_from_slice(value.as_bytes());
+    }
+    let copy = copy.freeze();
+    let mut at = 0;
+    // `values` and `values_mut` visit the values in the same order.
+    for value in headers.values_mut() {
+        let end = at + value.len();
+        if let Ok(mut detached) = HeaderValue::from_maybe_shared(copy.slice(at..end)) {
+            detached.set_sensitive(value.is_sensitive());
+            *value = detached;
+        }
+        at = end;
+    }
+}
 
 // === weir's own (SPEC §3) ===
 
@@ -85,5 +110,23 @@ mod tests {
         let lossy = id(&[0xE9; 300]).unwrap();
         assert!(lossy.len() <= MAX_CLIENT_REQUEST_ID && lossy.starts_with('\u{FFFD}'));
         assert_eq!(client_request_id(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn detached_values_keep_their_order_and_sensitivity() {
+        let mut headers = HeaderMap::new();
+        let buffer = bytes::Bytes::from_static(b"Bearer sk-1text/plainab");
+        let mut auth = HeaderValue::from_maybe_shared(buffer.slice(0..11)).unwrap();
+        auth.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, auth);
+        headers.append(http::header::ACCEPT, HeaderValue::from_maybe_shared(buffer.slice(11..21)).unwrap());
+        headers.append(http::header::ACCEPT, HeaderValue::from_maybe_shared(buffer.slice(21..23)).unwrap());
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static(""));
+        detach_values(&mut headers);
+        assert_eq!(headers[http::header::AUTHORIZATION], "Bearer sk-1");
+        assert!(headers[http::header::AUTHORIZATION].is_sensitive());
+        let accept: Vec<_> = headers.get_all(http::header::ACCEPT).iter().collect();
+        assert_eq!(accept, ["text/plain", "ab"]);
+        assert_eq!(headers[X_REQUEST_ID], "");
     }
 }
