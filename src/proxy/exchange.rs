@@ -174,11 +174,16 @@ impl Exchange {
             // The client's own API, read with its own usage fields (cached tokens included).
             let complete = record.outcome == Outcome::Completed && (200..300).contains(&record.status);
             record.assembled =
-                capture.bytes().filter(|_| complete).and_then(|bytes| read_inbound(endpoint, &bytes, record.sse));
+                capture.as_slice().filter(|_| complete).and_then(|bytes| read_inbound(endpoint, bytes, record.sse));
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
         } else if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
+            let overflowed = capture.overflowed();
             record.assembled = capture.assemble(record.sse);
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
+            if record.assembled.is_none() && record.error.is_none() {
+                // Relayed as the upstream sent it, but recorded for what it is.
+                record.error = Some(unreadable_answer(record.sse, overflowed));
+            }
         } else {
             record.usage = capture.usage(record.sse);
             if record.trace.sampled() {
@@ -194,6 +199,15 @@ impl Exchange {
         if let (Some(usage), Some(price)) = (record.usage, price) {
             record.cost_usd = Some(price.cost(&usage));
         }
+    }
+}
+
+/// Why a successful answer that a tap wanted read back has no answer in the record.
+fn unreadable_answer(sse: bool, overflowed: bool) -> String {
+    match (overflowed, sse) {
+        (true, _) => format!("the answer was longer than the {CAPTURE_LIMIT} bytes kept for reading it back"),
+        (false, true) => "the upstream's stream held no readable chat completion chunk".to_owned(),
+        (false, false) => "the upstream's answer is not JSON".to_owned(),
     }
 }
 
