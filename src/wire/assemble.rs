@@ -258,7 +258,7 @@ impl ChoiceState {
             self.text.get_or_insert_with(String::new).push_str(text);
         }
         if let Some(logprobs) = choice.get("logprobs").filter(|v| !v.is_null()) {
-            self.logprobs = Some(logprobs.clone());
+            append_logprobs(&mut self.logprobs, logprobs);
         }
         let Some(delta) = choice.get("delta") else { return };
         set_str(&mut self.role, delta.get("role"));
@@ -327,6 +327,24 @@ impl ChoiceState {
     }
 }
 
+/// A stream sends each token's log probabilities with its chunk (`{"content": [...]}` for
+/// chat, parallel `tokens`/`token_logprobs`/... lists for completions): the lists are joined
+/// field by field, so the answer has every token's, not only the last chunk's.
+fn append_logprobs(kept: &mut Option<Value>, more: &Value) {
+    let (Some(Value::Object(kept)), Some(more)) = (kept.as_mut(), more.as_object()) else {
+        *kept = Some(more.clone());
+        return;
+    };
+    for (field, items) in more {
+        match (kept.get_mut(field).and_then(Value::as_array_mut), items.as_array()) {
+            (Some(list), Some(items)) => list.extend(items.iter().cloned()),
+            _ => {
+                kept.insert(field.clone(), items.clone());
+            }
+        }
+    }
+}
+
 /// Keeps the first non-empty string seen for a field that repeats on every chunk.
 fn set_str(slot: &mut Option<String>, value: Option<&Value>) {
     if slot.is_none() {
@@ -374,6 +392,24 @@ mod tests {
         assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
         assert_eq!(message["tool_calls"][0]["id"], "call_1");
         assert_eq!(a.body["object"], "chat.completion");
+    }
+
+    #[test]
+    fn a_streams_logprobs_are_joined_not_replaced() {
+        let chunk = |token: &str| {
+            format!(
+                "data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{token}\"}},\"logprobs\":{{\"content\":[{{\"token\":\"{token}\",\"logprob\":-0.5}}],\"refusal\":null}}}}]}}\n\n"
+            )
+        };
+        let sse = format!("{}{}data: [DONE]\n\n", chunk("a"), chunk("b"));
+        let answer = assemble(sse.as_bytes(), true).unwrap();
+        let tokens: Vec<_> = answer.body["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["token"].as_str().unwrap())
+            .collect();
+        assert_eq!(tokens, ["a", "b"]);
     }
 
     #[test]

@@ -57,7 +57,7 @@ async fn post(gateway: &Gateway, path: &str, key: &str, body: Value) -> (u16, St
     let value = if body.get("stream") == Some(&json!(true)) && status == 200 {
         Value::String(text)
     } else {
-        serde_json::from_str(&text).unwrap()
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, id, value)
 }
@@ -137,6 +137,30 @@ async fn plain_streamed_and_failed_requests_are_recorded() {
     let refused = record(&lines, &refused_id);
     assert_eq!(refused["status"], 403);
     assert_eq!(refused["model"], "embed");
+}
+
+/// An upstream's 200 that is not JSON reaches the client as it was sent (weir is a proxy),
+/// and its record says why it holds no answer rather than looking like a plain success.
+#[tokio::test]
+async fn an_answer_that_cannot_be_read_back_is_recorded_with_why() {
+    let upstream = MockUpstream::start(Behavior::reply(200, "{not json")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway_with(&upstream, &format!("  - {{ name: all, dir: {} }}\n", dir.path().display())).await;
+    let (status, id, body) = post(
+        &gateway,
+        "/chat/completions",
+        TEAM_KEY,
+        json!({"model": "chat", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_str(), Some("{not json"), "relayed as sent");
+    gateway.shutdown().await;
+    let lines = lines(dir.path());
+    let record = record(&lines, &id);
+    assert_eq!(record["outcome"], "completed");
+    assert!(record["response"].is_null());
+    assert_eq!(record["error"], "the upstream's answer is not JSON", "{record}");
 }
 
 #[tokio::test]
