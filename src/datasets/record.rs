@@ -5,6 +5,7 @@
 //! into one redacted JSON line. Must not: do the JSON work on the request's task — the
 //! writer thread calls [`Source::line`].
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::redact::Redactor;
-use crate::wire::{PromptUse, Record, Usage};
+use crate::wire::{Assembled, PromptUse, Record, Usage};
 
 /// What a dataset record is made from, taken from a finished [`Record`].
 #[derive(Debug)]
@@ -34,8 +35,9 @@ pub struct Source {
     pub request: Bytes,
     /// The prompt rendered into the request: `{id, version, variables}`.
     pub prompt: Option<PromptUse>,
-    /// The answer as one OpenAI JSON body (streams assembled); `None` for errors.
-    pub response: Option<Value>,
+    /// The answer read back (its `body` is one OpenAI JSON body, streams assembled), shared
+    /// with the request's record; `None` for errors.
+    pub response: Option<Arc<Assembled>>,
     pub usage: Option<Usage>,
     pub latency: Duration,
     pub ttft: Option<Duration>,
@@ -61,7 +63,7 @@ impl Source {
             stream: record.stream,
             request: record.request_body.clone(),
             prompt: record.prompt.clone(),
-            response: record.assembled.as_ref().map(|a| a.body.clone()),
+            response: record.assembled.clone(),
             usage: record.usage,
             latency: record.duration,
             ttft: record.first_byte,
@@ -81,7 +83,7 @@ impl Source {
         let extra = self.experiment.as_ref().map_or(0, String::len) + self.error.as_ref().map_or(0, String::len);
         std::mem::size_of::<Source>()
             + self.request.len()
-            + self.response.as_ref().map_or(0, value_weight)
+            + self.response.as_ref().map_or(0, |a| value_weight(&a.body))
             + names
             + extra
     }
@@ -114,7 +116,7 @@ impl Source {
         };
         if redactor.is_empty() {
             record.request = request_body(&self.request);
-            record.response = self.response.as_ref().map_or(Body::Null, Body::Borrowed);
+            record.response = self.response.as_ref().map_or(Body::Null, |a| Body::Borrowed(&a.body));
             return to_line(&record);
         }
         // Redaction walks a tree: every string of the record, the names and error included.
@@ -125,7 +127,7 @@ impl Source {
             Body::Borrowed(value) => value.clone(),
             Body::Null => Value::Null,
         };
-        value["response"] = self.response.clone().unwrap_or(Value::Null);
+        value["response"] = self.response.as_ref().map_or(Value::Null, |a| a.body.clone());
         redactor.apply(&mut value);
         to_line(&value)
     }
@@ -267,7 +269,13 @@ mod tests {
             stream: false,
             request: Bytes::from_static(request.as_bytes()),
             prompt: None,
-            response: Some(json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]})),
+            response: Some(Arc::new(Assembled {
+                body: json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]}),
+                usage: None,
+                finish_reasons: Vec::new(),
+                response_model: None,
+                complete: true,
+            })),
             usage: Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0, cache_write_tokens: 0 }),
             latency: Duration::from_micros(12_345),
             ttft: None,

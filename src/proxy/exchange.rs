@@ -173,12 +173,15 @@ impl Exchange {
         if let Some(endpoint) = record.endpoint.filter(|e| e.is_inbound()) {
             // The client's own API, read with its own usage fields (cached tokens included).
             let complete = record.outcome == Outcome::Completed && (200..300).contains(&record.status);
-            record.assembled =
-                capture.as_slice().filter(|_| complete).and_then(|bytes| read_inbound(endpoint, bytes, record.sse));
+            record.assembled = capture
+                .as_slice()
+                .filter(|_| complete)
+                .and_then(|bytes| read_inbound(endpoint, bytes, record.sse))
+                .map(Arc::new);
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
         } else if self.wants_assembly && record.outcome == Outcome::Completed && (200..300).contains(&record.status) {
             let overflowed = capture.overflowed();
-            record.assembled = capture.assemble(record.sse);
+            record.assembled = capture.assemble(record.sse).map(Arc::new);
             record.usage = record.assembled.as_ref().and_then(|a| a.usage);
             if record.assembled.is_none() && record.error.is_none() {
                 // Relayed as the upstream sent it, but recorded for what it is.

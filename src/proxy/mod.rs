@@ -324,6 +324,10 @@ async fn restream(
         Ok(Err(err)) => return Err(failed(&format!("a JSON body that broke off: {err}"))),
         Err(_) => return Err(failed("a JSON body that did not arrive within its total timeout")),
     };
+    if json.len() >= CAPTURE_LIMIT {
+        // `read_bounded` stopped at the limit: what was read is a cut, not the answer.
+        return Err(failed(&format!("a JSON body of {CAPTURE_LIMIT} bytes or more")));
+    }
     let stream = to_sse(&json, true).ok_or_else(|| failed("JSON that is not a completion"))?;
     upstream.body = UpstreamBody::Full(Some(stream));
     upstream.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

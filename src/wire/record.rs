@@ -136,8 +136,9 @@ pub struct Record {
     pub sse: bool,
     /// Upstream calls in order; empty when none was made (cache hit, early error).
     pub attempts: Vec<Attempt>,
-    /// The whole answer read back, when a tap asked for it.
-    pub assembled: Option<Assembled>,
+    /// The whole answer read back, when a tap asked for it (shared: the dataset writer keeps
+    /// it until the record is on disk).
+    pub assembled: Option<std::sync::Arc<Assembled>>,
     pub usage: Option<Usage>,
     pub cost_usd: Option<f64>,
     /// Total time, fixed when the request finishes.
