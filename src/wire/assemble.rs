@@ -64,6 +64,7 @@ struct ChoiceState {
     tool_calls: Vec<ToolCallState>,
     finish_reason: Option<String>,
     logprobs: Option<Value>,
+    logprob_bytes: usize,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -247,7 +248,7 @@ impl ChoiceState {
     fn held(&self) -> usize {
         let texts = [&self.content, &self.refusal, &self.text].into_iter().flatten().map(String::len);
         let calls = self.tool_calls.iter().map(|c| c.name.len().saturating_add(c.arguments.len()));
-        texts.chain(calls).fold(0, usize::saturating_add)
+        texts.chain(calls).fold(self.logprob_bytes, usize::saturating_add)
     }
 
     fn absorb(&mut self, choice: &Value) {
@@ -259,6 +260,8 @@ impl ChoiceState {
         }
         if let Some(logprobs) = choice.get("logprobs").filter(|v| !v.is_null()) {
             append_logprobs(&mut self.logprobs, logprobs);
+            // Counted as their JSON text, so the capture's bound covers them too.
+            self.logprob_bytes = self.logprob_bytes.saturating_add(logprobs.to_string().len());
         }
         let Some(delta) = choice.get("delta") else { return };
         set_str(&mut self.role, delta.get("role"));
