@@ -238,16 +238,44 @@ struct Translated {
     ok: bool,
 }
 
-fn run_translator(include_usage: bool, chunks: &[&[u8]]) -> Translated {
-    let mut translator = StreamTranslator::new(include_usage, 1_700_000_000);
+/// A stream translator as the checks drive it: bytes in, client bytes out, `false` on error.
+trait Translate {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> bool;
+    fn finish(&mut self, out: &mut Vec<u8>) -> bool;
+}
+
+impl Translate for StreamTranslator {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> bool {
+        StreamTranslator::push(self, chunk, out).is_ok()
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> bool {
+        StreamTranslator::finish(self, out).is_ok()
+    }
+}
+
+impl Translate for Box<dyn StreamTranslate> {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> bool {
+        StreamTranslate::push(self.as_mut(), chunk, out).is_ok()
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> bool {
+        StreamTranslate::finish(self.as_mut(), out).is_ok()
+    }
+}
+
+/// Feeds `chunks` through `translator`, then ends it, stopping at the first error.
+fn drive(mut translator: impl Translate, chunks: &[&[u8]]) -> Translated {
     let mut out = Vec::new();
     for chunk in chunks {
-        if translator.push(chunk, &mut out).is_err() {
+        if !translator.push(chunk, &mut out) {
             return Translated { out, ok: false };
         }
     }
-    let ok = translator.finish(&mut out).is_ok();
+    let ok = translator.finish(&mut out);
     Translated { out, ok }
+}
+
+fn run_translator(include_usage: bool, chunks: &[&[u8]]) -> Translated {
+    drive(StreamTranslator::new(include_usage, 1_700_000_000), chunks)
 }
 
 /// The Anthropic translator never panics; its output does not depend on the chunking; it
@@ -336,15 +364,7 @@ const MESSAGES: InboundApi = InboundApi {
 };
 
 fn run_inbound(api: &InboundApi, chunks: &[&[u8]]) -> Translated {
-    let mut translator = (api.new)();
-    let mut out = Vec::new();
-    for chunk in chunks {
-        if translator.push(chunk, &mut out).is_err() {
-            return Translated { out, ok: false };
-        }
-    }
-    let ok = translator.finish(&mut out).is_ok();
-    Translated { out, ok }
+    drive((api.new)(), chunks)
 }
 
 /// The client's events: each must be exactly `event: NAME\ndata: JSON\n\n` with the JSON
@@ -378,8 +398,9 @@ fn typed_events(out: &[u8]) -> Vec<(String, Value)> {
 /// is whole typed events only; a terminal or error event comes at most once, last, and
 /// exactly one of them ends every stream (terminal iff the stream ended well, which needs
 /// the upstream's `[DONE]`); and a stream that ended well reads back as the API's answer.
-fn check_inbound(api: &InboundApi, data: &[u8]) {
-    let Some((_, body)) = data.split_first() else { return };
+/// Returns the client's events for the API's own checks.
+fn check_inbound(api: &InboundApi, data: &[u8]) -> Vec<(String, Value)> {
+    let Some((_, body)) = data.split_first() else { return Vec::new() };
     let whole = joined(body);
     let translated = run_inbound(api, &chunks(body));
     let at_once = run_inbound(api, &[&whole]);
@@ -401,14 +422,12 @@ fn check_inbound(api: &InboundApi, data: &[u8]) {
         assert!(contains(&whole, b"[DONE]"), "ended well only after the upstream's [DONE]");
         assert!((api.reads_back)(&out), "a stream that ended well reads back: {:?}", String::from_utf8_lossy(&out));
     }
+    events
 }
 
 /// Responses events also number themselves 0, 1, 2, ... in `sequence_number`.
 pub fn check_responses_stream(data: &[u8]) {
-    check_inbound(&RESPONSES, data);
-    let Some((_, body)) = data.split_first() else { return };
-    let out = run_inbound(&RESPONSES, &chunks(body)).out;
-    for (i, (_, event)) in typed_events(&out).iter().enumerate() {
+    for (i, (_, event)) in check_inbound(&RESPONSES, data).iter().enumerate() {
         assert_eq!(event.get("sequence_number").and_then(Value::as_u64), Some(i as u64), "sequence numbers count up");
     }
 }
@@ -416,12 +435,9 @@ pub fn check_responses_stream(data: &[u8]) {
 /// Messages content blocks are also started once each, in index order, and their deltas and
 /// stop come while they are the open block.
 pub fn check_messages_stream(data: &[u8]) {
-    check_inbound(&MESSAGES, data);
-    let Some((_, body)) = data.split_first() else { return };
-    let out = run_inbound(&MESSAGES, &chunks(body)).out;
     let mut open: Option<u64> = None;
     let mut next = 0u64;
-    for (name, event) in typed_events(&out) {
+    for (name, event) in check_inbound(&MESSAGES, data) {
         let index = event.get("index").and_then(Value::as_u64);
         match name.as_str() {
             "content_block_start" => {

@@ -110,10 +110,13 @@ impl Exchange {
         let inbound = self.record.endpoint.is_some_and(Endpoint::is_inbound);
         let reads_answer = self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
         self.datasets = Some(datasets);
-        self.capture = Some(match (inbound || (reads_answer && !self.record.sse), reads_answer) {
-            (true, _) => Capture::whole(CAPTURE_LIMIT),
-            (false, true) => Capture::assembling(CAPTURE_LIMIT),
-            (false, false) => Capture::usage_only(self.record.sse, CAPTURE_LIMIT),
+        let sse = self.record.sse;
+        self.capture = Some(if inbound || (reads_answer && !sse) {
+            Capture::whole(CAPTURE_LIMIT)
+        } else if reads_answer {
+            Capture::assembling(CAPTURE_LIMIT)
+        } else {
+            Capture::usage_only(sse, CAPTURE_LIMIT)
         });
     }
 

@@ -196,11 +196,8 @@ where
         tracing::debug!("connection closed or silent before its first request");
         return Ok(());
     };
-    let io = TokioIo::new(send_timeout::SendTimeout::new(stream, send_timeout::SEND_TIMEOUT));
-    match protocol {
-        protocol::Protocol::Http1 => Ok(watcher.watch(builders.http1.serve_connection(io, service)).await?),
-        other => Box::pin(watcher.watch(builders.auto(other).serve_connection(io, service))).await,
-    }
+    let stream = send_timeout::SendTimeout::new(stream, send_timeout::SEND_TIMEOUT);
+    serve_io(TokioIo::new(stream), protocol, builders, service, watcher).await
 }
 
 async fn serve_tls<S>(
@@ -222,10 +219,27 @@ where
         Err(_) => return Err("TLS handshake timed out".into()),
     };
     let protocol = protocol::Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-    let io = TokioIo::new(stream);
+    serve_io(TokioIo::new(stream), protocol, builders, service, watcher).await
+}
+
+/// Serves a connection whose protocol is known: HTTP/1 inline, anything else boxed (rarer,
+/// and larger than an HTTP/1 connection, which sets the size of every connection's task).
+async fn serve_io<I, S>(
+    io: TokioIo<I>,
+    protocol: protocol::Protocol,
+    builders: &protocol::Builders,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), ConnectionError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<ConnectionError>,
+{
     match protocol {
         protocol::Protocol::Http1 => Ok(watcher.watch(builders.http1.serve_connection(io, service)).await?),
-        other => watcher.watch(builders.auto(other).serve_connection(io, service)).await,
+        other => Box::pin(watcher.watch(builders.auto(other).serve_connection(io, service))).await,
     }
 }
 

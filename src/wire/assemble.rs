@@ -6,9 +6,9 @@
 //! chunk (`stream_options.include_usage`) read when present. [`SseAssembler`] does the same
 //! as the chunks pass, so a long stream is held as its text rather than as its events.
 
-use memchr::memchr;
 use serde_json::{Map, Value, json};
 
+use super::lines::Lines;
 use super::summary::AnswerSummary;
 use super::usage::{RawUsage, Usage};
 
@@ -97,35 +97,29 @@ fn assemble_sse(bytes: &[u8]) -> Option<Assembled> {
 
 /// Folds an SSE answer as it streams: keeps the answer's text and fields and one unfinished
 /// line, not the events (whose JSON around each delta is many times the delta's text).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct SseAssembler {
+    /// No limit of its own: the capture bounds what [`SseAssembler::held`] counts.
+    lines: Lines,
+    events: EventFold,
+}
+
+/// The answer so far, and whether the stream still reads as one.
+#[derive(Debug, Default, Clone)]
+struct EventFold {
     state: StreamState,
-    /// The start of a line whose end has not arrived yet.
-    partial: Vec<u8>,
     saw_event: bool,
     /// An error event, or bytes that are not UTF-8: the stream is no answer.
     spoiled: bool,
 }
 
-impl SseAssembler {
-    /// Reads the lines `chunk` completes (split anywhere; `\n` or `\r\n` line ends).
-    pub fn push(&mut self, mut chunk: &[u8]) {
-        while let Some(end) = memchr(b'\n', chunk) {
-            let (line, rest) = chunk.split_at(end);
-            if self.partial.is_empty() {
-                self.line(line.strip_suffix(b"\r").unwrap_or(line));
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                self.line(whole.strip_suffix(b"\r").unwrap_or(&whole));
-                whole.clear();
-                self.partial = whole;
-            }
-            chunk = rest.get(1..).unwrap_or_default();
-        }
-        self.partial.extend_from_slice(chunk);
+impl Default for SseAssembler {
+    fn default() -> SseAssembler {
+        SseAssembler { lines: Lines::new(usize::MAX), events: EventFold::default() }
     }
+}
 
+impl EventFold {
     fn line(&mut self, line: &[u8]) {
         if self.spoiled {
             return;
@@ -149,38 +143,47 @@ impl SseAssembler {
         self.saw_event = true;
         self.state.absorb(&event);
     }
+}
+
+impl SseAssembler {
+    /// Reads the lines `chunk` completes (split anywhere; `\n` or `\r\n` line ends).
+    pub fn push(&mut self, chunk: &[u8]) {
+        let SseAssembler { lines, events } = self;
+        lines.push(chunk, &mut |line| events.line(line.strip_suffix(b"\r").unwrap_or(line)));
+    }
 
     /// The answer in its non-streamed shape; `None` after an error event, bytes that are
     /// not UTF-8, or no event at all.
     pub fn finish(mut self) -> Option<Assembled> {
-        let last = std::mem::take(&mut self.partial);
+        let last = self.lines.take_unfinished();
         if !last.is_empty() {
-            self.line(&last);
+            self.events.line(&last);
         }
-        if self.spoiled || !self.saw_event {
+        let EventFold { state, saw_event, spoiled } = self.events;
+        if spoiled || !saw_event {
             return None;
         }
-        Some(self.state.finish())
+        Some(state.finish())
     }
 
     /// Bytes of answer held so far: its text, tool calls and unfinished line (the fields
     /// every chunk repeats are kept once).
     pub fn held(&self) -> usize {
-        let choices = self.state.choices.iter().map(|(_, c)| c.held()).fold(0usize, usize::saturating_add);
-        choices.saturating_add(self.partial.len())
+        let choices = self.events.state.choices.iter().map(|(_, c)| c.held()).fold(0usize, usize::saturating_add);
+        choices.saturating_add(self.lines.unfinished().len())
     }
 
     /// The usage the stream reported so far.
     pub fn usage(&self) -> Option<Usage> {
-        self.state.usage
+        self.events.state.usage
     }
 
     /// The response model and each choice's finish reason so far (for spans).
     pub fn summary(&self) -> AnswerSummary {
-        let mut choices: Vec<_> = self.state.choices.iter().collect();
+        let mut choices: Vec<_> = self.events.state.choices.iter().collect();
         choices.sort_by_key(|(index, _)| *index);
         AnswerSummary {
-            model: self.state.model.clone(),
+            model: self.events.state.model.clone(),
             finish_reasons: choices.iter().filter_map(|(_, c)| c.finish_reason.clone()).collect(),
         }
     }

@@ -95,13 +95,10 @@ async fn collect(
         for charge in charges.iter_mut().flat_map(|c| c.iter_mut()) {
             charge.take(chunk.len() as u64)?;
         }
-        // The whole body at once (its length was declared and is reached): done without
-        // waiting for hyper's end-of-body wake-up, and let go of the read buffer now, before
-        // hyper's next read on the connection would need a fresh one.
-        if chunks.is_empty() && body.is_end_stream() {
-            return Ok(compact(chunk));
-        }
         chunks.push(chunk);
+        // Its declared length is reached: done without waiting for hyper's end-of-body
+        // wake-up, so the read buffer is let go (below) before hyper's next read on the
+        // connection would need a fresh one.
         if body.is_end_stream() {
             break;
         }

@@ -10,9 +10,10 @@
 //! past its limit.
 
 use bytes::Bytes;
-use memchr::{memchr, memmem};
+use memchr::memmem;
 
 use super::assemble::{Assembled, SseAssembler, assemble};
+use super::lines::Lines;
 use super::summary::AnswerSummary;
 use super::usage::{Usage, usage_only};
 
@@ -43,12 +44,10 @@ enum Kept {
 
 /// Finds the last `data:` line of an SSE stream that carries a usage object, holding at most
 /// one partial line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct UsageScan {
-    /// The start of a line whose end has not arrived yet (empty while skipping a long one).
-    partial: Vec<u8>,
-    /// The current line outgrew [`USAGE_LINE_LIMIT`]: ignore it up to its end.
-    skipping: bool,
+    /// Lines longer than [`USAGE_LINE_LIMIT`] are skipped.
+    lines: Lines,
     /// The last usage line seen.
     usage_line: Option<Vec<u8>>,
 }
@@ -70,7 +69,7 @@ impl Capture {
         if !sse {
             return Capture::whole(limit);
         }
-        Capture { kept: Kept::Usage(UsageScan::default()), limit, overflowed: false }
+        Capture { kept: Kept::Usage(UsageScan::new()), limit, overflowed: false }
     }
 
     /// Observes one chunk on its way to the client.
@@ -162,48 +161,30 @@ impl Capture {
 }
 
 impl UsageScan {
-    fn push(&mut self, mut chunk: &[u8]) {
-        while let Some(end) = memchr(b'\n', chunk) {
-            let (line, rest) = chunk.split_at(end);
-            if self.skipping {
-                self.skipping = false;
-            } else if self.partial.is_empty() {
-                self.line(line);
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                self.line(&whole);
-                whole.clear();
-                self.partial = whole;
-            }
-            chunk = &rest[1..];
-        }
-        if self.skipping || chunk.is_empty() {
-            return;
-        }
-        if self.partial.len() + chunk.len() > USAGE_LINE_LIMIT {
-            self.partial.clear();
-            self.skipping = true;
-            return;
-        }
-        self.partial.extend_from_slice(chunk);
+    fn new() -> UsageScan {
+        UsageScan { lines: Lines::new(USAGE_LINE_LIMIT), usage_line: None }
     }
 
-    /// Keeps `line` if it is a data line with a usage object (not the `"usage":null` that
-    /// every chunk of a stream with `include_usage` carries).
-    fn line(&mut self, line: &[u8]) {
-        if !line.starts_with(b"data:") {
-            return;
-        }
-        let Some(at) = memmem::find(line, b"\"usage\"") else { return };
-        let value = line[at + 7..].iter().find(|b| !matches!(b, b' ' | b':'));
-        if value == Some(&b'{') {
-            let mut kept = self.usage_line.take().unwrap_or_default();
-            kept.clear();
-            kept.extend_from_slice(line);
-            kept.push(b'\n');
-            self.usage_line = Some(kept);
-        }
+    fn push(&mut self, chunk: &[u8]) {
+        let UsageScan { lines, usage_line } = self;
+        lines.push(chunk, &mut |line| keep_usage_line(usage_line, line));
+    }
+}
+
+/// Keeps `line` in `kept` if it is a data line with a usage object (not the `"usage":null`
+/// that every chunk of a stream with `include_usage` carries).
+fn keep_usage_line(kept: &mut Option<Vec<u8>>, line: &[u8]) {
+    if !line.starts_with(b"data:") {
+        return;
+    }
+    let Some(at) = memmem::find(line, b"\"usage\"") else { return };
+    let value = line[at + 7..].iter().find(|b| !matches!(b, b' ' | b':'));
+    if value == Some(&b'{') {
+        let mut buf = kept.take().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        *kept = Some(buf);
     }
 }
 
@@ -236,7 +217,7 @@ data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n
             capture.push(piece);
         }
         let Kept::Usage(scan) = &capture.kept else { panic!("usage mode") };
-        assert!(scan.partial.capacity() <= 2 * USAGE_LINE_LIMIT, "{}", scan.partial.capacity());
+        assert!(scan.lines.partial.capacity() <= 2 * USAGE_LINE_LIMIT, "{}", scan.lines.partial.capacity());
         capture.push(b"\n\n");
         capture.push(STREAM.as_bytes());
         assert_eq!(capture.usage(true).map(|u| u.prompt_tokens), Some(7), "a long line is skipped, not fatal");

@@ -15,6 +15,7 @@ pub(crate) mod body;
 pub(crate) mod capture;
 pub(crate) mod endpoint;
 pub(crate) mod headers;
+pub(crate) mod lines;
 pub(crate) mod log_safe;
 pub(crate) mod record;
 pub(crate) mod request;
