@@ -5,7 +5,8 @@
 //! header name and the client's request id ([`headers`]); client text made safe for a log line
 //! ([`log_safe`]); W3C trace context ([`trace_context`]); the answer as it streamed by
 //! ([`capture`]) and what is read back out of it — usage ([`usage`]), the whole answer
-//! ([`assemble`]), its summary ([`summary`]); and the finished per-request [`Record`] with
+//! ([`assemble`], also folded as a stream passes), its summary ([`summary`]), and the lines
+//! of bytes that arrive in pieces ([`lines`]); and the finished per-request [`Record`] with
 //! its outcome, attempts and cache status ([`record`]), the one thing the taps read.
 //! Must not: name any other module of weir, or hold a runtime handle (no snapshot, store,
 //! guard or task): everything here is data and pure functions over it.
