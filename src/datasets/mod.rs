@@ -19,6 +19,7 @@ mod files;
 mod filter;
 pub(crate) mod preference;
 pub(crate) mod read;
+mod recent;
 pub(crate) mod record;
 pub(crate) mod redact;
 pub mod report;
@@ -36,6 +37,7 @@ pub use record::Source;
 pub use writer::{FLUSH_INTERVAL, QUEUE_BYTES, QUEUE_CAPACITY};
 
 use self::filter::Facts;
+use self::recent::RecentRequests;
 use self::redact::Redactor;
 use self::writer::{Job, Writer};
 use crate::config::{DatasetConfig, MAX_DATASETS};
@@ -43,7 +45,8 @@ use crate::telemetry::metrics::Metrics;
 use crate::wire::Record;
 use crate::wire::record::id_hash;
 
-/// Request ids remembered for feedback: this many, for this long, whichever ends first.
+/// Request ids remembered for feedback: at most this many, for at most this long, and each at
+/// least for half of both (two generations, see `recent`).
 pub const FEEDBACK_WINDOW_REQUESTS: u64 = 200_000;
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -115,7 +118,7 @@ impl Datasets {
     /// admin token may send feedback for it.
     pub fn begin(&self, request_id: &str) {
         if !self.sinks.is_empty() {
-            self.recent.insert(request_id);
+            self.recent.insert(id_hash(request_id));
         }
     }
 
@@ -123,7 +126,7 @@ impl Datasets {
     /// from that key (or the admin token) only.
     pub fn owned_by(&self, request_id: &str, key: &str) {
         if !self.sinks.is_empty() {
-            self.recent.update(request_id, |entry| entry.owner = Some(id_hash(key)));
+            self.recent.update(id_hash(request_id), |entry| entry.owner = Some(id_hash(key)));
         }
     }
 
@@ -132,7 +135,7 @@ impl Datasets {
     pub fn select(&self, record: &Record) -> Selection {
         // Routed requests remember who served them, so feedback can be counted per variant.
         if !self.sinks.is_empty() && !record.variant.is_empty() {
-            self.recent.served(&record.request_id, &record.model, &record.variant);
+            self.recent.served(id_hash(&record.request_id), &record.model, &record.variant);
         }
         let facts = Facts { model: &record.model, variant: &record.variant, key: &record.key, status: record.status };
         let mut bits = 0u64;
@@ -160,7 +163,7 @@ impl Datasets {
     /// Whether `request_id` went through this gateway recently (see [`FEEDBACK_WINDOW`]) and
     /// `caller` may send feedback for it: the key that made it, or the admin.
     pub fn knows(&self, request_id: &str, caller: Caller<'_>) -> bool {
-        self.recent.ids.get(&id_hash(request_id)).is_some_and(|entry| match caller {
+        self.recent.get(id_hash(request_id)).is_some_and(|entry| match caller {
             Caller::Admin => true,
             Caller::Key(key) => entry.owner == Some(id_hash(key)),
         })
@@ -168,7 +171,7 @@ impl Datasets {
 
     /// The public model and variant that served `request_id`, once it was routed.
     pub fn served_by(&self, request_id: &str) -> Option<Arc<ServedBy>> {
-        self.recent.ids.get(&id_hash(request_id)).and_then(|entry| entry.served)
+        self.recent.get(id_hash(request_id)).and_then(|entry| entry.served)
     }
 
     /// Appends a feedback line to every dataset; returns how many queued it.
@@ -217,52 +220,6 @@ pub enum Caller<'a> {
 pub struct ServedBy {
     pub model: String,
     pub variant: String,
-}
-
-/// Request ids seen recently, by 64-bit hash, bounded in count and age.
-struct RecentRequests {
-    ids: moka::sync::Cache<u64, Recent>,
-}
-
-/// What is remembered of a recent request.
-#[derive(Debug, Clone, Default)]
-struct Recent {
-    /// Hash of the name of the key that made it, once authenticated.
-    owner: Option<u64>,
-    /// Who served it, once routed.
-    served: Option<Arc<ServedBy>>,
-}
-
-impl std::fmt::Debug for RecentRequests {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecentRequests").field("entries", &self.ids.entry_count()).finish()
-    }
-}
-
-impl RecentRequests {
-    fn new() -> RecentRequests {
-        let ids =
-            moka::sync::Cache::builder().max_capacity(FEEDBACK_WINDOW_REQUESTS).time_to_live(FEEDBACK_WINDOW).build();
-        RecentRequests { ids }
-    }
-
-    fn insert(&self, request_id: &str) {
-        self.ids.insert(id_hash(request_id), Recent::default());
-    }
-
-    /// Changes a remembered request; one forgotten already stays forgotten.
-    fn update(&self, request_id: &str, change: impl FnOnce(&mut Recent)) {
-        let id = id_hash(request_id);
-        if let Some(mut entry) = self.ids.get(&id) {
-            change(&mut entry);
-            self.ids.insert(id, entry);
-        }
-    }
-
-    fn served(&self, request_id: &str, model: &str, variant: &str) {
-        let served = Arc::new(ServedBy { model: model.to_owned(), variant: variant.to_owned() });
-        self.update(request_id, |entry| entry.served = Some(served));
-    }
 }
 
 #[cfg(test)]
@@ -319,7 +276,7 @@ mod tests {
         assert!(!datasets.knows("req_1", Caller::Key("other")));
         assert!(datasets.knows("req_1", Caller::Admin));
         // Being served keeps the owner.
-        datasets.recent.served("req_1", "chat", "a");
+        datasets.recent.served(id_hash("req_1"), "chat", "a");
         assert!(datasets.knows("req_1", Caller::Key("team")));
         assert_eq!(datasets.served_by("req_1").unwrap().variant, "a");
         // An id never seen is unknown to everyone, the admin included.
