@@ -11,6 +11,8 @@
 //!   request remains once [`BPE_REQUEST_LIMIT`] bytes of it have been encoded (the estimate
 //!   runs on the request's task: this bounds the CPU a request can cost there), uses the
 //!   fallback: UTF-8 bytes / 4, rounded up.
+//! - BPE counts of recent texts are remembered ([`MEMO`], 64 KiB): a conversation's earlier
+//!   turns and an application's system prompt are counted once, not on every request.
 //! - Chat: each message costs its text plus [`PER_MESSAGE`] tokens of framing, plus
 //!   [`REPLY_PRIMING`] once; tool definitions and tool calls are counted as their JSON text;
 //!   a non-text content part (an image, audio) counts [`PER_MEDIA_PART`].
@@ -26,7 +28,7 @@
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -100,9 +102,49 @@ impl Counter {
 
     pub fn count(&self, text: &str) -> u64 {
         match self {
-            Counter::Bpe(bpe) if text.len() <= BPE_TEXT_LIMIT => len_u64(bpe.encode_ordinary(text).len()),
+            Counter::Bpe(bpe) if text.len() <= BPE_TEXT_LIMIT => {
+                MEMO.count(bpe, text, || len_u64(bpe.encode_ordinary(text).len()))
+            }
             _ => fallback(text),
         }
+    }
+}
+
+/// Slots of [`MEMO`]: 64 KiB.
+const MEMO_SLOTS: usize = 8192;
+/// Bits of a slot's word that hold the count (texts of up to [`BPE_TEXT_LIMIT`] bytes have
+/// fewer tokens); the others hold a tag of the text's hash.
+const MEMO_COUNT_BITS: u32 = 20;
+
+/// BPE counts of texts seen recently. Chat clients resend the whole conversation every turn,
+/// and most requests of an application share its system prompt and tool definitions, so
+/// most texts of a request were counted before: those cost a hash instead of a BPE pass.
+static MEMO: Memo = Memo { slots: [const { AtomicU64::new(0) }; MEMO_SLOTS] };
+
+/// A direct-mapped table of `(hash tag, count)` words, lock-free: a text whose slot holds
+/// another text's tag is counted and takes the slot over. A wrong hit needs a 57-bit hash
+/// collision, and costs only an estimate (settled against the reported usage anyway).
+struct Memo {
+    slots: [AtomicU64; MEMO_SLOTS],
+}
+
+impl Memo {
+    fn count(&self, table: &'static CoreBPE, text: &str, encode: impl FnOnce() -> u64) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::ptr::hash(table, &mut hasher);
+        std::hash::Hash::hash(text, &mut hasher);
+        let hash = std::hash::Hasher::finish(&hasher);
+        let slot = &self.slots[usize::try_from(hash).unwrap_or_default() % MEMO_SLOTS];
+        let tag = hash >> MEMO_COUNT_BITS;
+        let word = slot.load(Ordering::Relaxed);
+        if word != 0 && word >> MEMO_COUNT_BITS == tag {
+            return word & ((1 << MEMO_COUNT_BITS) - 1);
+        }
+        let count = encode();
+        if count < 1 << MEMO_COUNT_BITS {
+            slot.store(tag << MEMO_COUNT_BITS | count, Ordering::Relaxed);
+        }
+        count
     }
 }
 
@@ -319,6 +361,29 @@ mod tests {
         );
         assert!(a.prompt > b.prompt + 5, "{a:?} vs {b:?}");
         assert_eq!(b.completion, 7);
+    }
+
+    #[test]
+    fn the_memo_counts_a_text_once_per_table() {
+        let memo = Memo { slots: [const { AtomicU64::new(0) }; MEMO_SLOTS] };
+        let (o200k, cl100k) = (tiktoken_rs::o200k_base_singleton(), tiktoken_rs::cl100k_base_singleton());
+        let encodes = std::cell::Cell::new(0);
+        let count = |table, text| {
+            memo.count(table, text, || {
+                encodes.set(encodes.get() + 1);
+                41
+            })
+        };
+        assert_eq!(count(o200k, "You are a helpful assistant."), 41);
+        assert_eq!(count(o200k, "You are a helpful assistant."), 41);
+        assert_eq!(encodes.get(), 1, "the second count is a hit");
+        count(cl100k, "You are a helpful assistant.");
+        count(o200k, "Another text.");
+        assert_eq!(encodes.get(), 3, "other tables and texts are counted");
+        // Through the real counter, a memoised count is the BPE's.
+        let text = "Résumé: the quick brown fox 🦊 jumps over the lazy dog.";
+        assert_eq!(bpe().count(text), bpe().count(text));
+        assert_eq!(bpe().count(text), len_u64(o200k.encode_ordinary(text).len()));
     }
 
     #[test]
