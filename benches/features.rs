@@ -621,6 +621,7 @@ async fn run_scenario(scenario: &Scenario, ctx: &Ctx, bodies: &common::Bodies, p
         body,
         expect: if scenario.byte_exact { Expect::Bytes(exact_len) } else { Expect::Ok },
         headers: (scenario.headers)(),
+        unique: None,
     };
 
     run_round(baseline_addr, &baseline_load, params.connections, params.warmup).await;
