@@ -7,6 +7,7 @@
 #![allow(dead_code, reason = "each bench uses a different subset")]
 
 pub mod loadgen;
+pub mod streams;
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -104,6 +105,11 @@ pub struct Bodies {
 impl Bodies {
     pub fn sse_len(&self) -> usize {
         self.sse_chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// The whole stream as a client receives it.
+    pub fn sse_bytes(&self) -> Bytes {
+        Bytes::from(self.sse_chunks.concat())
     }
 }
 
@@ -666,6 +672,18 @@ impl ClientConn {
         body: Bytes,
         on_first_byte: impl FnOnce(),
     ) -> Result<Exchange, ClientError> {
+        self.post_inspected(path, body, on_first_byte, |_| {}).await
+    }
+
+    /// [`ClientConn::post_observed`], also handing each piece of the answer's body to
+    /// `on_data` as it arrives (to check its bytes without keeping them).
+    pub async fn post_inspected(
+        &mut self,
+        path: &str,
+        body: Bytes,
+        on_first_byte: impl FnOnce(),
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<Exchange, ClientError> {
         let mut on_first_byte = Some(on_first_byte);
         self.sender.ready().await?;
         let mut request = self.request(Method::POST, path, body);
@@ -687,6 +705,7 @@ impl ClientConn {
                     }
                 }
                 bytes += data.len();
+                on_data(&data);
             }
         }
         let total = sent.elapsed();
