@@ -14,6 +14,11 @@
 //! weir build for the baseline, e.g. one without a feature compiled in). Results also go to
 //! `target/bench-results/features.json`.
 //!
+//! Scenarios that record (a dataset, traces) are also checked for what they recorded: every
+//! request sent to the feature weir (warm-up included) must be a dataset record, and the
+//! server spans the OTLP sink received must match the sampled share of them. A mismatch is
+//! printed as `MISMATCH` and makes the bench exit 1 (after writing its results).
+//!
 //! Adding a scenario: one entry in [`scenarios`] — a config body (everything but `server`),
 //! the request headers, and the request shape. The upstream and the request are the ones of
 //! `benches/load.rs`.
@@ -34,6 +39,7 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use common::loadgen::{Expect, Load, Samples, cpu_time, round, run_round};
+use common::recorded;
 use common::{PUBLIC_MODEL, UPSTREAM_MODEL};
 
 /// What the feature is compared with.
@@ -62,8 +68,29 @@ enum Shape {
 /// What a scenario's config may refer to.
 struct Ctx {
     upstream: SocketAddr,
-    /// An OTLP/HTTP collector stand-in that accepts every export.
-    otlp_sink: SocketAddr,
+    /// An OTLP/HTTP collector stand-in that accepts every export and counts its spans.
+    otlp_sink: common::OtlpSink,
+}
+
+/// What the feature weir must have recorded of the requests sent to it, checked after its
+/// rounds: a feature must not look cheap by losing records.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    /// Every request is a record of this dataset.
+    dataset: Option<&'static str>,
+    /// Traces are sampled at this ratio: server spans received ÷ requests must match it.
+    sample_ratio: Option<f64>,
+}
+
+impl Counts {
+    const NONE: Counts = Counts { dataset: None, sample_ratio: None };
+    const DATASET: Counts = Counts { dataset: Some("all"), sample_ratio: None };
+    const PRODUCTION: Counts =
+        Counts { dataset: Some(common::PRODUCTION_DATASET), sample_ratio: Some(common::PRODUCTION_SAMPLE_RATIO) };
+
+    const fn traces(ratio: f64) -> Counts {
+        Counts { dataset: None, sample_ratio: Some(ratio) }
+    }
 }
 
 struct Scenario {
@@ -79,13 +106,23 @@ struct Scenario {
     byte_exact: bool,
     /// Reload the feature weir this often during its rounds (config rewritten, then SIGHUP).
     reload_every: Option<Duration>,
+    /// Every request body unique in the run (same length, same answer), for both targets:
+    /// a response cache then misses every time.
+    unique_bodies: bool,
+    counts: Counts,
 }
 
-/// `Authorization: Bearer sk-bench`; configure it with `key_hash("sk-bench")`.
-fn bench_key_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer sk-bench"));
-    headers
+impl Scenario {
+    /// The ratio the issue asks of it: everything on at least 0.85 of a plain weir, any one
+    /// feature within 10% of its weir baseline, a cache hit at least 0.9 of the upstream
+    /// itself. Proxying as such (`proxy*`) has none here.
+    fn target(&self) -> Option<f64> {
+        match (self.baseline, self.name) {
+            (Baseline::Weir, name) if name.starts_with("production") => Some(0.85),
+            (Baseline::Weir, _) | (Baseline::Direct, "cache-hit") => Some(0.90),
+            (Baseline::Direct, _) => None,
+        }
+    }
 }
 
 fn no_headers() -> HeaderMap {
@@ -96,7 +133,7 @@ fn no_headers() -> HeaderMap {
 fn traced(ctx: &Ctx, ratio: f64) -> String {
     let telemetry = format!(
         "telemetry:\n  otlp: {{ endpoint: http://{}, protocol: http }}\n  sample_ratio: {ratio:?}\n",
-        ctx.otlp_sink
+        ctx.otlp_sink.addr
     );
     plain_with(ctx, &telemetry)
 }
@@ -118,6 +155,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "proxy",
@@ -128,6 +167,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "proxy-stream",
@@ -138,6 +179,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "keys",
@@ -150,12 +193,14 @@ fn scenarios() -> Vec<Scenario> {
                      models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ] }}\n\
                      keys:\n  - {{ name: bench, key: \"{}\" }}\nauth: {{ mode: keys }}\n",
                     ctx.upstream,
-                    key_hash("sk-bench"),
+                    common::bench_key_hash(),
                 )
             },
-            headers: bench_key_headers,
+            headers: common::bench_key_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "reload",
@@ -166,6 +211,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: Some(Duration::from_millis(100)),
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "observability",
@@ -177,6 +224,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::traces(1.0),
         },
         Scenario {
             name: "observability-sampled",
@@ -187,6 +236,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::traces(0.1),
         },
         Scenario {
             name: "observability-stream",
@@ -197,6 +248,20 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::traces(1.0),
+        },
+        Scenario {
+            name: "observability-sampled-stream",
+            about: "as `observability-sampled` (10% traced), 20-event streams",
+            baseline: Baseline::Weir,
+            shape: Shape::Stream,
+            config: |ctx| traced(ctx, 0.1),
+            headers: no_headers,
+            byte_exact: true,
+            reload_every: None,
+            unique_bodies: false,
+            counts: Counts::traces(0.1),
         },
         Scenario {
             name: "azure",
@@ -214,6 +279,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "params",
@@ -232,6 +299,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "prompt",
@@ -243,6 +312,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "split3",
@@ -253,6 +324,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "split3-sticky",
@@ -267,6 +340,8 @@ fn scenarios() -> Vec<Scenario> {
             },
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "cache-hit",
@@ -285,6 +360,8 @@ fn scenarios() -> Vec<Scenario> {
             // A JSON hit is the upstream's answer byte for byte.
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "limits",
@@ -298,13 +375,15 @@ fn scenarios() -> Vec<Scenario> {
                      keys:\n  - {{ name: bench, key: \"{}\", rate: {{ rpm: 100000000, tpm: 100000000000, concurrent: 100000 }} }}\n\
                      auth: {{ mode: keys }}\n",
                     ctx.upstream,
-                    key_hash("sk-bench"),
+                    common::bench_key_hash(),
                 )
             },
-            headers: bench_key_headers,
+            headers: common::bench_key_headers,
             // The rate headers are added, the body is the upstream's.
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "dataset",
@@ -316,6 +395,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::DATASET,
         },
         Scenario {
             name: "dataset-stream",
@@ -326,6 +407,33 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::DATASET,
+        },
+        Scenario {
+            name: "production",
+            about: "everything on (common::production_config: key with limits and budget, priced model, \
+                    cache missed by unique bodies, dataset with redaction, 10% traced, metrics) vs a plain weir",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| common::production_config(ctx.upstream, ctx.otlp_sink.addr),
+            headers: common::bench_key_headers,
+            byte_exact: true,
+            reload_every: None,
+            unique_bodies: true,
+            counts: Counts::PRODUCTION,
+        },
+        Scenario {
+            name: "production-stream",
+            about: "as `production`, 20-event streams",
+            baseline: Baseline::Weir,
+            shape: Shape::Stream,
+            config: |ctx| common::production_config(ctx.upstream, ctx.otlp_sink.addr),
+            headers: common::bench_key_headers,
+            byte_exact: true,
+            reload_every: None,
+            unique_bodies: true,
+            counts: Counts::PRODUCTION,
         },
         Scenario {
             name: "responses",
@@ -336,6 +444,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: false,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "responses-stream",
@@ -346,6 +456,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: false,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "messages",
@@ -356,6 +468,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: false,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
         Scenario {
             name: "messages-stream",
@@ -366,6 +480,8 @@ fn scenarios() -> Vec<Scenario> {
             headers: no_headers,
             byte_exact: false,
             reload_every: None,
+            unique_bodies: false,
+            counts: Counts::NONE,
         },
     ]
 }
@@ -510,11 +626,6 @@ fn split3_config(ctx: &Ctx, sticky: &str) -> String {
     )
 }
 
-/// `sha256:` + hex of `key`, as `weir key hash` prints it.
-fn key_hash(key: &str) -> String {
-    weir::auth::hash_key(key)
-}
-
 #[derive(Debug, Clone)]
 struct Params {
     duration: Duration,
@@ -548,6 +659,12 @@ fn main() {
         run(params).await
     });
     common::write_results("features.json", &report);
+    // Like a failed stream in `scale`, a lost record is a failure, not a slow figure.
+    let lost = report["scenarios"].as_array().is_some_and(|all| all.iter().any(|s| s["counts_match"] == false));
+    if lost {
+        eprintln!("records or traces missing (counts MISMATCH above)");
+        std::process::exit(1);
+    }
 }
 
 async fn run(params: Params) -> Value {
@@ -572,18 +689,7 @@ async fn run(params: Params) -> Value {
     for scenario in &selected {
         results.push(run_scenario(scenario, &ctx, &bodies, &params).await);
     }
-    eprintln!();
-    eprintln!("{:<16} {:>12} {:>12} {:>8}  about", "scenario", "baseline/s", "feature/s", "ratio");
-    for r in &results {
-        eprintln!(
-            "{:<16} {:>12.0} {:>12.0} {:>8.3}  {}",
-            r["scenario"].as_str().unwrap_or(""),
-            r["baseline_rps"].as_f64().unwrap_or(0.0),
-            r["feature_rps"].as_f64().unwrap_or(0.0),
-            r["ratio"].as_f64().unwrap_or(0.0),
-            r["about"].as_str().unwrap_or(""),
-        );
-    }
+    print_summary(&results);
     json!({
         "connections": params.connections,
         "duration_s": params.duration.as_secs_f64(),
@@ -610,21 +716,28 @@ async fn run_scenario(scenario: &Scenario, ctx: &Ctx, bodies: &common::Bodies, p
             (bodies.request_stream.clone(), bodies.sse_len())
         }
     };
-    let baseline_load = Load::chat(body.clone(), exact_len);
+    let mut baseline_load = Load::chat(body.clone(), exact_len);
     // The inbound APIs are measured against chat in the same run: same upstream, same answer.
     let (path, body) = match scenario.shape {
         Shape::Json | Shape::Stream => (common::CHAT_PATH, body),
         inbound => inbound_body(&body, inbound),
     };
-    let feature_load = Load {
+    let mut feature_load = Load {
         path,
         body,
         expect: if scenario.byte_exact { Expect::Bytes(exact_len) } else { Expect::Ok },
         headers: (scenario.headers)(),
+        unique: None,
     };
+    if scenario.unique_bodies {
+        // Both targets, so the load generator does the same work for each.
+        baseline_load = baseline_load.unique();
+        feature_load = feature_load.unique();
+    }
+    let spans_before = ctx.otlp_sink.tally();
 
     run_round(baseline_addr, &baseline_load, params.connections, params.warmup).await;
-    run_round(feature.addr, &feature_load, params.connections, params.warmup).await;
+    let warm_sent = run_round(feature.addr, &feature_load, params.connections, params.warmup).await.sent;
 
     let mut base = Samples::default();
     let mut feat = Samples::default();
@@ -670,6 +783,9 @@ async fn run_scenario(scenario: &Scenario, ctx: &Ctx, bodies: &common::Bodies, p
         "   ratio {ratio:.3} (rounds {per_round:?}); feature weir CPU {cpu_us:.1} µs/request; errors baseline {} feature {}",
         base.errors, feat.errors
     );
+    let (recorded, counts_match) =
+        check_recorded(scenario.counts, &feature, &ctx.otlp_sink, spans_before, warm_sent + feat.sent).await;
+    let target = scenario.target();
     json!({
         "scenario": scenario.name,
         "about": scenario.about,
@@ -681,7 +797,69 @@ async fn run_scenario(scenario: &Scenario, ctx: &Ctx, bodies: &common::Bodies, p
         "feature_cpu_us_per_request": round(cpu_us, 1),
         "errors": {"baseline": base.errors, "feature": feat.errors},
         "first_error": feat.first_error.or(base.first_error),
+        "target_ratio": target,
+        "target_met": target.map(|t| ratio >= t),
+        "recorded": recorded,
+        "counts_match": counts_match,
     })
+}
+
+/// Counts what the feature weir recorded of the `sent` requests (its warm-up included), as
+/// `counts` asks, and prints it. Returns the counts as JSON and whether all of them matched
+/// (`None` when nothing is recorded).
+async fn check_recorded(
+    counts: Counts,
+    weir: &common::Weir,
+    sink: &common::OtlpSink,
+    spans_before: common::SpanTally,
+    sent: u64,
+) -> (Value, Option<bool>) {
+    let mut out = json!({});
+    let mut all = None;
+    if let Some(dataset) = counts.dataset {
+        let count = recorded::count_dataset(weir, dataset, sent).await;
+        eprintln!("   {}", count.line());
+        out["dataset"] = count.to_json();
+        all = Some(all.unwrap_or(true) && count.matches());
+    }
+    if let Some(ratio) = counts.sample_ratio {
+        let count = recorded::count_traces(sink, spans_before, sent, ratio).await;
+        eprintln!("   {}", count.line());
+        out["traces"] = count.to_json();
+        all = Some(all.unwrap_or(true) && count.matches());
+    }
+    (out, all)
+}
+
+/// One line per scenario: the rates, the ratio against its target, and whether what it
+/// recorded matched the requests.
+fn print_summary(results: &[Value]) {
+    eprintln!();
+    eprintln!(
+        "{:<28} {:>11} {:>11} {:>7}  {:<14} {:<9} about",
+        "scenario", "baseline/s", "feature/s", "ratio", "target", "counts"
+    );
+    for r in results {
+        let target = match (r["target_ratio"].as_f64(), r["target_met"].as_bool()) {
+            (Some(t), Some(met)) => format!(">= {t:.2} {}", if met { "ok" } else { "MISSED" }),
+            _ => String::new(),
+        };
+        let counts = match r["counts_match"].as_bool() {
+            Some(true) => "ok",
+            Some(false) => "MISMATCH",
+            None => "",
+        };
+        eprintln!(
+            "{:<28} {:>11.0} {:>11.0} {:>7.3}  {:<14} {:<9} {}",
+            r["scenario"].as_str().unwrap_or(""),
+            r["baseline_rps"].as_f64().unwrap_or(0.0),
+            r["feature_rps"].as_f64().unwrap_or(0.0),
+            r["ratio"].as_f64().unwrap_or(0.0),
+            target,
+            counts,
+            r["about"].as_str().unwrap_or(""),
+        );
+    }
 }
 
 fn report_round(scenario: &str, r: usize, target: &str, s: &Samples) {

@@ -14,14 +14,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::Semaphore;
 
+use common::loadgen::Load;
+use common::streams::{Streams, hold_streams};
 use common::{ClientConn, ms, percentile};
 
 struct Params {
@@ -48,14 +48,6 @@ impl Params {
             long_gap: Duration::from_secs_f64(common::env_or("WEIR_SCALE_LONG_GAP_MS", 1.0f64).max(0.0) / 1000.0),
         }
     }
-}
-
-#[derive(Default)]
-struct Outcomes {
-    ok: usize,
-    errors: BTreeMap<String, usize>,
-    totals: Vec<Duration>,
-    firsts: Vec<Duration>,
 }
 
 fn main() {
@@ -93,7 +85,6 @@ async fn run(params: &Params, fd_limit: u64) -> bool {
     .await;
     let weir = common::start_weir(upstream).await;
     let pid = weir.process.pid();
-    let weir_addr = weir.addr;
     println!(
         "weir scale bench: {} streams of {} chunks over {:.1} s each, opened at {:.0}/s \
          (at most {} connecting), bench NOFILE {fd_limit}",
@@ -120,75 +111,25 @@ async fn run(params: &Params, fd_limit: u64) -> bool {
         })
     };
 
-    let active = Arc::new(AtomicUsize::new(0));
-    let peak_active = Arc::new(AtomicUsize::new(0));
-    let opened = Arc::new(AtomicU64::new(0));
-    let connecting = Arc::new(Semaphore::new(params.max_connecting));
-    let expected = bodies.sse_len();
-    let timeout = params.stream_duration + params.timeout_margin;
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(params.streams);
-    for i in 0..params.streams {
-        let at = started + Duration::from_secs_f64(i as f64 / params.open_per_sec);
-        tokio::time::sleep_until(at.into()).await;
-        let permit = Arc::clone(&connecting).acquire_owned().await.expect("semaphore open");
-        let (active, peak_active, opened) = (Arc::clone(&active), Arc::clone(&peak_active), Arc::clone(&opened));
-        let body = bodies.request_stream.clone();
-        tasks.push(tokio::spawn(async move {
-            let attempt = async {
-                let conn = ClientConn::connect(weir_addr).await;
-                drop(permit);
-                let mut conn = conn.map_err(|e| format!("connect: {e}"))?;
-                opened.fetch_add(1, Ordering::Relaxed);
-                let mut counted = false;
-                let result = conn
-                    .post_observed(common::CHAT_PATH, body, || {
-                        let now = active.fetch_add(1, Ordering::Relaxed) + 1;
-                        peak_active.fetch_max(now, Ordering::Relaxed);
-                        counted = true;
-                    })
-                    .await;
-                if counted {
-                    active.fetch_sub(1, Ordering::Relaxed);
-                }
-                result.map_err(|e| format!("request: {e}"))
-            };
-            match tokio::time::timeout(timeout, attempt).await {
-                Err(_) => Err(format!("timed out after {timeout:?}")),
-                Ok(Err(err)) => Err(err),
-                Ok(Ok(exchange)) if exchange.bytes != expected => {
-                    Err(format!("incomplete stream ({} of {expected} bytes)", exchange.bytes))
-                }
-                Ok(Ok(exchange)) => Ok(exchange),
-            }
-        }));
-    }
-    let ramp = started.elapsed();
-    eprintln!("  all {} streams started in {:.2} s; waiting for them to end", params.streams, ramp.as_secs_f64());
-
-    let mut outcomes = Outcomes::default();
-    for task in tasks {
-        match task.await {
-            Ok(Ok(exchange)) => {
-                outcomes.ok += 1;
-                outcomes.totals.push(exchange.total);
-                outcomes.firsts.push(exchange.first_byte);
-            }
-            Ok(Err(err)) => *outcomes.errors.entry(err).or_default() += 1,
-            Err(join) => *outcomes.errors.entry(format!("task failed: {join}")).or_default() += 1,
-        }
-    }
-    let wall = started.elapsed();
+    let spec = Streams {
+        addr: weir.addr,
+        count: params.streams,
+        open_per_sec: params.open_per_sec,
+        max_connecting: params.max_connecting,
+        timeout: params.stream_duration + params.timeout_margin,
+        load: Load::chat(bodies.request_stream.clone(), bodies.sse_len()),
+        expected: bodies.sse_bytes(),
+    };
+    let outcomes = hold_streams(&spec).await;
     sampling.store(false, Ordering::Relaxed);
     let (max_rss_sampled, max_fds) = sampler.await.unwrap_or((0, 0));
     let peak_rss = common::proc_status_bytes(pid, "VmHWM");
     let weir_alive = common::proc_status_bytes(pid, "VmRSS").is_some();
     drop(weir);
 
-    outcomes.totals.sort_unstable();
-    outcomes.firsts.sort_unstable();
-    let error_count: usize = outcomes.errors.values().sum();
-    let peak = peak_active.load(Ordering::Relaxed);
+    let error_count = outcomes.error_count();
+    let peak = outcomes.peak_active;
+    let (ramp, wall) = (outcomes.ramp, outcomes.wall);
     let peak_mib = peak_rss.map(common::mib);
 
     println!("\n== {} concurrent streams through weir ==", params.streams);
@@ -198,7 +139,7 @@ async fn run(params: &Params, fd_limit: u64) -> bool {
         println!("    {n:>6} x {kind}");
     }
     println!("  peak open at once    {peak:>8}   (streams between first and last byte)");
-    println!("  connections opened   {:>8}   in {:.2} s", opened.load(Ordering::Relaxed), ramp.as_secs_f64());
+    println!("  connections opened   {:>8}   in {:.2} s", outcomes.opened, ramp.as_secs_f64());
     println!(
         "  stream duration      p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         ms(percentile(&outcomes.totals, 0.5)),

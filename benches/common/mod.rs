@@ -7,6 +7,8 @@
 #![allow(dead_code, reason = "each bench uses a different subset")]
 
 pub mod loadgen;
+pub mod recorded;
+pub mod streams;
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -14,6 +16,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -104,6 +107,11 @@ pub struct Bodies {
 impl Bodies {
     pub fn sse_len(&self) -> usize {
         self.sse_chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// The whole stream as a client receives it.
+    pub fn sse_bytes(&self) -> Bytes {
+        Bytes::from(self.sse_chunks.concat())
     }
 }
 
@@ -431,6 +439,39 @@ impl Weir {
     pub fn config_path(&self) -> std::path::PathBuf {
         self._dir.path().join("weir.yaml")
     }
+
+    /// Its working directory (relative dataset directories land here).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// The Prometheus text of its admin `/metrics`.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let mut conn = ClientConn::connect(self.admin_addr).await?;
+        let (status, body) = conn.get_body("/metrics").await?;
+        if status != StatusCode::OK {
+            return Err(format!("/metrics answered {status}").into());
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// The sum of metric `name` over the samples whose labels include every `labels` pair
+/// (all of them for none), from Prometheus text; 0 when there is none.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            let has = |(k, v): &(&str, &str)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\""));
+            labels.iter().all(has).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// Starts the release-built `weir serve` against `upstream` (`auth: none`, one model
@@ -446,27 +487,130 @@ pub async fn start_baseline_weir(upstream: SocketAddr) -> Weir {
     start_weir_bin(&plain_config(upstream), binary).await
 }
 
-/// A sink for OTLP/HTTP trace exports: answers every request 200 after reading its body,
-/// as a collector would, so tracing costs what it costs against a live collector.
-pub async fn start_otlp_sink() -> SocketAddr {
+/// A stand-in for an OTLP/HTTP trace collector: answers every export 200 after decoding it,
+/// as a collector would (so tracing costs what it costs against a live one), and counts the
+/// spans it received, so a bench can check that every sampled request arrived as a trace.
+pub struct OtlpSink {
+    pub addr: SocketAddr,
+    counts: Arc<SpanCounts>,
+}
+
+/// What an [`OtlpSink`] received so far.
+#[derive(Debug, Default)]
+struct SpanCounts {
+    exports: AtomicU64,
+    spans: AtomicU64,
+    /// `SpanKind::Server` spans: one per traced request (the client spans are its attempts).
+    server_spans: AtomicU64,
+    /// Exports that were not plain protobuf `ExportTraceServiceRequest`s.
+    undecodable: AtomicU64,
+}
+
+/// A reading of an [`OtlpSink`]'s counters; subtract two to count one stretch of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanTally {
+    pub exports: u64,
+    pub spans: u64,
+    pub server_spans: u64,
+    pub undecodable: u64,
+}
+
+impl std::ops::Sub for SpanTally {
+    type Output = SpanTally;
+    fn sub(self, earlier: SpanTally) -> SpanTally {
+        SpanTally {
+            exports: self.exports - earlier.exports,
+            spans: self.spans - earlier.spans,
+            server_spans: self.server_spans - earlier.server_spans,
+            undecodable: self.undecodable - earlier.undecodable,
+        }
+    }
+}
+
+impl OtlpSink {
+    pub fn tally(&self) -> SpanTally {
+        let c = &self.counts;
+        SpanTally {
+            exports: c.exports.load(Ordering::Relaxed),
+            spans: c.spans.load(Ordering::Relaxed),
+            server_spans: c.server_spans.load(Ordering::Relaxed),
+            undecodable: c.undecodable.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tally once exports have stopped coming: weir exports a partial batch at most 1 s
+    /// after its last span, so the count is settled when it has not moved for `quiet` (or
+    /// when `enough` server spans arrived); gives up after `limit`.
+    pub async fn settled(&self, enough: Option<u64>, quiet: Duration, limit: Duration) -> SpanTally {
+        let started = Instant::now();
+        let mut last = self.tally();
+        let mut since = Instant::now();
+        loop {
+            if enough.is_some_and(|n| last.server_spans >= n) || since.elapsed() >= quiet || started.elapsed() >= limit
+            {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.tally();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+        }
+    }
+}
+
+pub async fn start_otlp_sink() -> OtlpSink {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind OTLP sink");
     let addr = listener.local_addr().expect("OTLP sink address");
+    let counts = Arc::new(SpanCounts::default());
+    let shared = Arc::clone(&counts);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
+            let counts = Arc::clone(&shared);
             tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let _ = request.into_body().collect().await;
-                    let mut response = Response::new(Full::new(Bytes::new()));
-                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
-                    Ok::<_, Infallible>(response)
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let counts = Arc::clone(&counts);
+                    async move {
+                        // weir's OTLP/HTTP exporter sends plain protobuf (no compression is
+                        // configured); anything else is counted as undecodable.
+                        let encoded = request.headers().contains_key(http::header::CONTENT_ENCODING);
+                        let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        counts.add_export(&body, encoded);
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
-    addr
+    OtlpSink { addr, counts }
+}
+
+impl SpanCounts {
+    fn add_export(&self, body: &[u8], encoded: bool) {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+        use prost::Message as _;
+        self.exports.fetch_add(1, Ordering::Relaxed);
+        let decoded = if encoded { None } else { ExportTraceServiceRequest::decode(body).ok() };
+        let Some(export) = decoded else {
+            self.undecodable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let spans = export.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+        let (mut all, mut server) = (0, 0);
+        for span in spans {
+            all += 1;
+            server += u64::from(span.kind == SpanKind::Server as i32);
+        }
+        self.spans.fetch_add(all, Ordering::Relaxed);
+        self.server_spans.fetch_add(server, Ordering::Relaxed);
+    }
 }
 
 /// The config body (everything but `server`) of the plain single-target setup.
@@ -475,6 +619,51 @@ pub fn plain_config(upstream: SocketAddr) -> String {
         "backends:\n  upstream: {{ kind: openai, base_url: http://{upstream}/v1 }}\n\
          models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ] }}\n\
          auth: {{ mode: none }}\n"
+    )
+}
+
+/// The virtual key the benches send (`Authorization: Bearer sk-bench`); configs name it by
+/// its hash ([`bench_key_hash`]).
+pub const BENCH_KEY: &str = "sk-bench";
+
+/// `sha256:` + hex of [`BENCH_KEY`], as `weir key hash` prints it.
+pub fn bench_key_hash() -> String {
+    weir::auth::hash_key(BENCH_KEY)
+}
+
+/// `Authorization: Bearer sk-bench`.
+pub fn bench_key_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    let value = HeaderValue::try_from(format!("Bearer {BENCH_KEY}")).expect("a valid header value");
+    headers.insert(http::header::AUTHORIZATION, value);
+    headers
+}
+
+/// The dataset the production profile records every request to (relative: it lands in the
+/// weir's own temporary working directory).
+pub const PRODUCTION_DATASET: &str = "all";
+/// The production profile's trace sampling.
+pub const PRODUCTION_SAMPLE_RATIO: f64 = 0.1;
+
+/// The production profile: everything a real deployment turns on, at settings that never
+/// refuse a bench request. One virtual key with rate limits and a monthly budget (neither
+/// reached), a priced model with its response cache (64 MiB), a dataset recording every
+/// request with redaction, traces over OTLP/HTTP to `otlp_sink` sampled at 10%, and metrics
+/// (always on). Requests need [`bench_key_headers`]; send unique bodies
+/// ([`loadgen::Load::unique`]) so the cache misses every time and does its full work.
+pub fn production_config(upstream: SocketAddr, otlp_sink: SocketAddr) -> String {
+    format!(
+        "backends:\n  upstream: {{ kind: openai, base_url: http://{upstream}/v1 }}\n\
+         models:\n  {PUBLIC_MODEL}:\n    targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ]\n\
+         \x20   price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}\n    cache: {{ ttl: 10m }}\n\
+         keys:\n  - name: bench\n    key: \"{key}\"\n\
+         \x20   rate: {{ rpm: 100000000, tpm: 100000000000, concurrent: 100000 }}\n\
+         \x20   budget: {{ usd: 1000000000, per: month }}\n\
+         auth: {{ mode: keys }}\n\
+         cache: {{ max_size: 64MiB }}\n\
+         datasets:\n  - {{ name: {PRODUCTION_DATASET}, dir: datasets/{PRODUCTION_DATASET}, redact: [email, phone, key] }}\n\
+         telemetry:\n  otlp: {{ endpoint: http://{otlp_sink}, protocol: http }}\n  sample_ratio: {PRODUCTION_SAMPLE_RATIO:?}\n",
+        key = bench_key_hash(),
     )
 }
 
@@ -646,11 +835,16 @@ impl ClientConn {
     }
 
     pub async fn get(&mut self, path: &str) -> Result<StatusCode, ClientError> {
+        Ok(self.get_body(path).await?.0)
+    }
+
+    /// GETs `path` and returns the status and the whole body.
+    pub async fn get_body(&mut self, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
         self.sender.ready().await?;
         let response = self.sender.send_request(self.request(Method::GET, path, Bytes::new())).await?;
         let status = response.status();
-        response.into_body().collect().await?;
-        Ok(status)
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
 
     /// POSTs `body` as JSON to `path` and reads the whole answer, timing the first and last
@@ -665,6 +859,18 @@ impl ClientConn {
         path: &str,
         body: Bytes,
         on_first_byte: impl FnOnce(),
+    ) -> Result<Exchange, ClientError> {
+        self.post_inspected(path, body, on_first_byte, |_| {}).await
+    }
+
+    /// [`ClientConn::post_observed`], also handing each piece of the answer's body to
+    /// `on_data` as it arrives (to check its bytes without keeping them).
+    pub async fn post_inspected(
+        &mut self,
+        path: &str,
+        body: Bytes,
+        on_first_byte: impl FnOnce(),
+        mut on_data: impl FnMut(&[u8]),
     ) -> Result<Exchange, ClientError> {
         let mut on_first_byte = Some(on_first_byte);
         self.sender.ready().await?;
@@ -687,6 +893,7 @@ impl ClientConn {
                     }
                 }
                 bytes += data.len();
+                on_data(&data);
             }
         }
         let total = sent.elapsed();
