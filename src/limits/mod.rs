@@ -234,7 +234,10 @@ impl Limits {
             keys.insert(key.name.clone(), Arc::new(limits));
         }
         if keys.values().any(|k| k.needs_estimate()) {
-            tokens::warm();
+            // Each public model counts with the table of its name or its targets' models.
+            tokens::warm(config.models.iter().map(|(name, model)| {
+                std::iter::once(name.as_str()).chain(model.targets.iter().map(|t| t.model.as_str()))
+            }));
         }
         let redis = match &config.state.store {
             StateStore::Memory => None,

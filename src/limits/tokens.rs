@@ -6,7 +6,8 @@
 //! - OpenAI-family model names (`gpt-4o*`, `gpt-4.1*`, `gpt-5*`, `o1*`, `o3*`, `gpt-4*`,
 //!   `gpt-3.5*`, `text-embedding-*`, ... as `tiktoken` maps them) are counted with the real
 //!   BPE (`o200k_base` or `cl100k_base`). The BPE tables take a moment to build, so they are
-//!   built once on a blocking thread ([`warm`]); until ready, the fallback is used.
+//!   built once on a blocking thread ([`warm`]), and only those a configured model counts
+//!   with (each is tens of MiB); until ready, the fallback is used.
 //! - Any other model, any single text over [`BPE_TEXT_LIMIT`] bytes, and whatever text of a
 //!   request remains once [`BPE_REQUEST_LIMIT`] bytes of it have been encoded (the estimate
 //!   runs on the request's task: this bounds the CPU a request can cost there), uses the
@@ -50,20 +51,56 @@ pub const MAX_CHOICES: u64 = 128;
 
 static O200K: OnceLock<&'static CoreBPE> = OnceLock::new();
 static CL100K: OnceLock<&'static CoreBPE> = OnceLock::new();
-static WARMING: AtomicBool = AtomicBool::new(false);
+static WARMING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 
-/// Builds the BPE tables once, off the async threads. Harmless to call again.
-pub fn warm() {
-    if WARMING.swap(true, Ordering::SeqCst) {
-        return;
+/// The BPE tables weir knows. Each costs tens of MiB once built, so only the ones a
+/// configured model counts with are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    O200k,
+    Cl100k,
+}
+
+impl Table {
+    /// The table of the first of `models` that tiktoken knows.
+    fn for_models<'a>(models: impl IntoIterator<Item = &'a str>) -> Option<Table> {
+        models.into_iter().find_map(|model| match get_tokenizer(model)? {
+            Tokenizer::O200kBase | Tokenizer::O200kHarmony => Some(Table::O200k),
+            Tokenizer::Cl100kBase
+            | Tokenizer::P50kBase
+            | Tokenizer::P50kEdit
+            | Tokenizer::R50kBase
+            | Tokenizer::Gpt2 => Some(Table::Cl100k),
+        })
     }
-    let build = || {
-        let _ = O200K.set(tiktoken_rs::o200k_base_singleton());
-        let _ = CL100K.set(tiktoken_rs::cl100k_base_singleton());
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => drop(handle.spawn_blocking(build)),
-        Err(_) => drop(std::thread::Builder::new().name("weir-bpe".into()).spawn(build)),
+
+    fn get(self) -> Option<&'static CoreBPE> {
+        match self {
+            Table::O200k => O200K.get().copied(),
+            Table::Cl100k => CL100K.get().copied(),
+        }
+    }
+
+    /// Builds the table once, off the async threads. Harmless to call again.
+    fn warm(self) {
+        if WARMING[self as usize].swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let build = move || match self {
+            Table::O200k => drop(O200K.set(tiktoken_rs::o200k_base_singleton())),
+            Table::Cl100k => drop(CL100K.set(tiktoken_rs::cl100k_base_singleton())),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(build)),
+            Err(_) => drop(std::thread::Builder::new().name("weir-bpe".into()).spawn(build)),
+        }
+    }
+}
+
+/// Builds the BPE table each model group counts with (see [`Counter::for_models`]).
+pub fn warm<'a, M: IntoIterator<Item = &'a str>>(groups: impl IntoIterator<Item = M>) {
+    for table in groups.into_iter().filter_map(Table::for_models) {
+        table.warm();
     }
 }
 
@@ -84,20 +121,10 @@ impl std::fmt::Debug for Counter {
 }
 
 impl Counter {
-    /// The counter for the first of `models` that tiktoken knows, else the fallback.
+    /// The counter for the first of `models` that tiktoken knows, else the fallback (also
+    /// while its table is being built).
     pub fn for_models<'a>(models: impl IntoIterator<Item = &'a str>) -> Counter {
-        for model in models {
-            let table = match get_tokenizer(model) {
-                Some(Tokenizer::O200kBase | Tokenizer::O200kHarmony) => O200K.get(),
-                Some(Tokenizer::Cl100kBase | Tokenizer::P50kBase | Tokenizer::P50kEdit | Tokenizer::R50kBase) => {
-                    CL100K.get()
-                }
-                Some(Tokenizer::Gpt2) => CL100K.get(),
-                None => continue,
-            };
-            return table.map_or(Counter::Fallback, |bpe| Counter::Bpe(bpe));
-        }
-        Counter::Fallback
+        Table::for_models(models).and_then(Table::get).map_or(Counter::Fallback, Counter::Bpe)
     }
 
     pub fn count(&self, text: &str) -> u64 {

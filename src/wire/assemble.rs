@@ -6,6 +6,10 @@
 //! chunk (`stream_options.include_usage`) read when present. [`SseAssembler`] does the same
 //! as the chunks pass, so a long stream is held as its text rather than as its events.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::lines::Lines;
@@ -134,8 +138,8 @@ impl EventFold {
             self.state.done = true;
             return;
         }
-        let Ok(event) = serde_json::from_str::<Value>(data) else { return };
-        if event.get("error").is_some() {
+        let Ok(event) = serde_json::from_str::<EventView<'_>>(data) else { return };
+        if event.error.is_some() {
             // weir's own or the upstream's error event: the answer is not complete.
             self.spoiled = true;
             return;
@@ -190,23 +194,26 @@ impl SseAssembler {
 }
 
 impl StreamState {
-    fn absorb(&mut self, event: &Value) {
-        set_str(&mut self.id, event.get("id"));
-        set_str(&mut self.object, event.get("object"));
-        set_str(&mut self.model, event.get("model"));
+    fn absorb(&mut self, event: &EventView<'_>) {
+        set_str(&mut self.id, event.id);
+        set_str(&mut self.object, event.object);
+        set_str(&mut self.model, event.model);
         if self.created.is_none() {
-            self.created = event.get("created").cloned();
+            self.created = value_of(event.created);
         }
-        if let Some(fp) = event.get("system_fingerprint").filter(|v| !v.is_null()) {
-            self.system_fingerprint = Some(fp.clone());
+        if let Some(fp) = value_of(event.system_fingerprint) {
+            self.system_fingerprint = Some(fp);
         }
-        if let Some(usage) = event.get("usage").filter(|v| !v.is_null()) {
-            self.usage = serde_json::from_value::<RawUsage>(usage.clone()).ok().map(Usage::from);
-            self.usage_raw = Some(usage.clone());
+        if let Some(usage) = event.usage {
+            self.usage = serde_json::from_str::<RawUsage>(usage.get()).ok().map(Usage::from);
+            self.usage_raw = value_of(Some(usage));
         }
-        let Some(choices) = event.get("choices").and_then(Value::as_array) else { return };
+        let Some(choices) = event.choices.and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok()) else {
+            return;
+        };
         for choice in choices {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let Ok(choice) = serde_json::from_str::<ChoiceView<'_>>(choice.get()) else { continue };
+            let index = uint_of(choice.index).unwrap_or(0);
             let slot = match self.choices.iter().position(|(i, _)| *i == index) {
                 Some(pos) => pos,
                 None => {
@@ -214,7 +221,7 @@ impl StreamState {
                     self.choices.len() - 1
                 }
             };
-            self.choices[slot].1.absorb(choice);
+            self.choices[slot].1.absorb(&choice);
         }
     }
 
@@ -254,33 +261,40 @@ impl ChoiceState {
         texts.chain(calls).fold(self.logprob_bytes, usize::saturating_add)
     }
 
-    fn absorb(&mut self, choice: &Value) {
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.finish_reason = Some(reason.to_owned());
+    fn absorb(&mut self, choice: &ChoiceView<'_>) {
+        if let Some(reason) = str_of(choice.finish_reason) {
+            self.finish_reason = Some(reason.into_owned());
         }
-        if let Some(text) = choice.get("text").and_then(Value::as_str) {
-            self.text.get_or_insert_with(String::new).push_str(text);
+        if let Some(text) = str_of(choice.text) {
+            self.text.get_or_insert_with(String::new).push_str(&text);
         }
-        if let Some(logprobs) = choice.get("logprobs").filter(|v| !v.is_null()) {
-            append_logprobs(&mut self.logprobs, logprobs);
+        if let Some(raw) = choice.logprobs {
             // Counted as their JSON text, so the capture's bound covers them too.
-            self.logprob_bytes = self.logprob_bytes.saturating_add(logprobs.to_string().len());
+            self.logprob_bytes = self.logprob_bytes.saturating_add(raw.get().len());
+            if let Some(logprobs) = value_of(Some(raw)) {
+                append_logprobs(&mut self.logprobs, &logprobs);
+            }
         }
-        let Some(delta) = choice.get("delta") else { return };
-        set_str(&mut self.role, delta.get("role"));
-        if let Some(content) = delta.get("content").and_then(Value::as_str) {
-            self.content.get_or_insert_with(String::new).push_str(content);
+        let Some(delta) = choice.delta.and_then(|d| serde_json::from_str::<DeltaView<'_>>(d.get()).ok()) else {
+            return;
+        };
+        set_str(&mut self.role, delta.role);
+        if let Some(content) = str_of(delta.content) {
+            self.content.get_or_insert_with(String::new).push_str(&content);
         }
-        if let Some(refusal) = delta.get("refusal").and_then(Value::as_str) {
-            self.refusal.get_or_insert_with(String::new).push_str(refusal);
+        if let Some(refusal) = str_of(delta.refusal) {
+            self.refusal.get_or_insert_with(String::new).push_str(&refusal);
         }
-        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-            self.absorb_tool_call(call);
+        let calls = delta.tool_calls.and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok());
+        for call in calls.into_iter().flatten() {
+            if let Ok(call) = serde_json::from_str::<ToolCallView<'_>>(call.get()) {
+                self.absorb_tool_call(&call);
+            }
         }
     }
 
-    fn absorb_tool_call(&mut self, call: &Value) {
-        let index = call.get("index").and_then(Value::as_u64).unwrap_or(self.tool_calls.len() as u64);
+    fn absorb_tool_call(&mut self, call: &ToolCallView<'_>) {
+        let index = uint_of(call.index).unwrap_or(self.tool_calls.len() as u64);
         let slot = match self.tool_calls.iter().position(|t| t.index == index) {
             Some(pos) => pos,
             None => {
@@ -289,14 +303,14 @@ impl ChoiceState {
             }
         };
         let state = &mut self.tool_calls[slot];
-        set_str(&mut state.id, call.get("id"));
-        set_str(&mut state.kind, call.get("type"));
-        if let Some(function) = call.get("function") {
-            if let Some(name) = function.get("name").and_then(Value::as_str) {
-                state.name.push_str(name);
+        set_str(&mut state.id, call.id);
+        set_str(&mut state.kind, call.kind);
+        if let Some(function) = call.function.and_then(|f| serde_json::from_str::<FunctionView<'_>>(f.get()).ok()) {
+            if let Some(name) = str_of(function.name) {
+                state.name.push_str(&name);
             }
-            if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
-                state.arguments.push_str(arguments);
+            if let Some(arguments) = str_of(function.arguments) {
+                state.arguments.push_str(&arguments);
             }
         }
     }
@@ -352,12 +366,95 @@ fn append_logprobs(kept: &mut Option<Value>, more: &Value) {
 }
 
 /// Keeps the first non-empty string seen for a field that repeats on every chunk.
-fn set_str(slot: &mut Option<String>, value: Option<&Value>) {
+fn set_str(slot: &mut Option<String>, value: Option<&RawValue>) {
     if slot.is_none() {
-        if let Some(s) = value.and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            *slot = Some(s.to_owned());
+        if let Some(s) = str_of(value).filter(|s| !s.is_empty()) {
+            *slot = Some(s.into_owned());
         }
     }
+}
+
+/// A field's string, borrowed unless it has escapes; `None` for any other JSON type.
+fn str_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    raw.filter(|r| r.get().starts_with('"')).and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+fn uint_of(raw: Option<&RawValue>) -> Option<u64> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+fn value_of(raw: Option<&RawValue>) -> Option<Value> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+/// What the fold reads of one stream event, borrowed from its text. Every field is kept
+/// raw and read when used, so a field of an unexpected type is skipped, not the event; only
+/// the fields read are parsed further (a `Value` of every event cost more than the rest of
+/// the stream's path).
+#[derive(Deserialize)]
+struct EventView<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    created: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    system_fingerprint: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    index: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    logprobs: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView<'a> {
+    #[serde(borrow, default)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallView<'a> {
+    #[serde(borrow, default)]
+    index: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FunctionView<'a> {
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
 }
 
 #[cfg(test)]
