@@ -51,7 +51,8 @@ pub const MAX_CHOICES: u64 = 128;
 
 static O200K: OnceLock<&'static CoreBPE> = OnceLock::new();
 static CL100K: OnceLock<&'static CoreBPE> = OnceLock::new();
-static WARMING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+static WARMING_O200K: AtomicBool = AtomicBool::new(false);
+static WARMING_CL100K: AtomicBool = AtomicBool::new(false);
 
 /// The BPE tables weir knows. Each costs tens of MiB once built, so only the ones a
 /// configured model counts with are built.
@@ -83,7 +84,11 @@ impl Table {
 
     /// Builds the table once, off the async threads. Harmless to call again.
     fn warm(self) {
-        if WARMING[self as usize].swap(true, Ordering::SeqCst) {
+        let warming = match self {
+            Table::O200k => &WARMING_O200K,
+            Table::Cl100k => &WARMING_CL100K,
+        };
+        if warming.swap(true, Ordering::SeqCst) {
             return;
         }
         let build = move || match self {
@@ -161,7 +166,9 @@ impl Memo {
         std::ptr::hash(table, &mut hasher);
         std::hash::Hash::hash(text, &mut hasher);
         let hash = std::hash::Hasher::finish(&hasher);
-        let slot = &self.slots[usize::try_from(hash).unwrap_or_default() % MEMO_SLOTS];
+        let Some(slot) = self.slots.get(usize::try_from(hash).unwrap_or_default() % MEMO_SLOTS) else {
+            return encode();
+        };
         let tag = hash >> MEMO_COUNT_BITS;
         let word = slot.load(Ordering::Relaxed);
         if word != 0 && word >> MEMO_COUNT_BITS == tag {
