@@ -498,6 +498,23 @@ mod tests {
     }
 
     #[test]
+    fn a_field_of_an_unexpected_type_is_skipped_not_its_event() {
+        let sse = concat!(
+            "data: {\"id\":7,\"model\":[\"m\"],\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"He\\u006c\"}}]}\n\n",
+            "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":{\"x\":1}},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[\"garbage\",{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let a = assemble(sse.as_bytes(), true).unwrap();
+        // An escaped string is read as its text; a number id and a list model are skipped.
+        assert_eq!(a.body["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(a.body["id"], Value::Null);
+        assert_eq!(a.response_model.as_deref(), Some("m"));
+        assert_eq!(a.finish_reasons, vec!["stop".to_owned()]);
+        assert_eq!(a.body["choices"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
     fn a_streams_logprobs_are_joined_not_replaced() {
         let chunk = |token: &str| {
             format!(
