@@ -5,6 +5,7 @@
 //! into one redacted JSON line. Must not: do the JSON work on the request's task — the
 //! writer thread calls [`Source::line`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -89,47 +90,55 @@ impl Source {
     }
 
     /// The record as one JSON line (with its `\n`), every string redacted by `redactor`.
+    /// Redaction happens as the line is written: no copy of the record or its bodies is made.
     pub fn line(&self, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
         let ts = rfc3339(self.ts);
-        let mut record = Row {
-            request_id: &self.request_id,
-            client_request_id: self.client_request_id.as_deref(),
-            ts: &ts,
-            key: &self.key,
-            model: &self.model,
-            backend: &self.backend,
-            variant: &self.variant,
-            experiment: self.experiment.as_deref(),
-            endpoint: self.endpoint,
+        let parsed_request: Value;
+        let request = match request_body(&self.request) {
+            body if redactor.is_empty() => body,
+            Body::Raw(raw) => {
+                parsed_request = serde_json::from_str(raw.get())?;
+                Body::Redacted(Redacted { value: &parsed_request, redactor })
+            }
+            Body::Owned(value) => {
+                parsed_request = value;
+                Body::Redacted(Redacted { value: &parsed_request, redactor })
+            }
+            other => other,
+        };
+        let response = match &self.response {
+            None => Body::Null,
+            Some(answer) if redactor.is_empty() => Body::Borrowed(&answer.body),
+            Some(answer) => Body::Redacted(Redacted { value: &answer.body, redactor }),
+        };
+        let record = Row {
+            request_id: redactor.text(&self.request_id),
+            client_request_id: self.client_request_id.as_deref().map(|s| redactor.text(s)),
+            ts: redactor.text(&ts),
+            key: redactor.text(&self.key),
+            model: redactor.text(&self.model),
+            backend: redactor.text(&self.backend),
+            variant: redactor.text(&self.variant),
+            experiment: self.experiment.as_deref().map(|s| redactor.text(s)),
+            endpoint: self.endpoint.map(|s| redactor.text(s)),
             stream: self.stream,
-            request: Body::Null,
-            prompt: self.prompt.as_ref().map(|p| PromptRow { id: &p.id, version: &p.version, variables: &p.variables }),
-            response: Body::Null,
+            request,
+            prompt: self.prompt.as_ref().map(|p| PromptRow {
+                id: redactor.text(&p.id),
+                version: redactor.text(&p.version),
+                variables: Redacted { value: &p.variables, redactor },
+            }),
+            response,
             usage: self.usage.map(usage_json),
             latency_ms: millis(self.latency),
             ttft_ms: self.ttft.map(millis),
             cost_usd: self.cost_usd,
-            cache: self.cache,
+            cache: redactor.text(self.cache),
             status: self.status,
-            error: self.error.as_deref(),
-            outcome: self.outcome,
+            error: self.error.as_deref().map(|s| redactor.text(s)),
+            outcome: redactor.text(self.outcome),
         };
-        if redactor.is_empty() {
-            record.request = request_body(&self.request);
-            record.response = self.response.as_ref().map_or(Body::Null, |a| Body::Borrowed(&a.body));
-            return to_line(&record);
-        }
-        // Redaction walks a tree: every string of the record, the names and error included.
-        let mut value = serde_json::to_value(&record)?;
-        value["request"] = match request_body(&self.request) {
-            Body::Raw(raw) => serde_json::from_str(raw.get())?,
-            Body::Owned(value) => value,
-            Body::Borrowed(value) => value.clone(),
-            Body::Null => Value::Null,
-        };
-        value["response"] = self.response.as_ref().map_or(Value::Null, |a| a.body.clone());
-        redactor.apply(&mut value);
-        to_line(&value)
+        to_line(&record)
     }
 }
 
@@ -165,15 +174,15 @@ pub fn feedback_line(feedback: &Value, redactor: &Redactor) -> Result<Vec<u8>, s
 
 #[derive(Serialize)]
 struct Row<'a> {
-    request_id: &'a str,
-    client_request_id: Option<&'a str>,
-    ts: &'a str,
-    key: &'a str,
-    model: &'a str,
-    backend: &'a str,
-    variant: &'a str,
-    experiment: Option<&'a str>,
-    endpoint: Option<&'static str>,
+    request_id: Cow<'a, str>,
+    client_request_id: Option<Cow<'a, str>>,
+    ts: Cow<'a, str>,
+    key: Cow<'a, str>,
+    model: Cow<'a, str>,
+    backend: Cow<'a, str>,
+    variant: Cow<'a, str>,
+    experiment: Option<Cow<'a, str>>,
+    endpoint: Option<Cow<'a, str>>,
     stream: bool,
     request: Body<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,18 +192,54 @@ struct Row<'a> {
     latency_ms: f64,
     ttft_ms: Option<f64>,
     cost_usd: Option<f64>,
-    cache: &'static str,
+    cache: Cow<'a, str>,
     status: u16,
-    error: Option<&'a str>,
-    outcome: &'static str,
+    error: Option<Cow<'a, str>>,
+    outcome: Cow<'a, str>,
 }
 
 /// `prompt: {id, version, variables}`, next to the rendered request.
 #[derive(Serialize)]
 struct PromptRow<'a> {
-    id: &'a str,
-    version: &'a str,
-    variables: &'a serde_json::Map<String, Value>,
+    id: Cow<'a, str>,
+    version: Cow<'a, str>,
+    variables: Redacted<'a, serde_json::Map<String, Value>>,
+}
+
+/// A JSON value written with every string in it redacted (object keys as they are),
+/// straight from the shared value: nothing is copied but the strings a rule changed.
+struct Redacted<'a, T> {
+    value: &'a T,
+    redactor: &'a Redactor,
+}
+
+impl Serialize for Redacted<'_, Value> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.value {
+            Value::String(text) => serializer.serialize_str(&self.redactor.text(text)),
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for value in items {
+                    seq.serialize_element(&Redacted { value, redactor: self.redactor })?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => Redacted { value: map, redactor: self.redactor }.serialize(serializer),
+            Value::Null | Value::Bool(_) | Value::Number(_) => self.value.serialize(serializer),
+        }
+    }
+}
+
+impl Serialize for Redacted<'_, serde_json::Map<String, Value>> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.value.len()))?;
+        for (key, value) in self.value {
+            map.serialize_entry(key, &Redacted { value, redactor: self.redactor })?;
+        }
+        map.end()
+    }
 }
 
 /// A JSON body embedded in a record.
@@ -205,6 +250,8 @@ enum Body<'a> {
     Raw(&'a RawValue),
     Owned(Value),
     Borrowed(&'a Value),
+    /// A body whose strings are redacted as it is written.
+    Redacted(Redacted<'a, Value>),
     Null,
 }
 
@@ -341,5 +388,25 @@ mod tests {
         assert!(!text.contains("x@y.com") && !text.contains("a@b.io"), "{text}");
         let v = parse(&line);
         assert_eq!(v["request"]["messages"][0]["content"], "I am [REDACTED:email]");
+    }
+
+    #[test]
+    fn redaction_covers_every_string_of_the_record() {
+        let redactor = Redactor::new("t", &[Redaction::Email]);
+        let mut source = source("{\"messages\":\n[{\"role\":\"user\",\"content\":[\"x@y.com\"]}]}");
+        source.key = "ops@corp.io".into();
+        source.error = Some("upstream said: write to help@up.dev".into());
+        let variables = json!({"who": "me@home.net", "n": 3}).as_object().cloned().unwrap();
+        source.prompt = Some(PromptUse { id: "p".into(), version: "v1".into(), variables });
+        let line = source.line(&redactor).unwrap();
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(!text.contains('@'), "{text}");
+        let v = parse(&line);
+        // A request spanning lines is parsed, redacted and written on one line.
+        assert_eq!(v["request"]["messages"][0]["content"][0], "[REDACTED:email]");
+        assert_eq!(v["key"], "[REDACTED:email]");
+        assert_eq!(v["error"], "upstream said: write to [REDACTED:email]");
+        assert_eq!(v["prompt"]["variables"], json!({"who": "[REDACTED:email]", "n": 3}));
+        assert_eq!(v["response"]["choices"][0]["message"]["role"], "assistant");
     }
 }
