@@ -796,6 +796,20 @@ struct Checks {
 }
 
 impl Checks {
+    /// A value that must be at least `min`, at most `max`, or below `limit` (`unit` is shown
+    /// beside the bound).
+    fn at_least(&mut self, name: &str, value: Option<f64>, min: f64, unit: &str) {
+        self.add(name, value, &bound(">=", min, unit), |v| v >= min);
+    }
+
+    fn at_most(&mut self, name: &str, value: Option<f64>, max: f64, unit: &str) {
+        self.add(name, value, &bound("<=", max, unit), |v| v <= max);
+    }
+
+    fn below(&mut self, name: &str, value: Option<f64>, limit: f64, unit: &str) {
+        self.add(name, value, &bound("<", limit, unit), |v| v < limit);
+    }
+
     fn add(&mut self, name: &str, value: Option<f64>, want: &str, ok: impl Fn(f64) -> bool) {
         let pass = value.map(ok);
         self.map.insert(name.into(), json!({"value": value, "target": want, "pass": pass}));
@@ -813,6 +827,11 @@ impl Checks {
     }
 }
 
+/// `>= 0.85`, `< 64 MiB`: a bound as the targets table shows it.
+fn bound(op: &str, value: f64, unit: &str) -> String {
+    if unit.is_empty() { format!("{op} {value:.2}") } else { format!("{op} {value} {unit}") }
+}
+
 /// The issues' targets, checked against this run. Gateway-core lines judge the plain weir
 /// (`weir`, or `weir-plain` under the production profile); production lines the `weir`.
 fn check_targets(report: &Value, params: &Params) -> Value {
@@ -822,53 +841,53 @@ fn check_targets(report: &Value, params: &Params) -> Value {
     println!("\n== targets ==");
     if !params.modes.is_empty() {
         let at = |phase: &str, mode: &str, target: &str, key: &str| get(&format!("/{phase}/{mode}/{target}/{key}"));
-        checks.add(
+        checks.at_least(
             &format!("chat throughput ratio ({plain}/direct)"),
             at("load", "chat", plain, "ratio_vs_direct"),
-            ">= 0.60",
-            |v| v >= 0.60,
+            0.60,
+            "",
         );
-        checks.add(
+        checks.at_least(
             &format!("stream throughput ratio ({plain}/direct)"),
             at("load", "chat-stream", plain, "ratio_vs_direct"),
-            ">= 0.50",
-            |v| v >= 0.50,
+            0.50,
+            "",
         );
-        checks.add(
+        checks.at_least(
             &format!("chat throughput ratio ({plain}/nginx)"),
             at("load", "chat", plain, "ratio_vs_nginx"),
-            ">= 0.95",
-            |v| v >= 0.95,
+            0.95,
+            "",
         );
-        checks.add(
+        checks.at_least(
             &format!("stream throughput ratio ({plain}/nginx)"),
             at("load", "chat-stream", plain, "ratio_vs_nginx"),
-            ">= 1.00",
-            |v| v >= 1.0,
+            1.0,
+            "",
         );
-        checks.add(
+        checks.below(
             &format!("chat added p99, unloaded, {plain} (ms)"),
             at("latency", "chat", plain, "added_p99_ms"),
-            "< 1 ms",
-            |v| v < 1.0,
+            1.0,
+            "ms",
         );
-        checks.add(
+        checks.below(
             &format!("stream added p99, unloaded, {plain} (ms)"),
             at("latency", "chat-stream", plain, "added_p99_ms"),
-            "< 1 ms",
-            |v| v < 1.0,
+            1.0,
+            "ms",
         );
-        checks.add(
+        checks.at_most(
             &format!("stream added first byte p50, unloaded, {plain} (ms)"),
             at("latency", "chat-stream", plain, "added_ttfb_p50_ms"),
-            "<= 0.2 ms",
-            |v| v <= 0.2,
+            0.2,
+            "ms",
         );
-        checks.add(
+        checks.below(
             &format!("{plain} peak RSS under {} connections (MiB)", params.connections),
             get(&format!("/rss/{plain}/peak_under_load_mib")),
-            "< 50 MiB",
-            |v| v < 50.0,
+            50.0,
+            "MiB",
         );
         if params.profile == Profile::Production {
             check_production(&mut checks, report, params);
@@ -884,29 +903,25 @@ fn check_targets(report: &Value, params: &Params) -> Value {
 /// Everything on: throughput against the plain weir, added latency, peak RSS.
 fn check_production(checks: &mut Checks, report: &Value, params: &Params) {
     let get = |path: &str| report.pointer(path).and_then(Value::as_f64);
-    checks.add("chat throughput ratio (production/plain)", get("/load/chat/weir/ratio_vs_plain"), ">= 0.85", |v| {
-        v >= 0.85
-    });
-    checks.add(
+    checks.at_least("chat throughput ratio (production/plain)", get("/load/chat/weir/ratio_vs_plain"), 0.85, "");
+    checks.at_least(
         "stream throughput ratio (production/plain)",
         get("/load/chat-stream/weir/ratio_vs_plain"),
-        ">= 0.85",
-        |v| v >= 0.85,
+        0.85,
+        "",
     );
-    checks.add("chat added p99, unloaded, production (ms)", get("/latency/chat/weir/added_p99_ms"), "< 1 ms", |v| {
-        v < 1.0
-    });
-    checks.add(
+    checks.below("chat added p99, unloaded, production (ms)", get("/latency/chat/weir/added_p99_ms"), 1.0, "ms");
+    checks.below(
         "stream added p99, unloaded, production (ms)",
         get("/latency/chat-stream/weir/added_p99_ms"),
-        "< 1 ms",
-        |v| v < 1.0,
+        1.0,
+        "ms",
     );
-    checks.add(
+    checks.below(
         &format!("production peak RSS under {} connections (MiB)", params.connections),
         get("/rss/weir/peak_under_load_mib"),
-        "< 64 MiB",
-        |v| v < 64.0,
+        64.0,
+        "MiB",
     );
 }
 
@@ -914,18 +929,18 @@ fn check_production(checks: &mut Checks, report: &Value, params: &Params) {
 fn check_paced(checks: &mut Checks, report: &Value, params: &Params) {
     let get = |path: &str| report.pointer(path).and_then(Value::as_f64);
     let plain = params.plain_target().name();
-    checks.add(
+    checks.at_most(
         &format!("paced CPU per chunk ({plain}/nginx)"),
         get(&format!("/paced/cpu_per_chunk_ratios/{plain}~1nginx")),
-        "<= 1.10",
-        |v| v <= 1.10,
+        1.10,
+        "",
     );
     if params.profile == Profile::Production {
-        checks.add(
+        checks.at_most(
             "paced CPU per chunk (production/nginx)",
             get("/paced/cpu_per_chunk_ratios/weir~1nginx"),
-            "<= 1.30",
-            |v| v <= 1.30,
+            1.30,
+            "",
         );
     }
     let errors = report["paced"]["targets"].as_object().map(|t| t.values().filter_map(|v| v["errors"].as_f64()).sum());

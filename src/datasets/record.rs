@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::redact::Redactor;
+use super::redact::{Redacted, Redactor};
 use crate::wire::{Assembled, PromptUse, Record, Usage};
 
 /// What a dataset record is made from, taken from a finished [`Record`].
@@ -98,18 +98,18 @@ impl Source {
             body if redactor.is_empty() => body,
             Body::Raw(raw) => {
                 parsed_request = serde_json::from_str(raw.get())?;
-                Body::Redacted(Redacted { value: &parsed_request, redactor })
+                Body::Redacted(redactor.over(&parsed_request))
             }
             Body::Owned(value) => {
                 parsed_request = value;
-                Body::Redacted(Redacted { value: &parsed_request, redactor })
+                Body::Redacted(redactor.over(&parsed_request))
             }
             other => other,
         };
         let response = match &self.response {
             None => Body::Null,
             Some(answer) if redactor.is_empty() => Body::Borrowed(&answer.body),
-            Some(answer) => Body::Redacted(Redacted { value: &answer.body, redactor }),
+            Some(answer) => Body::Redacted(redactor.over(&answer.body)),
         };
         let record = Row {
             request_id: redactor.text(&self.request_id),
@@ -126,7 +126,7 @@ impl Source {
             prompt: self.prompt.as_ref().map(|p| PromptRow {
                 id: redactor.text(&p.id),
                 version: redactor.text(&p.version),
-                variables: Redacted { value: &p.variables, redactor },
+                variables: redactor.over(&p.variables),
             }),
             response,
             usage: self.usage.map(usage_json),
@@ -167,9 +167,7 @@ pub fn value_weight(value: &Value) -> usize {
 
 /// A feedback line: `{"type":"feedback","request_id","score","comment","ts",...}`.
 pub fn feedback_line(feedback: &Value, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
-    let mut value = feedback.clone();
-    redactor.apply(&mut value);
-    to_line(&value)
+    to_line(&redactor.over(feedback))
 }
 
 #[derive(Serialize)]
@@ -204,42 +202,6 @@ struct PromptRow<'a> {
     id: Cow<'a, str>,
     version: Cow<'a, str>,
     variables: Redacted<'a, serde_json::Map<String, Value>>,
-}
-
-/// A JSON value written with every string in it redacted (object keys as they are),
-/// straight from the shared value: nothing is copied but the strings a rule changed.
-struct Redacted<'a, T> {
-    value: &'a T,
-    redactor: &'a Redactor,
-}
-
-impl Serialize for Redacted<'_, Value> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        match self.value {
-            Value::String(text) => serializer.serialize_str(&self.redactor.text(text)),
-            Value::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for value in items {
-                    seq.serialize_element(&Redacted { value, redactor: self.redactor })?;
-                }
-                seq.end()
-            }
-            Value::Object(map) => Redacted { value: map, redactor: self.redactor }.serialize(serializer),
-            Value::Null | Value::Bool(_) | Value::Number(_) => self.value.serialize(serializer),
-        }
-    }
-}
-
-impl Serialize for Redacted<'_, serde_json::Map<String, Value>> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.value.len()))?;
-        for (key, value) in self.value {
-            map.serialize_entry(key, &Redacted { value, redactor: self.redactor })?;
-        }
-        map.end()
-    }
 }
 
 /// A JSON body embedded in a record.

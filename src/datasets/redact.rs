@@ -1,7 +1,8 @@
 //! Redaction: e-mail addresses, phone numbers, API-key shapes and configured regexes are
 //! replaced in every string of a record before it is written.
 //!
-//! Owns: the built-in patterns (compiled once per process) and a dataset's [`Redactor`]
+//! Owns: the built-in patterns (compiled once per process), a dataset's [`Redactor`] and
+//! [`Redacted`], a value serialised with its strings redacted as it is written
 //! (compiled once per config snapshot). Must not: run on the request's task — the writer
 //! applies it off the hot path.
 
@@ -9,6 +10,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::{Captures, Regex};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Redaction;
@@ -119,21 +121,9 @@ impl Redactor {
         self.rules.is_empty()
     }
 
-    /// Redacts every string inside `value` in place (object keys are left alone).
-    pub fn apply(&self, value: &mut Value) {
-        if self.rules.is_empty() {
-            return;
-        }
-        match value {
-            Value::String(text) => {
-                if let Cow::Owned(redacted) = self.text(text) {
-                    *text = redacted;
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|item| self.apply(item)),
-            Value::Object(map) => map.values_mut().for_each(|item| self.apply(item)),
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
-        }
+    /// `value` to serialise with every string in it redacted (object keys are left alone).
+    pub fn over<'a, T>(&'a self, value: &'a T) -> Redacted<'a, T> {
+        Redacted { value, redactor: self }
     }
 
     /// `text` with every rule applied; borrowed when nothing matched.
@@ -154,6 +144,42 @@ impl Redactor {
             }
         }
         out
+    }
+}
+
+/// A JSON value written with every string in it redacted (object keys as they are),
+/// straight from the shared value: nothing is copied but the strings a rule changed.
+pub struct Redacted<'a, T> {
+    value: &'a T,
+    redactor: &'a Redactor,
+}
+
+impl Serialize for Redacted<'_, Value> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.value {
+            Value::String(text) => serializer.serialize_str(&self.redactor.text(text)),
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for value in items {
+                    seq.serialize_element(&self.redactor.over(value))?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => self.redactor.over(map).serialize(serializer),
+            Value::Null | Value::Bool(_) | Value::Number(_) => self.value.serialize(serializer),
+        }
+    }
+}
+
+impl Serialize for Redacted<'_, serde_json::Map<String, Value>> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.value.len()))?;
+        for (key, value) in self.value {
+            map.serialize_entry(key, &self.redactor.over(value))?;
+        }
+        map.end()
     }
 }
 
@@ -221,8 +247,9 @@ mod tests {
 
     #[test]
     fn every_string_in_a_value_is_redacted() {
-        let mut value = json!({"messages": [{"role": "user", "content": "I am a@b.io"}], "n": 1, "tags": ["x@y.dev"]});
-        all().apply(&mut value);
+        let value = json!({"messages": [{"role": "user", "content": "I am a@b.io"}], "n": 1, "tags": ["x@y.dev"]});
+        let redactor = all();
+        let value = serde_json::to_value(redactor.over(&value)).unwrap();
         assert_eq!(
             value,
             json!({"messages": [{"role": "user", "content": "I am [REDACTED:email]"}], "n": 1, "tags": ["[REDACTED:email]"]})

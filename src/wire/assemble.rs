@@ -393,67 +393,67 @@ fn value_of(raw: Option<&RawValue>) -> Option<Value> {
 /// the stream's path).
 #[derive(Deserialize)]
 struct EventView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     created: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     system_fingerprint: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     usage: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     choices: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct ChoiceView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     index: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     finish_reason: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     logprobs: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     delta: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct DeltaView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     role: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     refusal: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     tool_calls: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct ToolCallView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     index: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "type")]
+    #[serde(borrow, rename = "type")]
     kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     function: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct FunctionView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     arguments: Option<&'a RawValue>,
 }
 
