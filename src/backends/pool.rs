@@ -8,7 +8,10 @@
 //! weir's overhead matters most); `https://` backends keep hyper_util's client for TLS and
 //! HTTP/2.
 //!
-//! An idle connection is not polled; before reuse it gets one poll with a no-op waker so
+//! Idle connections are kept per thread: a socket belongs to the I/O driver of the worker
+//! thread that opened it (see `server::workers`), and used from another worker every
+//! readiness event would cross cores. A thread takes its own idle connections first and
+//! another thread's only before opening a new one. An idle connection is not polled; before reuse it gets one poll with a no-op waker so
 //! that a close the upstream sent meanwhile is noticed, and a request that fails on a reused
 //! connection before any answer is sent again once on a fresh one.
 
@@ -30,8 +33,28 @@ use tokio::time::Instant;
 
 type Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
-/// Idle connections kept per backend; more are closed when they finish.
+/// Idle connections kept per backend and thread; more are closed when they finish.
 const MAX_IDLE: usize = 1024;
+/// Idle lists per backend; threads beyond this many share them (still correct, only the
+/// wake-ups of a shared connection may cross cores).
+const SLOTS: usize = 64;
+
+thread_local! {
+    /// This thread's idle list, assigned on first use.
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SLOTS;
+}
+
+fn this_threads_slot() -> usize {
+    SLOT.with(|slot| *slot)
+}
+
+/// Slots some thread has been given so far.
+fn slots_in_use() -> usize {
+    SLOT.with(|_| ());
+    NEXT_SLOT.load(std::sync::atomic::Ordering::Relaxed).min(SLOTS)
+}
+
+static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// An idle connection older than this is closed rather than reused (upstreams commonly
 /// drop idle keep-alive connections after a minute or two anyway).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -41,7 +64,8 @@ pub struct H1Pool {
     /// `host:port`, resolved on each connect (DNS changes are followed).
     authority: String,
     connect_timeout: Duration,
-    idle: Mutex<Vec<Conn>>,
+    /// Per thread ([`SLOTS`]), newest last.
+    idle: Box<[Mutex<Vec<Conn>>]>,
 }
 
 /// One upstream connection: the request sender and the connection future that does its I/O.
@@ -50,6 +74,8 @@ pub struct Conn {
     io: Pin<Box<Connection>>,
     /// When the connection last went idle.
     idle_since: Instant,
+    /// The idle list of the thread that opened it.
+    home: usize,
 }
 
 impl std::fmt::Debug for Conn {
@@ -67,7 +93,8 @@ pub struct PoolError {
 
 impl H1Pool {
     pub fn new(authority: String, connect_timeout: Duration) -> H1Pool {
-        H1Pool { authority, connect_timeout, idle: Mutex::new(Vec::new()) }
+        let idle = (0..SLOTS).map(|_| Mutex::new(Vec::new())).collect();
+        H1Pool { authority, connect_timeout, idle }
     }
 
     /// Sends one request and returns the response head with the connection that carries its
@@ -96,10 +123,17 @@ impl H1Pool {
         PooledConn { conn: Some(conn), pool: Arc::clone(self) }
     }
 
-    /// The most recently used idle connection that is still open.
+    /// This thread's most recently used idle connection that is still open, else another
+    /// thread's.
     fn take_idle(&self) -> Option<Conn> {
+        let own = this_threads_slot();
+        let slots = slots_in_use();
+        (0..slots).find_map(|step| self.take_idle_from(&self.idle[(own + step) % slots]))
+    }
+
+    fn take_idle_from(&self, idle: &Mutex<Vec<Conn>>) -> Option<Conn> {
         loop {
-            let mut conn = self.idle.lock().ok()?.pop()?;
+            let mut conn = idle.lock().ok()?.pop()?;
             if expired(conn.idle_since, Instant::now()) {
                 continue;
             }
@@ -123,15 +157,15 @@ impl H1Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| connect_error(super::transport::error_chain(&err)))?;
-        Ok(Conn { send, io: Box::pin(io), idle_since: Instant::now() })
+        Ok(Conn { send, io: Box::pin(io), idle_since: Instant::now(), home: this_threads_slot() })
     }
 
-    /// Returns a connection to the idle list, newest last, and closes the ones idle too
+    /// Returns a connection to its thread's idle list, newest last, and closes the ones idle too
     /// long (they sit at the front), so sockets the upstream closed do not pile up.
     fn put_back(&self, mut conn: Conn) {
         let now = Instant::now();
         conn.idle_since = now;
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Ok(mut idle) = self.idle[conn.home].lock() {
             let stale = idle.iter().take_while(|c| expired(c.idle_since, now)).count();
             idle.drain(..stale);
             if idle.len() < MAX_IDLE {

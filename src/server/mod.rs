@@ -1,6 +1,7 @@
 //! Server: listeners, connections, the route table and every HTTP handler.
 //!
-//! Owns: binding sockets (`TCP_NODELAY`, deep accept backlog), HTTP/1.1 and HTTP/2 (h2c and
+//! Owns: binding sockets (`TCP_NODELAY`, deep accept backlog), handing each connection to
+//! a worker thread that serves it to its end (`workers`), HTTP/1.1 and HTTP/2 (h2c and
 //! TLS with ALPN, told apart before hyper reads: `protocol`) and their limits (HTTP/2 streams, windows and
 //! header size; the memory budgets of request bodies being read, per connection and per
 //! listener), request ids, catching panics as 500s,
@@ -20,6 +21,7 @@ mod routes;
 mod send_timeout;
 mod state;
 mod stored;
+mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -161,7 +163,16 @@ fn spawn_connection<H: Handler>(
 ) {
     let builders = Arc::clone(builders);
     let watcher = graceful.watcher();
-    tokio::spawn(async move {
+    // The socket moves to the worker's own I/O driver.
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(err) => return tracing::debug!(error = %err, "cannot hand the connection to a worker"),
+    };
+    workers::spawn_connection(async move {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => return tracing::debug!(error = %err, "cannot register the connection on its worker"),
+        };
         let service = service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(budgets.clone());
             let handler = handler.clone();
