@@ -27,6 +27,16 @@ pub const HTTP1_MAX_BUFFER: usize = 64 * 1024;
 /// Builds a client whose connections use `TCP_NODELAY` (no Nagle delay on small SSE
 /// writes) and give up connecting after `connect`; `ca_file` adds trusted CA certificates.
 pub fn build_client(connect: Duration, ca_file: Option<&Path>) -> std::io::Result<HttpClient> {
+    build(connect, ca_file, false)
+}
+
+/// A client that speaks only HTTP/2: prior knowledge over `http://`, ALPN `h2` over
+/// `https://` (gRPC, as OTLP trace export uses it).
+pub fn build_h2_client(connect: Duration) -> std::io::Result<HttpClient> {
+    build(connect, None, true)
+}
+
+fn build(connect: Duration, ca_file: Option<&Path>, http2_only: bool) -> std::io::Result<HttpClient> {
     let tls = match ca_file {
         None => tls_client_config().as_ref().clone(),
         Some(path) => with_ca_file(path)?,
@@ -46,6 +56,7 @@ pub fn build_client(connect: Duration, ca_file: Option<&Path>) -> std::io::Resul
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .http1_max_buf_size(HTTP1_MAX_BUFFER)
+        .http2_only(http2_only)
         .build(https))
 }
 

@@ -26,7 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{BackendConfig, BackendKind};
 use crate::wire::Endpoint;
 
-pub use self::client::{BodyError, UpstreamBody};
+pub use self::client::{BodyError, HttpClient, UpstreamBody, build_client, build_h2_client};
+pub(crate) use self::transport::error_chain;
 
 /// A backend ready to take calls, built once per config snapshot and shared by its requests.
 #[derive(Debug)]
