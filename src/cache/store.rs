@@ -75,10 +75,18 @@ impl Expiry<CacheKey, Stored> for PerEntryTtl {
     }
 }
 
+/// Entries a store of `max_size` bytes is sized for up front: a full store of typical
+/// answers (about 1 KiB). Growing the map one doubling at a time while it fills, and again
+/// as evictions leave tombstones, cost about 8% of a request's CPU in the production bench (every request a miss).
+fn expected_entries(max_size: u64) -> usize {
+    usize::try_from(max_size / 1024).unwrap_or(usize::MAX).clamp(1024, 1 << 20)
+}
+
 impl Store {
     pub fn new(max_size: u64) -> Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_size)
+            .initial_capacity(expected_entries(max_size))
             .weigher(|_key: &CacheKey, stored: &Stored| stored.entry.weight())
             .expire_after(PerEntryTtl)
             .build();
