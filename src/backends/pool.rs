@@ -11,12 +11,15 @@
 //! Idle connections are kept per thread: a socket belongs to the I/O driver of the worker
 //! thread that opened it (see `server::workers`), and used from another worker every
 //! readiness event would cross cores. A thread takes its own idle connections first and
-//! another thread's only before opening a new one. An idle connection is not polled; before reuse it gets one poll with a no-op waker so
+//! another thread's only before opening a new one.
+//!
+//! An idle connection is not polled; before reuse it gets one poll with a no-op waker so
 //! that a close the upstream sent meanwhile is noticed, and a request that fails on a reused
 //! connection before any answer is sent again once on a fresh one.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -39,22 +42,23 @@ const MAX_IDLE: usize = 1024;
 /// wake-ups of a shared connection may cross cores).
 const SLOTS: usize = 64;
 
+/// Slots handed out so far, one per thread that used a pool.
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
     /// This thread's idle list, assigned on first use.
-    static SLOT: usize = NEXT_SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SLOTS;
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
 }
 
 fn this_threads_slot() -> usize {
     SLOT.with(|slot| *slot)
 }
 
-/// Slots some thread has been given so far.
+/// Slots some thread has been given, this one's included.
 fn slots_in_use() -> usize {
-    SLOT.with(|_| ());
-    NEXT_SLOT.load(std::sync::atomic::Ordering::Relaxed).min(SLOTS)
+    let _ = this_threads_slot();
+    NEXT_SLOT.load(Ordering::Relaxed).min(SLOTS)
 }
-
-static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// An idle connection older than this is closed rather than reused (upstreams commonly
 /// drop idle keep-alive connections after a minute or two anyway).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
