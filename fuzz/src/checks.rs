@@ -90,9 +90,18 @@ pub fn check_assemble(data: &[u8]) {
     let assembled = assemble(body, sse);
     if !sse {
         let parsed = serde_json::from_slice::<Value>(body).ok();
-        assert_eq!(assembled.as_ref().map(|a| &a.body), parsed.as_ref(), "JSON is read as it is");
-        if let Some(a) = &assembled {
+        assert_eq!(assembled.as_ref().map(|a| &*a.body), parsed.as_ref(), "JSON is read as it is");
+        if let (Some(a), Some(tree)) = (&assembled, &parsed) {
             assert!(a.complete);
+            // Read through borrowed views, the summary must say what the tree says.
+            let model = tree.get("model").and_then(Value::as_str);
+            assert_eq!(a.response_model.as_deref(), model, "model as the tree has it");
+            let reasons: Vec<&str> = tree
+                .get("choices")
+                .and_then(Value::as_array)
+                .map(|choices| choices.iter().filter_map(|c| c.get("finish_reason").and_then(Value::as_str)).collect())
+                .unwrap_or_default();
+            assert_eq!(a.finish_reasons, reasons, "finish reasons as the tree has them");
         }
         return;
     }

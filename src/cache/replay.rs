@@ -34,7 +34,7 @@ pub fn whole_of(endpoint: Endpoint, sse: &[u8]) -> Option<Vec<u8>> {
         Endpoint::Responses => apis::responses::read_answer(sse, true)?.body,
         Endpoint::Messages => apis::messages::read_answer(sse, true)?.body,
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-            crate::wire::assemble(sse, true).filter(|assembled| assembled.complete)?.body
+            crate::wire::assemble(sse, true).filter(|assembled| assembled.complete)?.body.into_value()
         }
     };
     serde_json::to_vec(&body).ok()

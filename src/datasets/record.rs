@@ -84,7 +84,7 @@ impl Source {
         let extra = self.experiment.as_ref().map_or(0, String::len) + self.error.as_ref().map_or(0, String::len);
         std::mem::size_of::<Source>()
             + self.request.len()
-            + self.response.as_ref().map_or(0, |a| value_weight(&a.body))
+            + self.response.as_ref().map_or(0, |a| a.body.raw().map_or_else(|| value_weight(&a.body), Bytes::len))
             + names
             + extra
     }
@@ -108,7 +108,10 @@ impl Source {
         };
         let response = match &self.response {
             None => Body::Null,
-            Some(answer) if redactor.is_empty() => Body::Borrowed(&answer.body),
+            Some(answer) if redactor.is_empty() => match answer.body.raw().and_then(single_line_json) {
+                Some(raw) => Body::Raw(raw),
+                None => Body::Borrowed(&answer.body),
+            },
             Some(answer) => Body::Redacted(redactor.over(&answer.body)),
         };
         let record = Row {
@@ -217,16 +220,22 @@ enum Body<'a> {
     Null,
 }
 
+/// `bytes` as they are when they are valid JSON on one line (a JSONL record must be).
+fn single_line_json(bytes: &Bytes) -> Option<&RawValue> {
+    if bytes.contains(&b'\n') || bytes.contains(&b'\r') {
+        return None;
+    }
+    serde_json::from_slice::<&RawValue>(bytes).ok()
+}
+
 /// The request body as JSON: as it came when it is valid JSON on one line, re-serialised
 /// when it spans lines (a JSONL record must not), or as a string when it is not JSON.
 fn request_body(bytes: &Bytes) -> Body<'_> {
     if bytes.is_empty() {
         return Body::Null;
     }
-    if !bytes.contains(&b'\n') && !bytes.contains(&b'\r') {
-        if let Ok(raw) = serde_json::from_slice::<&RawValue>(bytes) {
-            return Body::Raw(raw);
-        }
+    if let Some(raw) = single_line_json(bytes) {
+        return Body::Raw(raw);
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(value) => Body::Owned(value),
@@ -279,7 +288,7 @@ mod tests {
             request: Bytes::from_static(request.as_bytes()),
             prompt: None,
             response: Some(Arc::new(Assembled {
-                body: json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]}),
+                body: json!({"choices": [{"message": {"role": "assistant", "content": "mail me at a@b.io"}}]}).into(),
                 usage: None,
                 finish_reasons: Vec::new(),
                 response_model: None,
@@ -300,6 +309,22 @@ mod tests {
         assert_eq!(line.last(), Some(&b'\n'));
         assert!(!line[..line.len() - 1].contains(&b'\n'), "one line");
         serde_json::from_slice(line).unwrap()
+    }
+
+    #[test]
+    fn a_json_answer_is_copied_as_it_came_or_put_on_one_line() {
+        for (answer, on_one_line) in [
+            (r#"{"id":"x","choices":[{"finish_reason":"stop"}]}"#, true),
+            ("{\n  \"id\": \"x\",\n  \"choices\": []\n}", false),
+        ] {
+            let mut source = source(r#"{"model":"chat","messages":[]}"#);
+            source.response = crate::wire::assemble(answer.as_bytes(), false).map(Arc::new);
+            let line = source.line(&Redactor::default()).unwrap();
+            let written = parse(&line)["response"].clone();
+            assert_eq!(written, serde_json::from_str::<Value>(answer).unwrap());
+            let copied = line.windows(answer.len()).any(|w| w == answer.as_bytes());
+            assert_eq!(copied, on_one_line, "{answer}");
+        }
     }
 
     #[test]

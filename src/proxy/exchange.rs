@@ -152,7 +152,7 @@ impl Exchange {
         self.wants_assembly |= !datasets.is_empty();
         self.read_back();
         if let (Some(job), Some(answer)) = (self.store.take(), self.record.assembled.as_ref()) {
-            job.store(answer.body.clone());
+            job.store(serde_json::Value::clone(&answer.body));
         }
         let record = &self.record;
         snapshot.metrics.record_request(record);
@@ -232,7 +232,7 @@ fn read_inbound(endpoint: Endpoint, bytes: &[u8], sse: bool) -> Option<Assembled
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => return None,
     };
     Some(Assembled {
-        body,
+        body: body.into(),
         usage: usage.map(crate::apis::usage::Tokens::to_wire),
         finish_reasons: reason.into_iter().collect(),
         response_model: model,

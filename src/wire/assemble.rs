@@ -7,8 +7,10 @@
 //! as the chunks pass, so a long stream is held as its text rather than as its events.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
@@ -21,7 +23,7 @@ use super::usage::{RawUsage, Usage};
 pub struct Assembled {
     /// `chat.completion`, `text_completion` or the embeddings list, as a JSON value. A
     /// streamed answer is folded into the shape the same request would have got unstreamed.
-    pub body: serde_json::Value,
+    pub body: AnswerBody,
     pub usage: Option<Usage>,
     /// One per choice, in choice order (`stop`, `length`, `tool_calls`, ...).
     pub finish_reasons: Vec<String>,
@@ -31,12 +33,120 @@ pub struct Assembled {
     pub complete: bool,
 }
 
+/// An answer's JSON: a JSON answer's bytes as the upstream sent them, parsed into a tree only
+/// when something reads it (a dataset line without redaction copies the bytes as they are);
+/// or the tree a stream was folded into. Reads as a [`Value`].
+#[derive(Debug, Clone, Default)]
+pub struct AnswerBody {
+    /// Valid JSON, when the body came as bytes.
+    raw: Option<Bytes>,
+    tree: OnceLock<Value>,
+}
+
+impl AnswerBody {
+    /// `raw` must be valid JSON.
+    fn from_valid_json(raw: Bytes) -> AnswerBody {
+        AnswerBody { raw: Some(raw), tree: OnceLock::new() }
+    }
+
+    /// The upstream's bytes, for a body that came as JSON.
+    pub fn raw(&self) -> Option<&Bytes> {
+        self.raw.as_ref()
+    }
+
+    /// The tree, built now if it was not yet.
+    pub fn into_value(mut self) -> Value {
+        let _ = std::ops::Deref::deref(&self);
+        self.tree.take().unwrap_or(Value::Null)
+    }
+}
+
+impl From<Value> for AnswerBody {
+    fn from(value: Value) -> AnswerBody {
+        AnswerBody { raw: None, tree: OnceLock::from(value) }
+    }
+}
+
+impl std::ops::Deref for AnswerBody {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.tree
+            .get_or_init(|| self.raw.as_ref().and_then(|raw| serde_json::from_slice(raw).ok()).unwrap_or(Value::Null))
+    }
+}
+
+impl PartialEq for AnswerBody {
+    fn eq(&self, other: &AnswerBody) -> bool {
+        **self == **other
+    }
+}
+
+impl Serialize for AnswerBody {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match (self.tree.get(), &self.raw) {
+            (None, Some(raw)) => match serde_json::from_slice::<&RawValue>(raw) {
+                Ok(raw) => raw.serialize(serializer),
+                Err(_) => Value::Null.serialize(serializer),
+            },
+            _ => (**self).serialize(serializer),
+        }
+    }
+}
+
 /// Reads `bytes` (a whole answer) back into its non-streamed shape.
 pub fn assemble(bytes: &[u8], sse: bool) -> Option<Assembled> {
     if sse { assemble_sse(bytes) } else { assemble_json(bytes) }
 }
 
+/// What a JSON answer's summary reads, borrowed from its bytes (the tree is left unbuilt).
+#[derive(Deserialize)]
+struct JsonAnswerView<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    choices: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FinishView<'a> {
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
 fn assemble_json(bytes: &[u8]) -> Option<Assembled> {
+    // Read through borrowed views; anything they cannot read (not an object, a field given
+    // twice) goes through the tree, as before.
+    let Ok(view) = serde_json::from_slice::<JsonAnswerView<'_>>(bytes) else { return assemble_json_tree(bytes) };
+    let usage = view
+        .usage
+        .filter(|raw| raw.get() != "null")
+        .and_then(|raw| serde_json::from_str::<RawUsage>(raw.get()).ok())
+        .map(Usage::from);
+    let finish_reasons = view
+        .choices
+        .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
+        .map(|choices| {
+            choices
+                .iter()
+                .filter_map(|choice| match serde_json::from_str::<FinishView<'_>>(choice.get()) {
+                    Ok(view) => str_of(view.finish_reason).map(Cow::into_owned),
+                    // Not an object, or the field given twice: as the tree reads it.
+                    Err(_) => serde_json::from_str::<Value>(choice.get())
+                        .ok()
+                        .and_then(|c| c.get("finish_reason").and_then(Value::as_str).map(str::to_owned)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let response_model = str_of(view.model).map(Cow::into_owned);
+    let body = AnswerBody::from_valid_json(Bytes::copy_from_slice(bytes));
+    Some(Assembled { body, usage, finish_reasons, response_model, complete: true })
+}
+
+fn assemble_json_tree(bytes: &[u8]) -> Option<Assembled> {
     let body: Value = serde_json::from_slice(bytes).ok()?;
     let usage = usage_of(&body);
     let finish_reasons = body
@@ -47,7 +157,7 @@ fn assemble_json(bytes: &[u8]) -> Option<Assembled> {
         })
         .unwrap_or_default();
     let response_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
-    Some(Assembled { body, usage, finish_reasons, response_model, complete: true })
+    Some(Assembled { body: body.into(), usage, finish_reasons, response_model, complete: true })
 }
 
 fn usage_of(value: &Value) -> Option<Usage> {
@@ -245,7 +355,7 @@ impl StreamState {
             body.insert("system_fingerprint".into(), fp);
         }
         Assembled {
-            body: Value::Object(body),
+            body: Value::Object(body).into(),
             usage: self.usage,
             finish_reasons,
             response_model: self.model,

@@ -24,7 +24,7 @@ pub(crate) mod summary;
 pub(crate) mod trace_context;
 pub(crate) mod usage;
 
-pub use assemble::{Assembled, assemble};
+pub use assemble::{AnswerBody, Assembled, assemble};
 pub use capture::{CAPTURE_LIMIT, Capture};
 pub use endpoint::Endpoint;
 pub use log_safe::LogSafe;
