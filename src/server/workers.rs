@@ -68,8 +68,15 @@ fn worker_count() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get()))
 }
 
+/// Threads for blocking work (name lookups of new upstream connections) that all workers
+/// share between them, as one multi-threaded runtime would by default.
+const BLOCKING_THREADS: usize = 512;
+
 fn start_worker(index: usize) -> std::io::Result<Worker> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads((BLOCKING_THREADS / worker_count()).max(8))
+        .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new().name(format!("weir-worker-{index}")).spawn(move || {
         // Workers live as long as the process: connections draining at shutdown need them.
