@@ -56,7 +56,10 @@ fn least_loaded() -> Option<&'static Worker> {
 /// The process's workers, started on first use; empty if none could start.
 fn workers() -> &'static [Worker] {
     static WORKERS: OnceLock<Vec<Worker>> = OnceLock::new();
-    WORKERS.get_or_init(|| (0..worker_count()).map_while(|index| start_worker(index).ok()).collect())
+    WORKERS.get_or_init(|| {
+        let count = worker_count();
+        (0..count).map_while(|index| start_worker(index, count).ok()).collect()
+    })
 }
 
 /// One per core; `TOKIO_WORKER_THREADS` overrides it, as it does for tokio's own runtimes.
@@ -72,10 +75,10 @@ fn worker_count() -> usize {
 /// share between them, as one multi-threaded runtime would by default.
 const BLOCKING_THREADS: usize = 512;
 
-fn start_worker(index: usize) -> std::io::Result<Worker> {
+fn start_worker(index: usize, count: usize) -> std::io::Result<Worker> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads((BLOCKING_THREADS / worker_count()).max(8))
+        .max_blocking_threads((BLOCKING_THREADS / count).max(8))
         .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new().name(format!("weir-worker-{index}")).spawn(move || {

@@ -96,54 +96,43 @@ impl Serialize for AnswerBody {
 
 /// Reads `bytes` (a whole answer) back into its non-streamed shape.
 pub fn assemble(bytes: &[u8], sse: bool) -> Option<Assembled> {
-    if sse { assemble_sse(bytes) } else { assemble_json(bytes) }
+    if sse { assemble_sse(bytes) } else { assemble_json(Bytes::copy_from_slice(bytes)) }
 }
 
-/// What a JSON answer's summary reads, borrowed from its bytes (the tree is left unbuilt).
-#[derive(Deserialize)]
-struct JsonAnswerView<'a> {
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow)]
-    usage: Option<&'a RawValue>,
-    #[serde(borrow)]
-    choices: Option<&'a RawValue>,
+/// [`assemble`] of a buffer it may keep (a JSON answer's bytes are kept without a copy).
+pub fn assemble_owned(bytes: Vec<u8>, sse: bool) -> Option<Assembled> {
+    if sse { assemble_sse(&bytes) } else { assemble_json(Bytes::from(bytes)) }
 }
 
-#[derive(Deserialize)]
-struct FinishView<'a> {
-    #[serde(borrow)]
-    finish_reason: Option<&'a RawValue>,
-}
-
-fn assemble_json(bytes: &[u8]) -> Option<Assembled> {
-    // Read through borrowed views; anything they cannot read (not an object, a field given
-    // twice) goes through the tree, as before.
-    let Ok(view) = serde_json::from_slice::<JsonAnswerView<'_>>(bytes) else { return assemble_json_tree(bytes) };
-    let usage = view
-        .usage
-        .filter(|raw| raw.get() != "null")
-        .and_then(|raw| serde_json::from_str::<RawUsage>(raw.get()).ok())
-        .map(Usage::from);
+fn assemble_json(bytes: Bytes) -> Option<Assembled> {
+    // Read through the borrowed event views (a JSON answer has the fields a stream event
+    // has); what they cannot read (not an object, a field given twice) goes through the tree.
+    let Ok(view) = serde_json::from_slice::<EventView<'_>>(&bytes) else { return assemble_json_tree(&bytes) };
+    let usage = view.usage.and_then(usage_of_raw);
     let finish_reasons = view
         .choices
         .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
-        .map(|choices| {
-            choices
-                .iter()
-                .filter_map(|choice| match serde_json::from_str::<FinishView<'_>>(choice.get()) {
-                    Ok(view) => str_of(view.finish_reason).map(Cow::into_owned),
-                    // Not an object, or the field given twice: as the tree reads it.
-                    Err(_) => serde_json::from_str::<Value>(choice.get())
-                        .ok()
-                        .and_then(|c| c.get("finish_reason").and_then(Value::as_str).map(str::to_owned)),
-                })
-                .collect()
-        })
+        .map(|choices| choices.iter().filter_map(|choice| finish_reason_of(choice)).collect())
         .unwrap_or_default();
     let response_model = str_of(view.model).map(Cow::into_owned);
-    let body = AnswerBody::from_valid_json(Bytes::copy_from_slice(bytes));
+    let body = AnswerBody::from_valid_json(bytes);
     Some(Assembled { body, usage, finish_reasons, response_model, complete: true })
+}
+
+/// A choice's `finish_reason` when it is a string, as the tree would read it.
+fn finish_reason_of(choice: &RawValue) -> Option<String> {
+    match serde_json::from_str::<ChoiceView<'_>>(choice.get()) {
+        Ok(view) => str_of(view.finish_reason).map(Cow::into_owned),
+        // Not an object, or a field given twice (the tree keeps the last).
+        Err(_) => serde_json::from_str::<Value>(choice.get())
+            .ok()
+            .and_then(|c| c.get("finish_reason").and_then(Value::as_str).map(str::to_owned)),
+    }
+}
+
+/// A `usage` object's counts; `None` for `null` or another shape.
+fn usage_of_raw(raw: &RawValue) -> Option<Usage> {
+    serde_json::from_str::<RawUsage>(raw.get()).ok().map(Usage::from)
 }
 
 fn assemble_json_tree(bytes: &[u8]) -> Option<Assembled> {
@@ -315,7 +304,7 @@ impl StreamState {
             self.system_fingerprint = Some(fp);
         }
         if let Some(usage) = event.usage {
-            self.usage = serde_json::from_str::<RawUsage>(usage.get()).ok().map(Usage::from);
+            self.usage = usage_of_raw(usage);
             self.usage_raw = value_of(Some(usage));
         }
         let Some(choices) = event.choices.and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok()) else {

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use memchr::memmem;
 
-use super::assemble::{Assembled, SseAssembler, assemble};
+use super::assemble::{Assembled, SseAssembler, assemble, assemble_owned};
 use super::lines::Lines;
 use super::summary::AnswerSummary;
 use super::usage::{Usage, usage_only};
@@ -123,7 +123,7 @@ impl Capture {
     pub fn assemble(self, sse: bool) -> Option<Assembled> {
         match self.kept {
             _ if self.overflowed => None,
-            Kept::Whole(buf) => assemble(&buf, sse),
+            Kept::Whole(buf) => assemble_owned(buf, sse),
             Kept::Assembling(assembler) => assembler.finish(),
             Kept::Usage(_) => None,
         }
