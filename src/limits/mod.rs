@@ -17,6 +17,7 @@
 //! (it could never fit), and a count that is not a non-negative integer is a 400.
 #![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
+pub mod bpe;
 pub mod budget;
 pub(crate) mod headers;
 pub(crate) mod memory;

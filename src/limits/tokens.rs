@@ -5,9 +5,10 @@
 //!
 //! - OpenAI-family model names (`gpt-4o*`, `gpt-4.1*`, `gpt-5*`, `o1*`, `o3*`, `gpt-4*`,
 //!   `gpt-3.5*`, `text-embedding-*`, ... as `tiktoken` maps them) are counted with the real
-//!   BPE (`o200k_base` or `cl100k_base`). The BPE tables take a moment to build, so they are
-//!   built once on a blocking thread ([`warm`]), and only those a configured model counts
-//!   with (each is tens of MiB); until ready, the fallback is used.
+//!   BPE (`o200k_base` or `cl100k_base`, kept in [`super::bpe`]'s flat tables: about
+//!   5 MiB each). A table takes ~150 ms to build, so it is built once on a blocking thread
+//!   ([`warm`]), and only those a configured model counts with; until ready, the fallback
+//!   is used.
 //! - Any other model, any single text over [`BPE_TEXT_LIMIT`] bytes, and whatever text of a
 //!   request remains once [`BPE_REQUEST_LIMIT`] bytes of it have been encoded (the estimate
 //!   runs on the request's task: this bounds the CPU a request can cost there), uses the
@@ -34,9 +35,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tiktoken_rs::CoreBPE;
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
 
+use super::bpe::Bpe;
 use crate::wire::Endpoint;
 
 pub const PER_MESSAGE: u64 = 3;
@@ -49,13 +50,12 @@ pub const BPE_REQUEST_LIMIT: usize = 256 * 1024;
 /// OpenAI's range for `n`.
 pub const MAX_CHOICES: u64 = 128;
 
-static O200K: OnceLock<&'static CoreBPE> = OnceLock::new();
-static CL100K: OnceLock<&'static CoreBPE> = OnceLock::new();
+static O200K: OnceLock<Bpe> = OnceLock::new();
+static CL100K: OnceLock<Bpe> = OnceLock::new();
 static WARMING_O200K: AtomicBool = AtomicBool::new(false);
 static WARMING_CL100K: AtomicBool = AtomicBool::new(false);
 
-/// The BPE tables weir knows. Each costs tens of MiB once built, so only the ones a
-/// configured model counts with are built.
+/// The BPE tables weir knows. Only the ones a configured model counts with are built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Table {
     O200k,
@@ -75,10 +75,21 @@ impl Table {
         })
     }
 
-    fn get(self) -> Option<&'static CoreBPE> {
+    fn get(self) -> Option<&'static Bpe> {
+        self.cell().get()
+    }
+
+    fn cell(self) -> &'static OnceLock<Bpe> {
         match self {
-            Table::O200k => O200K.get().copied(),
-            Table::Cl100k => CL100K.get().copied(),
+            Table::O200k => &O200K,
+            Table::Cl100k => &CL100K,
+        }
+    }
+
+    fn build(self) -> Result<Bpe, super::bpe::BuildError> {
+        match self {
+            Table::O200k => Bpe::o200k(),
+            Table::Cl100k => Bpe::cl100k(),
         }
     }
 
@@ -91,9 +102,9 @@ impl Table {
         if warming.swap(true, Ordering::SeqCst) {
             return;
         }
-        let build = move || match self {
-            Table::O200k => drop(O200K.set(tiktoken_rs::o200k_base_singleton())),
-            Table::Cl100k => drop(CL100K.set(tiktoken_rs::cl100k_base_singleton())),
+        let build = move || match self.build() {
+            Ok(bpe) => drop(self.cell().set(bpe)),
+            Err(error) => tracing::warn!(%error, table = ?self, "BPE table not built: counting tokens by bytes"),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => drop(handle.spawn_blocking(build)),
@@ -112,7 +123,7 @@ pub fn warm<'a, M: IntoIterator<Item = &'a str>>(groups: impl IntoIterator<Item 
 /// How texts of one model are counted.
 #[derive(Clone, Copy)]
 pub enum Counter {
-    Bpe(&'static CoreBPE),
+    Bpe(&'static Bpe),
     Fallback,
 }
 
@@ -135,7 +146,7 @@ impl Counter {
     pub fn count(&self, text: &str) -> u64 {
         match self {
             Counter::Bpe(bpe) if text.len() <= BPE_TEXT_LIMIT => {
-                MEMO.count(bpe, text, || len_u64(bpe.encode_ordinary(text).len()))
+                MEMO.count(bpe, text, || bpe.count(text).map_or_else(|| fallback(text), len_u64))
             }
             _ => fallback(text),
         }
@@ -161,7 +172,7 @@ struct Memo {
 }
 
 impl Memo {
-    fn count(&self, table: &'static CoreBPE, text: &str, encode: impl FnOnce() -> u64) -> u64 {
+    fn count(&self, table: &'static Bpe, text: &str, encode: impl FnOnce() -> u64) -> u64 {
         let mut hasher = std::hash::DefaultHasher::new();
         std::ptr::hash(table, &mut hasher);
         std::hash::Hash::hash(text, &mut hasher);
@@ -375,8 +386,14 @@ fn value_tokens(value: &Value, counter: &Meter) -> u64 {
 mod tests {
     use super::*;
 
+    /// The real `o200k` table, built once for all tests (the global one may not be).
+    fn o200k() -> &'static Bpe {
+        static TABLE: OnceLock<Bpe> = OnceLock::new();
+        TABLE.get_or_init(|| Bpe::o200k().unwrap())
+    }
+
     fn bpe() -> Counter {
-        Counter::Bpe(tiktoken_rs::o200k_base_singleton())
+        Counter::Bpe(o200k())
     }
 
     #[test]
@@ -400,7 +417,8 @@ mod tests {
     #[test]
     fn the_memo_counts_a_text_once_per_table() {
         let memo = Memo { slots: [const { AtomicU64::new(0) }; MEMO_SLOTS] };
-        let (o200k, cl100k) = (tiktoken_rs::o200k_base_singleton(), tiktoken_rs::cl100k_base_singleton());
+        static CL100K_TABLE: OnceLock<Bpe> = OnceLock::new();
+        let (o200k, cl100k) = (o200k(), CL100K_TABLE.get_or_init(|| Bpe::cl100k().unwrap()));
         let encodes = std::cell::Cell::new(0);
         let count = |table, text| {
             memo.count(table, text, || {
@@ -417,7 +435,7 @@ mod tests {
         // Through the real counter, a memoised count is the BPE's.
         let text = "Résumé: the quick brown fox 🦊 jumps over the lazy dog.";
         assert_eq!(bpe().count(text), bpe().count(text));
-        assert_eq!(bpe().count(text), len_u64(o200k.encode_ordinary(text).len()));
+        assert_eq!(bpe().count(text), len_u64(tiktoken_rs::o200k_base_singleton().encode_ordinary(text).len()));
     }
 
     #[test]
@@ -474,7 +492,7 @@ mod tests {
     #[test]
     fn model_names_pick_their_tokenizer() {
         assert!(matches!(Counter::for_models(["my-llama"]), Counter::Fallback));
-        let _ = O200K.set(tiktoken_rs::o200k_base_singleton());
+        let _ = O200K.set(Bpe::o200k().unwrap());
         assert!(matches!(Counter::for_models(["chat", "gpt-4o-mini"]), Counter::Bpe(_)));
     }
 }

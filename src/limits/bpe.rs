@@ -1,0 +1,346 @@
+//! A byte-pair-encoding vocabulary in flat memory, for counting tokens.
+//!
+//! Owns: one tiktoken encoding's vocabulary (`o200k_base`, `cl100k_base`) and counting the
+//! tokens a text encodes to, exactly as tiktoken does: the same split pattern, then the same
+//! lowest-rank-first merges inside each piece.
+//!
+//! Why not tiktoken's `CoreBPE` itself: it keeps every token's bytes three times (encoder
+//! map, decoder map, sorted list), each in an allocation of its own, which is 44 MiB for
+//! `o200k_base`, most of a gateway's memory. Here the vocabulary is one byte string, one
+//! offset array and one hash index of ranks: about 4 MiB. tiktoken stays the source of the
+//! vocabulary (read once while building, then dropped) and the reference the tests compare
+//! every count with.
+//!
+//! Must not: be built on an async thread (building reads tiktoken's tables, ~150 ms), or
+//! encode: callers need counts, so no token ids are collected.
+
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+
+use fancy_regex::Regex;
+use hashbrown::DefaultHashBuilder;
+use hashbrown::HashTable;
+use tiktoken_rs::CoreBPE;
+
+type Rank = u32;
+
+/// The split pattern of `cl100k_base`, as tiktoken has it (tiktoken-rs exports only
+/// `o200k`'s).
+const CL100K_PATTERN: &str = "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++|\\p{N}{1,3}+| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*+|\\s++$|\\s*[\\r\\n]|\\s+(?!\\S)|\\s";
+
+/// Pieces at least this long are merged with a heap instead of rescanning (as tiktoken).
+const LARGE_PIECE: usize = 100;
+
+/// Why a vocabulary could not be built (a broken tiktoken table: a bug, not input).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("tiktoken table: {0}")]
+    Tiktoken(String),
+    #[error("split pattern: {0}")]
+    Pattern(#[from] Box<fancy_regex::Error>),
+    #[error("the vocabulary has {0} tokens, more than an offset can address")]
+    TooLarge(usize),
+}
+
+/// One encoding's vocabulary: token `r`'s bytes are `bytes[starts[r]..starts[r + 1]]`.
+pub struct Bpe {
+    bytes: Box<[u8]>,
+    starts: Box<[u32]>,
+    /// Ranks, found by the hash of their bytes.
+    index: HashTable<Rank>,
+    hasher: DefaultHashBuilder,
+    split: Regex,
+}
+
+impl Bpe {
+    pub fn o200k() -> Result<Bpe, BuildError> {
+        let table = tiktoken_rs::o200k_base().map_err(|e| BuildError::Tiktoken(e.to_string()))?;
+        Bpe::from_tiktoken(&table, tiktoken_rs::O200K_BASE_PAT_STR)
+    }
+
+    pub fn cl100k() -> Result<Bpe, BuildError> {
+        let table = tiktoken_rs::cl100k_base().map_err(|e| BuildError::Tiktoken(e.to_string()))?;
+        Bpe::from_tiktoken(&table, CL100K_PATTERN)
+    }
+
+    /// Copies the ordinary tokens (ranks `0..n`, before the special ones) of `table`.
+    fn from_tiktoken(table: &CoreBPE, pattern: &str) -> Result<Bpe, BuildError> {
+        let mut bytes = Vec::with_capacity(2 << 20);
+        let mut starts = vec![0];
+        let too_large = |len: usize| BuildError::TooLarge(len);
+        for rank in 0.. {
+            let Ok(token) = table.decode_bytes(&[rank]) else { break };
+            bytes.extend_from_slice(&token);
+            starts.push(u32::try_from(bytes.len()).map_err(|_| too_large(bytes.len()))?);
+        }
+        let split = Regex::new(pattern).map_err(Box::new)?;
+        let mut bpe = Bpe {
+            bytes: bytes.into_boxed_slice(),
+            starts: starts.into_boxed_slice(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            split,
+        };
+        bpe.build_index()?;
+        Ok(bpe)
+    }
+
+    fn build_index(&mut self) -> Result<(), BuildError> {
+        let tokens = self.starts.len().saturating_sub(1);
+        let mut index = HashTable::with_capacity(tokens);
+        for rank in 0..tokens {
+            let rank = Rank::try_from(rank).map_err(|_| BuildError::TooLarge(tokens))?;
+            let hash = self.hasher.hash_one(self.token(rank));
+            index.insert_unique(hash, rank, |&r| self.hasher.hash_one(self.token(r)));
+        }
+        self.index = index;
+        Ok(())
+    }
+
+    /// How many ordinary tokens the vocabulary has.
+    pub fn len(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn token(&self, rank: Rank) -> &[u8] {
+        let at = |r: usize| self.starts.get(r).map_or(0, |&s| s as usize);
+        let rank = rank as usize;
+        self.bytes.get(at(rank)..at(rank.saturating_add(1))).unwrap_or_default()
+    }
+
+    fn rank(&self, bytes: &[u8]) -> Option<Rank> {
+        let hash = self.hasher.hash_one(bytes);
+        self.index.find(hash, |&r| self.token(r) == bytes).copied()
+    }
+
+    /// The number of tokens tiktoken encodes `text` to (`encode_ordinary(text).len()`), or
+    /// `None` if the split pattern gave up on the text (its backtracking limit).
+    pub fn count(&self, text: &str) -> Option<usize> {
+        let mut tokens = 0usize;
+        for piece in self.split.find_iter(text) {
+            let piece = piece.ok()?.as_str().as_bytes();
+            tokens = tokens.saturating_add(self.piece_tokens(piece));
+        }
+        Some(tokens)
+    }
+
+    fn piece_tokens(&self, piece: &[u8]) -> usize {
+        if piece.len() <= 1 || self.rank(piece).is_some() {
+            piece.len().min(1)
+        } else if piece.len() < LARGE_PIECE {
+            self.merge_small(piece)
+        } else {
+            self.merge_large(piece)
+        }
+    }
+
+    fn rank_or_max(&self, piece: &[u8], from: usize, to: usize) -> Rank {
+        piece.get(from..to).and_then(|bytes| self.rank(bytes)).unwrap_or(Rank::MAX)
+    }
+
+    /// tiktoken's `_byte_pair_merge`: `parts` holds `(start, rank of the pair starting
+    /// there)`; the lowest-ranked pair merges until none is in the vocabulary. O(parts ×
+    /// merges), which beats a heap on short pieces.
+    #[allow(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "positions stay within a piece of at least 2 bytes by the loop's construction, as in tiktoken"
+    )]
+    fn merge_small(&self, piece: &[u8]) -> usize {
+        let mut parts: Vec<(usize, Rank)> = Vec::with_capacity(piece.len() + 1);
+        let mut min = (Rank::MAX, usize::MAX);
+        for i in 0..piece.len() - 1 {
+            let rank = self.rank_or_max(piece, i, i + 2);
+            if rank < min.0 {
+                min = (rank, i);
+            }
+            parts.push((i, rank));
+        }
+        parts.push((piece.len() - 1, Rank::MAX));
+        parts.push((piece.len(), Rank::MAX));
+        // The rank of the pair starting at part `i` once part `i + 1` is gone.
+        let pair_rank = |parts: &[(usize, Rank)], i: usize| match parts.get(i + 3) {
+            Some(&(end, _)) => self.rank_or_max(piece, parts[i].0, end),
+            None => Rank::MAX,
+        };
+        while min.0 != Rank::MAX {
+            let i = min.1;
+            if i > 0 {
+                parts[i - 1].1 = pair_rank(&parts, i - 1);
+            }
+            parts[i].1 = pair_rank(&parts, i);
+            parts.remove(i + 1);
+            min = (Rank::MAX, usize::MAX);
+            for (i, &(_, rank)) in parts[..parts.len() - 1].iter().enumerate() {
+                if rank < min.0 {
+                    min = (rank, i);
+                }
+            }
+        }
+        parts.len() - 1
+    }
+
+    /// tiktoken's `_byte_pair_merge_large`: the same merges in the same order, found with a
+    /// heap so that a long piece costs O(n log n), not O(n²).
+    #[allow(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "positions stay within a piece of at least 2 bytes by the loop's construction, as in tiktoken"
+    )]
+    fn merge_large(&self, piece: &[u8]) -> usize {
+        let mut state: Vec<State> = Vec::with_capacity(piece.len());
+        state.push(State { prev: usize::MAX, end: 1, next_end: 2, next_rank: Rank::MAX });
+        let mut heap = BinaryHeap::with_capacity(piece.len());
+        for i in 0..piece.len() - 1 {
+            let rank = self.rank_or_max(piece, i, i + 2);
+            if rank != Rank::MAX {
+                heap.push(Merge { start: i, rank });
+                state[i].next_rank = rank;
+            }
+            state.push(State { prev: i, end: i + 2, next_end: i + 3, next_rank: Rank::MAX });
+        }
+        let potential_merge = |state: &mut Vec<State>, heap: &mut BinaryHeap<Merge>, start: usize, next_end: usize| {
+            state[start].next_end = next_end;
+            state[start].next_rank = Rank::MAX;
+            if next_end <= piece.len() {
+                let rank = self.rank_or_max(piece, start, next_end);
+                if rank != Rank::MAX {
+                    heap.push(Merge { start, rank });
+                    state[start].next_rank = rank;
+                }
+            }
+        };
+        while let Some(left) = heap.pop() {
+            if left.rank == Rank::MAX {
+                break;
+            }
+            if left.rank != state[left.start].next_rank {
+                continue; // invalidated by an earlier merge
+            }
+            let left_start = left.start;
+            let right_start = state[left_start].end;
+            let right_end = state[left_start].next_end;
+            let right_next_end = state[right_start].next_end;
+            state[left_start].end = right_end;
+            potential_merge(&mut state, &mut heap, left_start, right_next_end);
+            if right_end < state.len() {
+                state[right_end].prev = left_start;
+            }
+            if left_start > 0 {
+                let prev_start = state[left_start].prev;
+                potential_merge(&mut state, &mut heap, prev_start, right_end);
+            }
+            state[right_start].next_rank = Rank::MAX;
+        }
+        let (mut tokens, mut i) = (0, 0);
+        while i < state.len() {
+            tokens += 1;
+            i = state[i].end;
+        }
+        tokens
+    }
+}
+
+/// A part of a long piece being merged: it spans `start..end` (its index is `start`).
+struct State {
+    prev: usize,
+    end: usize,
+    next_end: usize,
+    next_rank: Rank,
+}
+
+/// A candidate merge; the heap pops the lowest rank, then the leftmost start.
+#[derive(Eq, PartialEq, Clone, Copy)]
+struct Merge {
+    start: usize,
+    rank: Rank,
+}
+
+impl Ord for Merge {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.rank.cmp(&self.rank).then_with(|| other.start.cmp(&self.start))
+    }
+}
+
+impl PartialOrd for Merge {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests use known small numbers"
+)]
+mod tests {
+    use super::*;
+
+    /// Texts that reach every branch: known words, merges, long pieces, Unicode, numbers,
+    /// whitespace runs, contractions.
+    fn corpus() -> Vec<String> {
+        let mut texts: Vec<String> = [
+            "",
+            " ",
+            "hello world",
+            "Résumé: the quick brown fox 🦊 jumps over the lazy dog.",
+            "I'll we've they're don't CAN'T",
+            "1234567890 3.14159 1e-9 0x1F",
+            "  leading and trailing   \n\n\t tabs\r\n",
+            "日本語のテキストと中文文本，还有한국어.",
+            "{\"role\":\"user\",\"content\":\"hi\"}",
+            "fn main() { println!(\"{}\", 1 + 2); }",
+            "supercalifragilisticexpialidocious antidisestablishmentarianism",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        texts.push("a".repeat(5000));
+        texts.push("ab1 ".repeat(300));
+        texts.push("xq".repeat(180) + "zzzyx".repeat(40).as_str());
+        texts.push("!@#$%^&*()".repeat(30));
+        texts.push("🦊".repeat(120));
+        // Pseudo-random bytes of assorted scripts (a fixed LCG: reproducible).
+        let alphabet: Vec<char> = "abcdefgXYZ019 ,.'\n\téßж中🦊-_/\\\"".chars().collect();
+        let mut seed = 7u64;
+        for len in [3, 17, 64, 99, 100, 101, 250, 1000] {
+            let text: String = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    alphabet[(seed >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            texts.push(text);
+        }
+        texts
+    }
+
+    #[test]
+    fn counts_equal_tiktokens_for_both_encodings() {
+        for (ours, theirs) in [
+            (Bpe::o200k().unwrap(), tiktoken_rs::o200k_base_singleton()),
+            (Bpe::cl100k().unwrap(), tiktoken_rs::cl100k_base_singleton()),
+        ] {
+            assert!(ours.len() > 100_000, "{}", ours.len());
+            for text in corpus() {
+                assert_eq!(ours.count(&text), Some(theirs.encode_ordinary(&text).len()), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_pieces_merge_alike_on_both_paths() {
+        let bpe = Bpe::o200k().unwrap();
+        for len in [2, 5, 40, 99] {
+            let piece = "abcabcxyz".repeat(12);
+            let piece = &piece.as_bytes()[..len];
+            assert_eq!(bpe.merge_small(piece), bpe.merge_large(piece), "{len}");
+        }
+    }
+}
