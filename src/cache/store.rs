@@ -12,9 +12,11 @@ use moka::Expiry;
 
 use super::key::CacheKey;
 
-/// Bookkeeping per entry beyond its body, counted into its weight so many tiny entries
-/// cannot exceed the bound unnoticed.
-const ENTRY_OVERHEAD: usize = 160;
+/// Memory per entry beyond its body, counted into its weight so that `max_size` bounds what
+/// the store really holds: moka's entry, its deque and timer nodes and the key's `Arc`, this
+/// [`Entry`] and its strings, and the body's allocation rounding. Measured with jemalloc's
+/// allocated-bytes counter over 20,000 inserts: 459–504 bytes for bodies of 100 B to 2 KiB.
+const ENTRY_OVERHEAD: usize = 512;
 
 /// One cached answer.
 #[derive(Debug)]
