@@ -23,7 +23,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::CACHE_CONTROL;
-use serde_json::Value;
 
 use crate::config::{CacheConfig, CacheScope, CacheStore};
 use crate::telemetry::metrics::{CacheResult, Metrics};
@@ -149,14 +148,14 @@ impl Cache {
         let control = Control::of(request.headers);
         // parse_head accepted this body as a JSON object; the full parse happens only here,
         // for models with caching on.
-        let json: Value = serde_json::from_slice(request.body).ok()?;
-        let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+        let body = key::Body::parse(request.body)?;
+        let include_usage = body.include_usage();
         let scope = match self.config.scope {
             CacheScope::Key => Some(request.key_name),
             CacheScope::Global => None,
         };
-        let key = CacheKey::new(request.endpoint, scope, request.model, request.context, &json);
-        drop(json);
+        let key = CacheKey::new(request.endpoint, scope, request.model, request.context, &body);
+        drop(body);
         let shape = Shape { stream: request.stream, include_usage };
 
         if control.no_cache {
