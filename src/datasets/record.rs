@@ -96,6 +96,7 @@ impl Source {
         let parsed_request: Value;
         let request = match request_body(&self.request) {
             body if redactor.is_empty() => body,
+            Body::Raw(raw) if redactor.leaves_alone(raw.get()) => Body::Raw(raw),
             Body::Raw(raw) => {
                 parsed_request = serde_json::from_str(raw.get())?;
                 Body::Redacted(redactor.over(&parsed_request))
@@ -112,7 +113,11 @@ impl Source {
                 Some(raw) => Body::Raw(raw),
                 None => Body::Borrowed(&answer.body),
             },
-            Some(answer) => Body::Redacted(redactor.over(&answer.body)),
+            // Most answers hold nothing to redact: copied as they came, no tree built.
+            Some(answer) => match answer.body.raw().and_then(single_line_json) {
+                Some(raw) if redactor.leaves_alone(raw.get()) => Body::Raw(raw),
+                _ => Body::Redacted(redactor.over(&answer.body)),
+            },
         };
         let record = Row {
             request_id: redactor.text(&self.request_id),
@@ -395,5 +400,28 @@ mod tests {
         assert_eq!(v["error"], "upstream said: write to [REDACTED:email]");
         assert_eq!(v["prompt"]["variables"], json!({"who": "[REDACTED:email]", "n": 3}));
         assert_eq!(v["response"]["choices"][0]["message"]["role"], "assistant");
+    }
+
+    #[test]
+    fn bodies_with_nothing_to_redact_are_copied_and_others_redacted() {
+        let redactor = Redactor::new("t", &[Redaction::Email, Redaction::Phone, Redaction::Key]);
+        let request = r#"{"model":"chat","messages":[{"role":"user","content":"hello"}]}"#;
+        for (answer, copied) in [
+            (r#"{"id":"x","choices":[{"message":{"role":"assistant","content":"hi there"}}]}"#, true),
+            (r#"{"id":"x","choices":[{"message":{"role":"assistant","content":"mail a@b.io"}}]}"#, false),
+            (r#"{"id":"x","choices":[{"message":{"role":"assistant","content":"mail a\u0040b.io"}}]}"#, false),
+        ] {
+            let mut source = source(request);
+            source.response = crate::wire::assemble(answer.as_bytes(), false).map(Arc::new);
+            let line = source.line(&redactor).unwrap();
+            let contains = |needle: &str| line.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(contains(request), "a request with nothing to redact is copied");
+            assert_eq!(contains(answer), copied, "{answer}");
+            let written = parse(&line)["response"].to_string();
+            assert!(!written.contains("a@b.io"), "{written}");
+            // Copied or not, the line says what the redacted tree says.
+            let tree = serde_json::to_value(redactor.over(&serde_json::from_str::<Value>(answer).unwrap())).unwrap();
+            assert_eq!(parse(&line)["response"], tree);
+        }
     }
 }

@@ -121,6 +121,20 @@ impl Redactor {
         self.rules.is_empty()
     }
 
+    /// Whether no rule can change any string of the JSON text `json`, checked on the text
+    /// as a whole, so that a record of such bodies is written from their bytes instead of
+    /// a tree of each. Sound only where a string's content is its bytes in the text: with
+    /// no `\` escape in it, a match inside a string is a match in the text (a quote is a
+    /// word boundary as the string's edge is), so no match in the text means none in any
+    /// string. A configured regex may anchor (`^`, `$`) to a string's edges, which the text
+    /// does not have, so a dataset with one always takes the tree path.
+    pub fn leaves_alone(&self, json: &str) -> bool {
+        if memchr::memchr(b'\\', json.as_bytes()).is_some() {
+            return false;
+        }
+        self.rules.iter().all(|(kind, regex)| *kind != Kind::Custom && (!kind.may_match(json) || !regex.is_match(json)))
+    }
+
     /// `value` to serialise with every string in it redacted (object keys are left alone).
     pub fn over<'a, T>(&'a self, value: &'a T) -> Redacted<'a, T> {
         Redacted { value, redactor: self }
@@ -203,6 +217,10 @@ mod tests {
         )
     }
 
+    fn all_built_in() -> Redactor {
+        Redactor::new("t", &[Redaction::Email, Redaction::Phone, Redaction::Key])
+    }
+
     #[test]
     fn built_in_patterns_compile() {
         assert!(EMAIL.is_some() && PHONE.is_some() && KEY.is_some());
@@ -254,5 +272,29 @@ mod tests {
             value,
             json!({"messages": [{"role": "user", "content": "I am [REDACTED:email]"}], "n": 1, "tags": ["[REDACTED:email]"]})
         );
+    }
+
+    #[test]
+    fn a_text_is_left_alone_only_when_no_string_of_it_could_change() {
+        let redactor = all_built_in();
+        assert!(
+            redactor.leaves_alone(
+                r#"{"model":"chat","messages":[{"role":"user","content":"hello there"}],"max_tokens":256}"#
+            )
+        );
+        for json in [
+            r#"{"content":"write to a@b.io"}"#,
+            r#"{"content":"call +1 415 555 0100"}"#,
+            r#"{"content":"my key sk-abcdefghijklmnop"}"#,
+            // Escapes hide what a string holds: `\u0040` is `@`.
+            r#"{"content":"a\u0040b.io"}"#,
+            r#"{"content":"line\nbreak"}"#,
+        ] {
+            assert!(!redactor.leaves_alone(json), "{json}");
+        }
+        // A configured regex may anchor to a string's edges: never judged on the whole text.
+        let custom = Redactor::new("t", &[Redaction::Regex("^secret$".into())]);
+        assert!(!custom.leaves_alone(r#"{"content":"hello"}"#));
+        assert!(Redactor::default().leaves_alone(r#"{"content":"a@b.io"}"#));
     }
 }
