@@ -109,11 +109,7 @@ fn assemble_json(bytes: Bytes) -> Option<Assembled> {
     // has); what they cannot read (not an object, a field given twice) goes through the tree.
     let Ok(view) = serde_json::from_slice::<EventView<'_>>(&bytes) else { return assemble_json_tree(&bytes) };
     let usage = view.usage.and_then(usage_of_raw);
-    let finish_reasons = view
-        .choices
-        .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
-        .map(|choices| choices.iter().filter_map(|choice| finish_reason_of(choice)).collect())
-        .unwrap_or_default();
+    let finish_reasons = view.choices.items().iter().filter_map(|choice| finish_reason_of(choice)).collect();
     let response_model = str_of(view.model).map(Cow::into_owned);
     let body = AnswerBody::from_valid_json(bytes);
     Some(Assembled { body, usage, finish_reasons, response_model, complete: true })
@@ -307,10 +303,7 @@ impl StreamState {
             self.usage = usage_of_raw(usage);
             self.usage_raw = value_of(Some(usage));
         }
-        let Some(choices) = event.choices.and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok()) else {
-            return;
-        };
-        for choice in choices {
+        for choice in event.choices.items() {
             let Ok(choice) = serde_json::from_str::<ChoiceView<'_>>(choice.get()) else { continue };
             let index = uint_of(choice.index).unwrap_or(0);
             let slot = match self.choices.iter().position(|(i, _)| *i == index) {
@@ -384,8 +377,7 @@ impl ChoiceState {
         if let Some(refusal) = str_of(delta.refusal) {
             self.refusal.get_or_insert_with(String::new).push_str(&refusal);
         }
-        let calls = delta.tool_calls.and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok());
-        for call in calls.into_iter().flatten() {
+        for call in delta.tool_calls.items() {
             if let Ok(call) = serde_json::from_str::<ToolCallView<'_>>(call.get()) {
                 self.absorb_tool_call(&call);
             }
@@ -507,7 +499,76 @@ struct EventView<'a> {
     #[serde(borrow)]
     error: Option<&'a RawValue>,
     #[serde(borrow)]
-    choices: Option<&'a RawValue>,
+    choices: Option<RawList<'a>>,
+}
+
+/// A list's items, kept raw and read in the same pass as the object holding the list (the
+/// items are parsed further one by one, so a bad item is skipped, not the list). Any other
+/// JSON type reads as no items, as a field of an unexpected type is skipped.
+#[derive(Default)]
+struct RawList<'a>(Vec<&'a RawValue>);
+
+trait Items<'a> {
+    fn items(&self) -> &[&'a RawValue];
+}
+
+impl<'a> Items<'a> for Option<RawList<'a>> {
+    fn items(&self) -> &[&'a RawValue] {
+        self.as_ref().map_or(&[], |list| list.0.as_slice())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawList<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawListVisitor(std::marker::PhantomData))
+    }
+}
+
+struct RawListVisitor<'a>(std::marker::PhantomData<RawList<'a>>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for RawListVisitor<'a> {
+    type Value = RawList<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawList<'a>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+        while let Some(item) = seq.next_element::<&'a RawValue>()? {
+            items.push(item);
+        }
+        Ok(RawList(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawList<'a>, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RawList::default())
+    }
+
+    fn visit_unit<E>(self) -> Result<RawList<'a>, E> {
+        Ok(RawList::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<RawList<'a>, E> {
+        Ok(RawList::default())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<RawList<'a>, E> {
+        Ok(RawList::default())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<RawList<'a>, E> {
+        Ok(RawList::default())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<RawList<'a>, E> {
+        Ok(RawList::default())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<RawList<'a>, E> {
+        Ok(RawList::default())
+    }
 }
 
 #[derive(Deserialize)]
@@ -533,7 +594,7 @@ struct DeltaView<'a> {
     #[serde(borrow)]
     refusal: Option<&'a RawValue>,
     #[serde(borrow)]
-    tool_calls: Option<&'a RawValue>,
+    tool_calls: Option<RawList<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -611,6 +672,24 @@ mod tests {
         assert_eq!(a.response_model.as_deref(), Some("m"));
         assert_eq!(a.finish_reasons, vec!["stop".to_owned()]);
         assert_eq!(a.body["choices"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn a_list_of_an_unexpected_type_is_skipped_not_its_event() {
+        let sse = concat!(
+            "data: {\"model\":\"m\",\"choices\":5}\n\n",
+            "data: {\"id\":\"c\",\"choices\":{\"index\":0,\"delta\":{\"content\":\"no\"}}}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\",\"tool_calls\":\"x\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":null,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let a = assemble(sse.as_bytes(), true).unwrap();
+        assert_eq!(a.response_model.as_deref(), Some("m"));
+        assert_eq!(a.body["id"], "c");
+        assert_eq!(a.body["choices"][0]["message"]["content"], "ok");
+        assert_eq!(a.usage.map(|u| u.prompt_tokens), Some(1));
+        let json = assemble(br#"{"model":"m","choices":"x"}"#, false).unwrap();
+        assert!(json.finish_reasons.is_empty());
     }
 
     #[test]
