@@ -124,15 +124,24 @@ impl Redactor {
     /// Whether no rule can change any string of the JSON text `json`, checked on the text
     /// as a whole, so that a record of such bodies is written from their bytes instead of
     /// a tree of each. Sound only where a string's content is its bytes in the text: with
-    /// no `\` escape in it, a match inside a string is a match in the text (a quote is a
-    /// word boundary as the string's edge is), so no match in the text means none in any
-    /// string. A configured regex may anchor (`^`, `$`) to a string's edges, which the text
-    /// does not have, so a dataset with one always takes the tree path.
+    /// no `\\` escape in it, a match inside a string is a match in the text (a quote is a
+    /// word boundary as the string's edge is), and no built-in pattern matches a quote, so
+    /// each match found lies wholly inside a string or wholly outside. Matches outside
+    /// strings (a `created` timestamp is phone-shaped) change nothing; one inside does,
+    /// unless it is a phone-shaped match the phone rule keeps. A configured regex may
+    /// anchor (`^`, `$`) to a string's edges, which the text does not have, so a dataset
+    /// with one always takes the tree path.
     pub fn leaves_alone(&self, json: &str) -> bool {
         if memchr::memchr(b'\\', json.as_bytes()).is_some() {
             return false;
         }
-        self.rules.iter().all(|(kind, regex)| *kind != Kind::Custom && (!kind.may_match(json) || !regex.is_match(json)))
+        self.rules.iter().all(|(kind, regex)| match kind {
+            Kind::Custom => false,
+            _ if !kind.may_match(json) => true,
+            _ => regex.find_iter(json).all(|found| {
+                !inside_string(json, found.start()) || (*kind == Kind::Phone && !is_phone(found.as_str()))
+            }),
+        })
     }
 
     /// `value` to serialise with every string in it redacted (object keys are left alone).
@@ -199,9 +208,20 @@ impl Serialize for Redacted<'_, serde_json::Map<String, Value>> {
 
 /// Replaces a phone-shaped match that has a phone's digit count and is not an IPv4 address.
 fn phone_or_keep(candidate: &str) -> String {
+    if is_phone(candidate) { PHONE_MARK.to_owned() } else { candidate.to_owned() }
+}
+
+fn is_phone(candidate: &str) -> bool {
     let digits = candidate.bytes().filter(u8::is_ascii_digit).count();
     let ipv4 = candidate.split('.').count() == 4 && candidate.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    if (9..=15).contains(&digits) && !ipv4 { PHONE_MARK.to_owned() } else { candidate.to_owned() }
+    (9..=15).contains(&digits) && !ipv4
+}
+
+/// Whether byte `at` of a JSON text without escapes lies inside a string: an odd number of
+/// quotes comes before it.
+fn inside_string(json: &str, at: usize) -> bool {
+    let before = json.as_bytes().get(..at).unwrap_or_default();
+    memchr::memchr_iter(b'"', before).count() % 2 == 1
 }
 
 #[cfg(test)]
@@ -282,6 +302,9 @@ mod tests {
                 r#"{"model":"chat","messages":[{"role":"user","content":"hello there"}],"max_tokens":256}"#
             )
         );
+        // Phone-shaped numbers outside strings, and short ones inside, change nothing.
+        assert!(redactor.leaves_alone(r#"{"created":1764300000,"seed":123456789012,"content":"call 555-0100"}"#));
+        assert!(!redactor.leaves_alone(r#"{"created":1764300000,"content":"call 415 555 0100"}"#));
         for json in [
             r#"{"content":"write to a@b.io"}"#,
             r#"{"content":"call +1 415 555 0100"}"#,
@@ -291,6 +314,22 @@ mod tests {
             r#"{"content":"line\nbreak"}"#,
         ] {
             assert!(!redactor.leaves_alone(json), "{json}");
+        }
+        // Whenever the text is judged unchanged, redacting its tree changes nothing.
+        let cases = [
+            r#"{"a":"sk-abcdefghijklmnop","created":1764300000}"#,
+            r#"{"sk-abcdefghijklmnop":1}"#,
+            r#"{"n":4155550100,"s":"4155550100"}"#,
+            r#"{"s":"10.0.0.1 and 2026-12-07","t":"x@y"}"#,
+            r#"["bearer abcdefghij", "a@b.co", 12345678901]"#,
+            r#"{"ip":"192.168.100.200","n":[1,2,3],"deep":{"x":["ok"]}}"#,
+        ];
+        for json in cases {
+            let value: Value = serde_json::from_str(json).unwrap();
+            let redacted = serde_json::to_value(redactor.over(&value)).unwrap();
+            if redactor.leaves_alone(json) {
+                assert_eq!(redacted, value, "{json}");
+            }
         }
         // A configured regex may anchor to a string's edges: never judged on the whole text.
         let custom = Redactor::new("t", &[Redaction::Regex("^secret$".into())]);
