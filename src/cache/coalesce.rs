@@ -6,8 +6,8 @@
 //! follower waits for the stored entry and is served from it. When the leader ends without
 //! an entry (upstream error, cut stream, client gone before a byte), waiting followers go
 //! upstream on their own: an error is never multiplied onto them.
-//! Memory: a flight keeps a copy of the leader's chunks up to the capture limit, then stops
-//! being shareable.
+//! Memory: a flight keeps a copy of the leader's stream (one buffer, not a copy per chunk)
+//! up to the capture limit, then stops being shareable.
 //! Must not: hold a lock across `.await` (the state lock guards only pushes and reads).
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,8 +54,10 @@ pub struct Flight {
 struct FlightState {
     /// Set with the leader's first body byte of a successful SSE answer.
     streaming: Option<Origin>,
-    chunks: Vec<Bytes>,
-    size: usize,
+    /// The leader's stream so far, copied: a chunk's own handle would keep the whole read
+    /// buffer it came in alive for as long as the flight lasts. One buffer, so a chunk costs
+    /// an append, not an allocation.
+    stream: Vec<u8>,
     end: Option<FlightEnd>,
 }
 
@@ -137,9 +139,8 @@ impl Flight {
         if state.end.is_some() {
             return;
         }
-        state.size += chunk.len();
-        if state.size > self.limit {
-            state.chunks = Vec::new();
+        if state.stream.len().saturating_add(chunk.len()) > self.limit {
+            state.stream = Vec::new();
             state.end = Some(FlightEnd::Failed("the shared answer grew too large to share".into()));
             drop(state);
             flights.remove(self);
@@ -149,11 +150,13 @@ impl Flight {
         if state.streaming.is_none() {
             state.streaming = Some(origin());
         }
-        // A copy: the chunk's own handle would keep the whole read buffer it came in alive
-        // for as long as the flight lasts.
-        state.chunks.push(Bytes::copy_from_slice(chunk));
+        state.stream.extend_from_slice(chunk);
         drop(state);
-        self.changed.send_replace(());
+        // Nobody to wake unless a request follows. One that subscribes after this check
+        // reads the state after the append above, so it misses nothing.
+        if self.changed.receiver_count() > 0 {
+            self.changed.send_replace(());
+        }
     }
 
     /// Whether requests are following this flight, and it is sharing a stream with them.
@@ -167,11 +170,7 @@ impl Flight {
         if matches!(state.end, Some(FlightEnd::Failed(_))) {
             return None;
         }
-        let mut joined = Vec::with_capacity(state.size);
-        for chunk in &state.chunks {
-            joined.extend_from_slice(chunk);
-        }
-        Some(Bytes::from(joined))
+        Some(Bytes::copy_from_slice(&state.stream))
     }
 
     /// Ends the flight and takes it off the map, after any entry has been stored (so a new
@@ -195,6 +194,7 @@ impl Flight {
 pub struct Follower {
     flight: Arc<Flight>,
     changes: watch::Receiver<()>,
+    /// Bytes of the leader's stream already passed on.
     next: usize,
 }
 
@@ -254,9 +254,9 @@ impl Follower {
             self.changes.borrow_and_update();
             {
                 let state = self.flight.lock();
-                if let Some(chunk) = state.chunks.get(self.next) {
-                    self.next += 1;
-                    return Next::Chunk(chunk.clone());
+                if let Some(unread) = state.stream.get(self.next..).filter(|unread| !unread.is_empty()) {
+                    self.next = state.stream.len();
+                    return Next::Chunk(Bytes::copy_from_slice(unread));
                 }
                 match &state.end {
                     Some(FlightEnd::Stored(_) | FlightEnd::Unstored) => return Next::Done,
