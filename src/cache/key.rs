@@ -227,11 +227,8 @@ impl Write for HashWriter {
 /// strings, shortest numbers), so keys stay those of earlier versions (and of Redis).
 /// Writing to a hasher cannot fail.
 fn write_canonical(out: &mut impl Write, node: &Node<'_>) {
-    let _ = match node {
-        Node::Object(fields) => {
-            write_object(out, fields.iter());
-            Ok(())
-        }
+    match node {
+        Node::Object(fields) => write_object(out, fields.iter()),
         Node::Array(items) => {
             let _ = out.write_all(b"[");
             for (i, item) in items.iter().enumerate() {
@@ -240,15 +237,20 @@ fn write_canonical(out: &mut impl Write, node: &Node<'_>) {
                 }
                 write_canonical(out, item);
             }
-            out.write_all(b"]").map_err(serde_json::Error::io)
+            let _ = out.write_all(b"]");
         }
-        Node::Null => serde_json::to_writer(&mut *out, &()),
-        Node::Bool(value) => serde_json::to_writer(&mut *out, value),
-        Node::U64(value) => serde_json::to_writer(&mut *out, value),
-        Node::I64(value) => serde_json::to_writer(&mut *out, value),
-        Node::F64(value) => serde_json::to_writer(&mut *out, value),
-        Node::Str(value) => serde_json::to_writer(&mut *out, value),
-    };
+        Node::Null => write_json(out, &()),
+        Node::Bool(value) => write_json(out, value),
+        Node::U64(value) => write_json(out, value),
+        Node::I64(value) => write_json(out, value),
+        Node::F64(value) => write_json(out, value),
+        Node::Str(value) => write_json(out, value),
+    }
+}
+
+/// A scalar or a name in serde_json's own compact form.
+fn write_json(out: &mut impl Write, value: &(impl serde::Serialize + ?Sized)) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// `fields` in name order, as [`Node::Object`] keeps them.
@@ -258,7 +260,7 @@ fn write_object<'b, 'a: 'b>(out: &mut impl Write, fields: impl Iterator<Item = &
         if i > 0 {
             let _ = out.write_all(b",");
         }
-        let _ = serde_json::to_writer(&mut *out, name);
+        write_json(out, name);
         let _ = out.write_all(b":");
         write_canonical(out, value);
     }

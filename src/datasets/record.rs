@@ -109,13 +109,10 @@ impl Source {
         };
         let response = match &self.response {
             None => Body::Null,
-            Some(answer) if redactor.is_empty() => match answer.body.raw().and_then(single_line_json) {
-                Some(raw) => Body::Raw(raw),
-                None => Body::Borrowed(&answer.body),
-            },
             // Most answers hold nothing to redact: copied as they came, no tree built.
             Some(answer) => match answer.body.raw().and_then(single_line_json) {
                 Some(raw) if redactor.leaves_alone(raw.get()) => Body::Raw(raw),
+                _ if redactor.is_empty() => Body::Borrowed(&answer.body),
                 _ => Body::Redacted(redactor.over(&answer.body)),
             },
         };

@@ -42,10 +42,9 @@ pub enum BuildError {
     TooLarge(usize),
 }
 
-/// One encoding's vocabulary: token `r`'s bytes are `bytes[starts[r]..starts[r + 1]]`.
+/// One encoding's vocabulary and split pattern.
 pub struct Bpe {
-    bytes: Box<[u8]>,
-    starts: Box<[u32]>,
+    tokens: Tokens,
     /// Ranks, found by the hash of their bytes.
     index: HashTable<Rank>,
     hasher: DefaultHashBuilder,
@@ -63,53 +62,22 @@ impl Bpe {
         Bpe::from_tiktoken(&table, CL100K_PATTERN)
     }
 
-    /// Copies the ordinary tokens (ranks `0..n`, before the special ones) of `table`.
     fn from_tiktoken(table: &CoreBPE, pattern: &str) -> Result<Bpe, BuildError> {
-        let mut bytes = Vec::with_capacity(2 << 20);
-        let mut starts = vec![0];
-        let too_large = |len: usize| BuildError::TooLarge(len);
-        for rank in 0.. {
-            let Ok(token) = table.decode_bytes(&[rank]) else { break };
-            bytes.extend_from_slice(&token);
-            starts.push(u32::try_from(bytes.len()).map_err(|_| too_large(bytes.len()))?);
-        }
+        let tokens = Tokens::copy(table)?;
+        let hasher = DefaultHashBuilder::default();
+        let index = tokens.index(&hasher)?;
         let split = Regex::new(pattern).map_err(Box::new)?;
-        let mut bpe = Bpe {
-            bytes: bytes.into_boxed_slice(),
-            starts: starts.into_boxed_slice(),
-            index: HashTable::new(),
-            hasher: DefaultHashBuilder::default(),
-            split,
-        };
-        bpe.build_index()?;
-        Ok(bpe)
-    }
-
-    fn build_index(&mut self) -> Result<(), BuildError> {
-        let tokens = self.starts.len().saturating_sub(1);
-        let mut index = HashTable::with_capacity(tokens);
-        for rank in 0..tokens {
-            let rank = Rank::try_from(rank).map_err(|_| BuildError::TooLarge(tokens))?;
-            let hash = self.hasher.hash_one(self.token(rank));
-            index.insert_unique(hash, rank, |&r| self.hasher.hash_one(self.token(r)));
-        }
-        self.index = index;
-        Ok(())
+        Ok(Bpe { tokens, index, hasher, split })
     }
 
     /// How many ordinary tokens the vocabulary has.
-    pub fn len(&self) -> usize {
-        self.starts.len().saturating_sub(1)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.len()
     }
 
     fn token(&self, rank: Rank) -> &[u8] {
-        let at = |r: usize| self.starts.get(r).map_or(0, |&s| s as usize);
-        let rank = rank as usize;
-        self.bytes.get(at(rank)..at(rank.saturating_add(1))).unwrap_or_default()
+        self.tokens.get(rank)
     }
 
     fn rank(&self, bytes: &[u8]) -> Option<Rank> {
@@ -242,6 +210,47 @@ impl Bpe {
             i = state[i].end;
         }
         tokens
+    }
+}
+
+/// The tokens laid end to end: token `r`'s bytes are `bytes[starts[r]..starts[r + 1]]`.
+struct Tokens {
+    bytes: Box<[u8]>,
+    starts: Box<[u32]>,
+}
+
+impl Tokens {
+    /// The ordinary tokens of `table`: ranks `0..n`, before the special ones.
+    fn copy(table: &CoreBPE) -> Result<Tokens, BuildError> {
+        let mut bytes = Vec::with_capacity(2 << 20);
+        let mut starts = vec![0];
+        for rank in 0.. {
+            let Ok(token) = table.decode_bytes(&[rank]) else { break };
+            bytes.extend_from_slice(&token);
+            starts.push(u32::try_from(bytes.len()).map_err(|_| BuildError::TooLarge(bytes.len()))?);
+        }
+        Ok(Tokens { bytes: bytes.into_boxed_slice(), starts: starts.into_boxed_slice() })
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    fn get(&self, rank: Rank) -> &[u8] {
+        let at = |r: usize| self.starts.get(r).map_or(0, |&s| s as usize);
+        let rank = rank as usize;
+        self.bytes.get(at(rank)..at(rank.saturating_add(1))).unwrap_or_default()
+    }
+
+    /// Every rank, found by the hash of its bytes.
+    fn index(&self, hasher: &DefaultHashBuilder) -> Result<HashTable<Rank>, BuildError> {
+        let mut index = HashTable::with_capacity(self.len());
+        for rank in 0..self.len() {
+            let rank = Rank::try_from(rank).map_err(|_| BuildError::TooLarge(self.len()))?;
+            let hash_of = |r: Rank| hasher.hash_one(self.get(r));
+            index.insert_unique(hash_of(rank), rank, |&r| hash_of(r));
+        }
+        Ok(index)
     }
 }
 

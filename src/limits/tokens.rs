@@ -392,6 +392,11 @@ mod tests {
         TABLE.get_or_init(|| Bpe::o200k().unwrap())
     }
 
+    fn cl100k() -> &'static Bpe {
+        static TABLE: OnceLock<Bpe> = OnceLock::new();
+        TABLE.get_or_init(|| Bpe::cl100k().unwrap())
+    }
+
     fn bpe() -> Counter {
         Counter::Bpe(o200k())
     }
@@ -417,8 +422,7 @@ mod tests {
     #[test]
     fn the_memo_counts_a_text_once_per_table() {
         let memo = Memo { slots: [const { AtomicU64::new(0) }; MEMO_SLOTS] };
-        static CL100K_TABLE: OnceLock<Bpe> = OnceLock::new();
-        let (o200k, cl100k) = (o200k(), CL100K_TABLE.get_or_init(|| Bpe::cl100k().unwrap()));
+        let (o200k, cl100k) = (o200k(), cl100k());
         let encodes = std::cell::Cell::new(0);
         let count = |table, text| {
             memo.count(table, text, || {
