@@ -112,14 +112,14 @@ impl H1Pool {
                 Ok((response, conn)) => return Ok((response, self.wrap(conn))),
                 // The upstream closed the reused connection before answering: it did not
                 // process the request, so sending it again on a fresh connection is safe.
-                Err(err) if closed_before_answer(&err) => {}
-                Err(err) => return Err(PoolError { connect: false, detail: super::transport::error_chain(&err) }),
+                Err(unanswered) if unanswered.never_processed => {}
+                Err(unanswered) => return Err(unanswered.into()),
             }
         }
         let conn = self.connect().await?;
         match exchange(conn, request()).await {
             Ok((response, conn)) => Ok((response, self.wrap(conn))),
-            Err(err) => Err(PoolError { connect: false, detail: super::transport::error_chain(&err) }),
+            Err(unanswered) => Err(unanswered.into()),
         }
     }
 
@@ -216,25 +216,65 @@ async fn connect_addr(addr: SocketAddr) -> std::io::Result<TcpStream> {
     TcpStream::connect(addr).await
 }
 
+/// Why an exchange got no answer.
+#[derive(Debug)]
+struct Unanswered {
+    detail: String,
+    /// The upstream closed the connection without an answer before it could have acted on
+    /// the request, so sending it again cannot do anything twice.
+    never_processed: bool,
+}
+
+impl From<hyper::Error> for Unanswered {
+    fn from(err: hyper::Error) -> Unanswered {
+        Unanswered { never_processed: closed_before_answer(&err), detail: super::transport::error_chain(&err) }
+    }
+}
+
+impl From<Unanswered> for PoolError {
+    fn from(unanswered: Unanswered) -> PoolError {
+        PoolError { connect: false, detail: unanswered.detail }
+    }
+}
+
 /// Sends `request` on `conn`, driving the connection until the response head arrives.
-async fn exchange(
-    mut conn: Conn,
-    request: Request<Full<Bytes>>,
-) -> Result<(http::Response<Incoming>, Conn), hyper::Error> {
+async fn exchange(conn: Conn, request: Request<Full<Bytes>>) -> Result<(http::Response<Incoming>, Conn), Unanswered> {
+    let mut conn = conn;
     let mut response = std::pin::pin!(conn.send.send_request(request));
     let io = &mut conn.io;
-    let result = std::future::poll_fn(|cx| {
+    let answered = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = response.as_mut().poll(cx) {
-            return Poll::Ready(result);
+            return Poll::Ready(Some(result));
         }
         match io.as_mut().poll(cx) {
-            // The connection ended; the response future now holds the reason.
-            Poll::Ready(_) => response.as_mut().poll(cx),
+            // The connection ended; the answer may have come with its last read.
+            Poll::Ready(_) => Poll::Ready(match response.as_mut().poll(cx) {
+                Poll::Ready(result) => Some(result),
+                Poll::Pending => None,
+            }),
             Poll::Pending => Poll::Pending,
         }
     })
     .await;
-    result.map(|response| (response, conn))
+    match answered {
+        Some(Ok(response)) => Ok((response, conn)),
+        Some(Err(err)) => Err(err.into()),
+        None => {
+            // The connection ended cleanly before it took the request: an idle keep-alive
+            // connection the upstream closed just as it was reused. hyper fails a queued
+            // request when the connection errs, but after a clean close the request waits in
+            // the connection's queue until the connection is dropped (waiting here for it
+            // would wait until the first-byte timeout). Dropping it fails the request with
+            // hyper's own reason (canceled: never sent).
+            drop(conn);
+            match response.await {
+                Err(err) => Err(err.into()),
+                // A dropped connection answers nothing; should hyper ever, the answer has no
+                // connection left to read its body from.
+                Ok(_) => Err(Unanswered { detail: "upstream connection closed".into(), never_processed: false }),
+            }
+        }
+    }
 }
 
 /// A connection lent to one response body; it returns to the pool when the body has been
@@ -297,6 +337,38 @@ pub fn poll_body_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream that closes an idle keep-alive connection just as weir reuses it: the
+    /// connection ends cleanly before taking the request. The request must fail at once as
+    /// never sent (so the pool sends it again on a fresh connection), not wait in the dead
+    /// connection's queue until the first-byte timeout.
+    #[tokio::test]
+    async fn a_connection_closed_before_taking_the_request_fails_it_at_once_as_never_sent() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Arc::new(H1Pool::new(listener.local_addr().unwrap().to_string(), Duration::from_secs(2)));
+        let request =
+            || Request::post("http://upstream/v1/chat/completions").body(Full::new(Bytes::from_static(b"{}")));
+        let upstream = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
+            socket
+        });
+        // One whole exchange leaves the connection idle in the pool.
+        let (mut response, mut lent) = pool.send(|| request().unwrap()).await.unwrap();
+        while std::future::poll_fn(|cx| poll_body_chunk(response.body_mut(), &mut lent, cx)).await.is_some() {}
+        let conn = pool.take_idle().expect("the connection went back to the pool, alive");
+        // The upstream closes it just after weir judged it alive, before the request is queued.
+        drop(upstream.await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let outcome = tokio::time::timeout(Duration::from_secs(10), exchange(conn, request().unwrap()))
+            .await
+            .expect("the request waited in a closed connection's queue");
+        let unanswered = outcome.expect_err("a closed connection answered");
+        assert!(unanswered.never_processed, "{unanswered:?}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire_after_the_idle_timeout() {
