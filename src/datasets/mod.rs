@@ -113,30 +113,20 @@ impl Datasets {
         self.sinks.is_empty()
     }
 
-    /// Called when a request arrives: remembers its id so feedback can name it (even while
-    /// the answer is still streaming). Until [`Datasets::owned_by`] names its key, only the
-    /// admin token may send feedback for it.
-    pub fn begin(&self, request_id: &str) {
-        if !self.sinks.is_empty() {
-            self.recent.insert(id_hash(request_id));
+    /// Which datasets take this request (filters and sampling), decided when its answer or
+    /// refusal is about to go out, before the answer is read back, so that only recorded
+    /// requests pay for assembly.
+    ///
+    /// It also remembers the request for feedback, in one step: its id, the key that made it
+    /// (`owner`, see `KeyTable::owner`: feedback is then taken from that key or the admin;
+    /// a request refused before authentication has none, so only the admin may) and, once
+    /// routed, who served it (so feedback can be counted per variant). Feedback may follow
+    /// at once: the client has not seen the id before this.
+    pub fn select(&self, record: &Record, owner: Option<&str>) -> Selection {
+        if self.sinks.is_empty() {
+            return Selection::default();
         }
-    }
-
-    /// Called once the request's key is known: feedback for `request_id` is then accepted
-    /// from that key (or the admin token) only.
-    pub fn owned_by(&self, request_id: &str, key: &str) {
-        if !self.sinks.is_empty() {
-            self.recent.update(id_hash(request_id), |entry| entry.owner = Some(id_hash(key)));
-        }
-    }
-
-    /// Which datasets take this finished request (filters and sampling); decided before
-    /// the answer is read back so that only recorded requests pay for assembly.
-    pub fn select(&self, record: &Record) -> Selection {
-        // Routed requests remember who served them, so feedback can be counted per variant.
-        if !self.sinks.is_empty() && !record.variant.is_empty() {
-            self.recent.served(id_hash(&record.request_id), &record.model, &record.variant);
-        }
+        self.recent.remember(id_hash(&record.request_id), owner.map(id_hash), &record.model, &record.variant);
         let facts = Facts { model: &record.model, variant: &record.variant, key: &record.key, status: record.status };
         let mut bits = 0u64;
         for (i, sink) in self.sinks.iter().enumerate() {
@@ -243,8 +233,7 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let metrics = Arc::new(Metrics::new());
         let first = Datasets::build(&[config("a", a.path(), 1.0), config("b", b.path(), 1.0)], None, &metrics);
-        first.begin("req_1");
-        first.owned_by("req_1", "team");
+        first.select(&record("req_1"), Some("team"));
         // `a` changes only its sampling (writer kept); `b` moves (new writer).
         let moved = tempfile::tempdir().unwrap();
         let second =
@@ -259,7 +248,7 @@ mod tests {
     #[test]
     fn without_datasets_nothing_is_remembered() {
         let none = Datasets::build(&[], None, &Arc::new(Metrics::new()));
-        none.begin("req_1");
+        none.select(&record("req_1"), Some("team"));
         assert!(none.is_empty() && !none.knows("req_1", Caller::Admin));
     }
 
@@ -267,19 +256,23 @@ mod tests {
     fn feedback_is_taken_from_the_requests_key_or_the_admin() {
         let dir = tempfile::tempdir().unwrap();
         let datasets = Datasets::build(&[config("a", dir.path(), 1.0)], None, &Arc::new(Metrics::new()));
-        datasets.begin("req_1");
-        // Before its key is known (refused before authentication), only the admin may.
-        assert!(!datasets.knows("req_1", Caller::Key("anonymous")));
-        assert!(datasets.knows("req_1", Caller::Admin));
-        datasets.owned_by("req_1", "team");
+        // Refused before its key was known: only the admin may.
+        datasets.select(&record("req_0"), None);
+        assert!(!datasets.knows("req_0", Caller::Key("anonymous")));
+        assert!(datasets.knows("req_0", Caller::Admin));
+        assert!(datasets.served_by("req_0").is_none());
+        let mut served = record("req_1");
+        (served.model, served.variant) = ("chat".into(), "a".into());
+        datasets.select(&served, Some("team"));
         assert!(datasets.knows("req_1", Caller::Key("team")));
         assert!(!datasets.knows("req_1", Caller::Key("other")));
         assert!(datasets.knows("req_1", Caller::Admin));
-        // Being served keeps the owner.
-        datasets.recent.served(id_hash("req_1"), "chat", "a");
-        assert!(datasets.knows("req_1", Caller::Key("team")));
         assert_eq!(datasets.served_by("req_1").unwrap().variant, "a");
         // An id never seen is unknown to everyone, the admin included.
         assert!(!datasets.knows("req_2", Caller::Admin));
+    }
+
+    fn record(request_id: &str) -> Record {
+        Record::new(request_id.to_owned(), std::time::Instant::now())
     }
 }

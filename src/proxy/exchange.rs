@@ -74,7 +74,6 @@ impl Exchange {
         let tracer = snapshot.tracer.as_deref();
         record.trace = TraceContext::start(headers, tracer.map(Tracer::sample_ratio));
         let wants_assembly = record.trace.sampled() && tracer.is_some_and(Tracer::captures_content);
-        snapshot.datasets.begin(&record.request_id);
         Exchange {
             snapshot,
             record,
@@ -105,7 +104,7 @@ impl Exchange {
     /// its exact bytes when a tap needs them, a stream folded into its answer when the taps
     /// need only that, else only its usage.
     pub fn start_capture(&mut self) {
-        let datasets = self.snapshot.datasets.select(&self.record);
+        let datasets = self.snapshot.datasets.select(&self.record, self.owner.as_deref());
         // The inbound APIs are read back from their own events (usage is in the closing one).
         let inbound = self.record.endpoint.is_some_and(Endpoint::is_inbound);
         let reads_answer = self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
@@ -148,7 +147,8 @@ impl Exchange {
             self.guards.fill.as_ref().and_then(|fill| fill.raw_answer(&self.record, self.capture.as_ref()));
         let snapshot = Arc::clone(&self.snapshot);
         // Decided before reading back, so only recorded requests pay for assembly.
-        let datasets = self.datasets.take().unwrap_or_else(|| snapshot.datasets.select(&self.record));
+        let datasets =
+            self.datasets.take().unwrap_or_else(|| snapshot.datasets.select(&self.record, self.owner.as_deref()));
         self.wants_assembly |= !datasets.is_empty();
         self.read_back();
         if let (Some(job), Some(answer)) = (self.store.take(), self.record.assembled.as_ref()) {

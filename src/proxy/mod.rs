@@ -179,9 +179,7 @@ async fn forward(
     let identity = snapshot.keys.authenticate(&parts.headers)?;
     exchange.record.key = identity.name().to_owned();
     if !snapshot.datasets.is_empty() || !snapshot.experiments.is_empty() {
-        let owner = snapshot.keys.owner(&identity, &parts.headers);
-        snapshot.datasets.owned_by(&exchange.record.request_id, &owner);
-        exchange.owner = Some(owner);
+        exchange.owner = Some(snapshot.keys.owner(&identity, &parts.headers));
     }
     let Some(incoming) = unread.take() else {
         return Err(RequestError::BodyRead("the request body was already taken".into()).into());
