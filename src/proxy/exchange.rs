@@ -102,13 +102,17 @@ impl Exchange {
 
     /// Sets up the capture of an answer about to be sent (status, backend and shape known):
     /// its exact bytes when a tap needs them, a stream folded into its answer when the taps
-    /// need only that, else only its usage.
+    /// need only that, else only its usage; nothing for a cache hit no tap reads.
     pub fn start_capture(&mut self) {
         let datasets = self.snapshot.datasets.select(&self.record, self.owner.as_deref());
         // The inbound APIs are read back from their own events (usage is in the closing one).
         let inbound = self.record.endpoint.is_some_and(Endpoint::is_inbound);
         let reads_answer = self.wants_assembly || !datasets.is_empty() || self.record.trace.sampled();
         self.datasets = Some(datasets);
+        if self.record.cache == CacheStatus::Hit && !reads_answer && !inbound {
+            // A hit spent no tokens (its usage is not counted again), and no tap reads it.
+            return;
+        }
         let sse = self.record.sse;
         self.capture = Some(if inbound || (reads_answer && !sse) {
             Capture::whole(CAPTURE_LIMIT)
