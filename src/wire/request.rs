@@ -109,7 +109,8 @@ pub fn check_structure(body: &[u8], limit: usize) -> Result<(), RequestError> {
                 b'\\' if body.get(at) == Some(&b'u') => at = after_unicode_escape(body, at - 1)?,
                 b'\\' => at += 1,
                 b'"' => in_string = false,
-                _ => {}
+                // Most of a chat body is the text of strings: skip to its next quote or escape.
+                _ => at = memchr::memchr2(b'"', b'\\', &body[at..]).map_or(body.len(), |skip| at + skip),
             }
             continue;
         }
@@ -418,12 +419,21 @@ mod tests {
         assert!(head(&text).is_ok());
         assert!(check_structure(br#"["\\", [[1]]]"#, 3).is_ok());
         assert!(check_structure(br#"["\\", [[[1]]]]"#, 3).is_err());
+        assert!(check_structure(br#"["text [[[ \" [[[", [["after"]]]"#, 3).is_ok());
+        assert!(check_structure(br#"["text [[[ \" [[[", [[["after"]]]]"#, 3).is_err());
     }
 
     #[test]
     fn lone_surrogates_are_refused_and_pairs_pass() {
         assert!(check_structure(br#"["\ud83d\ude00", "\u00e9", "\\ud800"]"#, 8).is_ok());
-        for lone in [r#"["\ud800"]"#, r#"["\udc00"]"#, r#"["\ud800\u0041"]"#, r#"["\uD800x"]"#, r#"["\ud800"#] {
+        for lone in [
+            r#"["\ud800"]"#,
+            r#"["\udc00"]"#,
+            r#"["\ud800\u0041"]"#,
+            r#"["\uD800x"]"#,
+            r#"["\ud800"#,
+            r#"["text [{ \ud800"]"#,
+        ] {
             assert!(matches!(check_structure(lone.as_bytes(), 8), Err(RequestError::InvalidJson(_))), "{lone}");
         }
     }
