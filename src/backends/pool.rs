@@ -179,13 +179,13 @@ impl H1Pool {
     }
 }
 
-/// A reused keep-alive connection that the upstream had already closed (or closed as the
-/// request arrived): hyper saw no response at all.
 /// Whether a connection idle since `idle_since` has been idle too long to reuse at `now`.
 fn expired(idle_since: Instant, now: Instant) -> bool {
     now.duration_since(idle_since) > IDLE_TIMEOUT
 }
 
+/// A reused keep-alive connection that the upstream had already closed (or closed as the
+/// request arrived): hyper saw no response at all.
 fn closed_before_answer(err: &hyper::Error) -> bool {
     if err.is_canceled() || err.is_incomplete_message() {
         return true;
@@ -238,8 +238,10 @@ impl From<Unanswered> for PoolError {
 }
 
 /// Sends `request` on `conn`, driving the connection until the response head arrives.
-async fn exchange(conn: Conn, request: Request<Full<Bytes>>) -> Result<(http::Response<Incoming>, Conn), Unanswered> {
-    let mut conn = conn;
+async fn exchange(
+    mut conn: Conn,
+    request: Request<Full<Bytes>>,
+) -> Result<(http::Response<Incoming>, Conn), Unanswered> {
     let mut response = std::pin::pin!(conn.send.send_request(request));
     let io = &mut conn.io;
     let answered = std::future::poll_fn(|cx| {
