@@ -29,8 +29,8 @@
 //! them would reserve something other than what the upstream is asked for.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -166,17 +166,19 @@ static MEMO: Memo = Memo { slots: [const { AtomicU64::new(0) }; MEMO_SLOTS] };
 
 /// A direct-mapped table of `(hash tag, count)` words, lock-free: a text whose slot holds
 /// another text's tag is counted and takes the slot over. A wrong hit needs a 57-bit hash
-/// collision, and costs only an estimate (settled against the reported usage anyway).
+/// collision, and costs only an estimate (settled against the reported usage anyway). The
+/// hash is keyed at random per process: with a known key a client could search offline for
+/// a long text that collides with a short one and have it admitted at the short one's count.
 struct Memo {
     slots: [AtomicU64; MEMO_SLOTS],
 }
 
+/// The keys of [`Memo`]'s hash, drawn once per process.
+static MEMO_KEYS: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
+
 impl Memo {
     fn count(&self, table: &'static Bpe, text: &str, encode: impl FnOnce() -> u64) -> u64 {
-        let mut hasher = std::hash::DefaultHasher::new();
-        std::ptr::hash(table, &mut hasher);
-        std::hash::Hash::hash(text, &mut hasher);
-        let hash = std::hash::Hasher::finish(&hasher);
+        let hash = std::hash::BuildHasher::hash_one(&*MEMO_KEYS, (std::ptr::from_ref(table), text));
         let Some(slot) = self.slots.get(usize::try_from(hash).unwrap_or_default() % MEMO_SLOTS) else {
             return encode();
         };
