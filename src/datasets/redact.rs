@@ -141,11 +141,18 @@ impl Redactor {
         self.rules.iter().all(|(kind, regex)| match kind {
             Kind::Custom => false,
             _ if !kind.may_match(json) => true,
-            _ => {
+            // Checked string by string: the rule's prefilter (an `@`, nine digits) then rules
+            // out nearly every string, and the numbers outside strings (timestamps, counts,
+            // an embedding's thousands) are never searched.
+            Kind::Email | Kind::Phone => strings_of(json).all(|text| {
+                !kind.may_match(text)
+                    || regex.find_iter(text).all(|found| *kind == Kind::Phone && !is_phone(found.as_str()))
+            }),
+            // A secret's literal prefixes (`sk-`, `AKIA`, ...) let the regex skip through the
+            // whole text at once.
+            Kind::Key => {
                 let mut strings = StringsSoFar::default();
-                regex.find_iter(json).all(|found| {
-                    !strings.inside_at(json, found.start()) || (*kind == Kind::Phone && !is_phone(found.as_str()))
-                })
+                regex.find_iter(json).all(|found| !strings.inside_at(json, found.start()))
             }
         })
     }
@@ -221,6 +228,19 @@ fn is_phone(candidate: &str) -> bool {
     let digits = candidate.bytes().filter(u8::is_ascii_digit).count();
     let ipv4 = candidate.split('.').count() == 4 && candidate.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     (9..=15).contains(&digits) && !ipv4
+}
+
+/// The contents of the strings of a JSON text without escapes, object keys included (an
+/// unterminated last string runs to the end of the text).
+fn strings_of(json: &str) -> impl Iterator<Item = &str> {
+    let mut rest = json;
+    std::iter::from_fn(move || {
+        let open = memchr::memchr(b'"', rest.as_bytes())?;
+        let after = rest.get(open + 1..)?;
+        let close = memchr::memchr(b'"', after.as_bytes()).unwrap_or(after.len());
+        rest = after.get(close + 1..).unwrap_or_default();
+        after.get(..close)
+    })
 }
 
 /// Whether positions of a JSON text without escapes lie inside a string (an odd number of
@@ -348,6 +368,56 @@ mod tests {
                 assert_eq!(redacted, value, "{json}");
             }
         }
+        // And over generated bodies mixing every shape inside and outside strings.
+        let fragments = [
+            "hello",
+            "415 555 0100",
+            "+1 (415) 555-0100",
+            "555-0100",
+            "a@b.io",
+            "x@y",
+            "sk-abcdefghijk12",
+            "AKIAABCDEFGHIJKLMNOP",
+            "2026-12-07",
+            "10.0.0.1",
+            "123456789",
+            "12345678",
+            "[",
+            "{ }",
+            ":",
+            ",",
+        ];
+        let mut seed = 11u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let (mut judged_alone, mut judged_not) = (0, 0);
+        for _ in 0..3000 {
+            let mut object = serde_json::Map::new();
+            for field in 0..1 + next(4) {
+                let text: Vec<&str> = (0..1 + next(3)).map(|_| fragments[next(fragments.len())]).collect();
+                let value = match next(3) {
+                    0 => json!(text.join(" ")),
+                    1 => json!([text.join(""), 1764300000u64 + next(1000) as u64]),
+                    _ => json!(4155550100u64 + next(1000) as u64),
+                };
+                object.insert(format!("{}{field}", text[0]), value);
+            }
+            let value = Value::Object(object);
+            let text = serde_json::to_string(&value).unwrap();
+            if redactor.leaves_alone(&text) {
+                judged_alone += 1;
+                assert_eq!(serde_json::to_value(redactor.over(&value)).unwrap(), value, "{text}");
+            } else {
+                judged_not += 1;
+            }
+        }
+        assert!(judged_alone > 100 && judged_not > 100, "{judged_alone} / {judged_not}");
+        assert_eq!(
+            strings_of(r#"{"a":"x y","b":[1,""],"c":"open"#).collect::<Vec<_>>(),
+            ["a", "x y", "b", "", "c", "open"]
+        );
         // A configured regex may anchor to a string's edges: never judged on the whole text.
         let custom = Redactor::new("t", &[Redaction::Regex("^secret$".into())]);
         assert!(!custom.leaves_alone(r#"{"content":"hello"}"#));
