@@ -11,6 +11,9 @@
 //! vocabulary (read once while building, then dropped) and the reference the tests compare
 //! every count with.
 //!
+//! Counting a piece looks it up in the index, which misses the core's cache; the counts of
+//! short pieces seen recently are kept in a small direct-mapped memo beside it.
+//!
 //! Must not: be built on an async thread (building reads tiktoken's tables, ~150 ms), or
 //! encode: callers need counts, so no token ids are collected.
 
