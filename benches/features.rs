@@ -364,6 +364,26 @@ fn scenarios() -> Vec<Scenario> {
             counts: Counts::NONE,
         },
         Scenario {
+            name: "cache-miss",
+            about: "`cache` on, every request a miss (unique bodies): the key, the lookup, the single-flight \
+                    and the insert of every answer into a full 8 MiB cache, vs a plain weir",
+            baseline: Baseline::Weir,
+            shape: Shape::Json,
+            config: |ctx| {
+                format!(
+                    "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
+                     models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ], cache: {{ ttl: 10m }} }}\n\
+                     auth: {{ mode: none }}\ncache: {{ max_size: 8MiB }}\n",
+                    ctx.upstream,
+                )
+            },
+            headers: no_headers,
+            byte_exact: true,
+            reload_every: None,
+            unique_bodies: true,
+            counts: Counts::NONE,
+        },
+        Scenario {
             name: "limits",
             about: "the key with rpm/tpm/concurrent (never reached; memory store) vs auth: none",
             baseline: Baseline::Weir,

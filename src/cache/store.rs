@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hashbrown::DefaultHashBuilder;
 use moka::Expiry;
 
 use super::key::CacheKey;
@@ -43,7 +44,10 @@ impl Entry {
 /// tokio's clock (so tests can run it on a paused one); moka's own per-entry expiry only
 /// frees their memory.
 pub struct Store {
-    entries: moka::sync::Cache<CacheKey, Stored>,
+    /// Keys are SHA-256 digests already; foldhash (seeded at random, so no one can aim
+    /// keys at one bucket) spreads them at a fraction of SipHash's cost, paid on every
+    /// lookup, insert and rehash.
+    entries: moka::sync::Cache<CacheKey, Stored, DefaultHashBuilder>,
 }
 
 /// An entry and the moment it stops being served.
@@ -93,7 +97,7 @@ impl Store {
             .initial_capacity(expected_entries(max_size))
             .weigher(|_key: &CacheKey, stored: &Stored| stored.entry.weight())
             .expire_after(PerEntryTtl)
-            .build();
+            .build_with_hasher(DefaultHashBuilder::default());
         Store { entries }
     }
 
