@@ -138,6 +138,16 @@ fn traced(ctx: &Ctx, ratio: f64) -> String {
     plain_with(ctx, &telemetry)
 }
 
+/// One model with the response cache on (10 minutes), in a store of `max_size`.
+fn cached(ctx: &Ctx, max_size: &str) -> String {
+    format!(
+        "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
+         models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ], cache: {{ ttl: 10m }} }}\n\
+         auth: {{ mode: none }}\ncache: {{ max_size: {max_size} }}\n",
+        ctx.upstream,
+    )
+}
+
 /// The plain config with `extra` appended (top-level sections such as `telemetry:`).
 fn plain_with(ctx: &Ctx, extra: &str) -> String {
     format!("{}{extra}", common::plain_config(ctx.upstream))
@@ -348,14 +358,7 @@ fn scenarios() -> Vec<Scenario> {
             about: "the same request repeated with `cache` on (all hits after the first) vs the upstream itself",
             baseline: Baseline::Direct,
             shape: Shape::Json,
-            config: |ctx| {
-                format!(
-                    "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
-                     models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ], cache: {{ ttl: 10m }} }}\n\
-                     auth: {{ mode: none }}\ncache: {{ max_size: 64MiB }}\n",
-                    ctx.upstream,
-                )
-            },
+            config: |ctx| cached(ctx, "64MiB"),
             headers: no_headers,
             // A JSON hit is the upstream's answer byte for byte.
             byte_exact: true,
@@ -369,14 +372,7 @@ fn scenarios() -> Vec<Scenario> {
                     and the insert of every answer into a full 8 MiB cache, vs a plain weir",
             baseline: Baseline::Weir,
             shape: Shape::Json,
-            config: |ctx| {
-                format!(
-                    "backends:\n  upstream: {{ kind: openai, base_url: http://{}/v1 }}\n\
-                     models:\n  {PUBLIC_MODEL}: {{ targets: [ {{ backend: upstream, model: {UPSTREAM_MODEL} }} ], cache: {{ ttl: 10m }} }}\n\
-                     auth: {{ mode: none }}\ncache: {{ max_size: 8MiB }}\n",
-                    ctx.upstream,
-                )
-            },
+            config: |ctx| cached(ctx, "8MiB"),
             headers: no_headers,
             byte_exact: true,
             reload_every: None,
