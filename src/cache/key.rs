@@ -11,10 +11,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::wire::Endpoint;
+use crate::wire::json::JsonStr;
 
 /// Top-level request fields that do not change the answer.
 const IGNORED_FIELDS: [&str; 3] = ["stream", "stream_options", "user"];
@@ -160,7 +161,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
         let mut fields: Vec<(Cow<'de, str>, Node<'de>)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some((Name(name), value)) = map.next_entry()? {
+        while let Some((JsonStr(name), value)) = map.next_entry()? {
             fields.push((name, value));
         }
         // Stable: of equal names the last given ends up last, and is the one kept.
@@ -173,31 +174,6 @@ impl<'de> Visitor<'de> for NodeVisitor {
             }
         }
         Ok(Node::Object(deduped))
-    }
-}
-
-/// An object's field name, borrowed when it has no escapes.
-struct Name<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-
-            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(value)))
-            }
-
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(value.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(NameVisitor)
     }
 }
 

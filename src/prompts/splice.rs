@@ -9,6 +9,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::wire::json::JsonStr;
+
 /// The top-level fields of a JSON object, in order, values as written.
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
@@ -22,7 +24,7 @@ impl<'de> de::Deserialize<'de> for Fields<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
                 let mut fields = Vec::new();
-                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                while let Some((JsonStr(key), value)) = map.next_entry::<JsonStr<'de>, &'de RawValue>()? {
                     fields.push((key, value));
                 }
                 Ok(Fields(fields))

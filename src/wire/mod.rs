@@ -2,7 +2,8 @@
 //!
 //! Owns: the endpoints weir serves ([`endpoint`]); a client request's head and its parser
 //! ([`request`]); HTTP bodies and the memory budget for reading them ([`body`]); every
-//! header name and the client's request id ([`headers`]); client text made safe for a log line
+//! header name and the client's request id ([`headers`]); JSON strings read without a copy
+//! ([`json`]); client text made safe for a log line
 //! ([`log_safe`]); W3C trace context ([`trace_context`]); the answer as it streamed by
 //! ([`capture`]) and what is read back out of it — usage ([`usage`]), the whole answer
 //! ([`assemble`], also folded as a stream passes), its summary ([`summary`]), and the lines
@@ -16,6 +17,7 @@ pub(crate) mod body;
 pub(crate) mod capture;
 pub(crate) mod endpoint;
 pub(crate) mod headers;
+pub(crate) mod json;
 pub(crate) mod lines;
 pub(crate) mod log_safe;
 pub(crate) mod record;
