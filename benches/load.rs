@@ -11,6 +11,11 @@
 //! the features is a ratio measured in the same run. `WEIR_BENCH_MODES=paced` holds 1,000
 //! streams paced as a model sends them through weir and nginx and compares their CPU per
 //! chunk.
+//!
+//! Beside them runs the hyper floor (`examples/hyper_floor.rs`, built on first use; off with
+//! `WEIR_BENCH_FLOOR=0`): hyper's HTTP/1 server and client on weir's worker model with nothing
+//! in between, so each run also says how much of weir's distance to nginx is its own code and
+//! how much the stack it is built on.
 
 #![allow(
     clippy::unwrap_used,
@@ -46,6 +51,8 @@ struct Params {
     gap: Duration,
     nginx: bool,
     nginx_workers: String,
+    /// Whether to run the hyper floor beside weir (`WEIR_BENCH_FLOOR`, on by default).
+    floor: bool,
     /// Closed-loop modes (`json`, `stream`); may be empty when only `paced` runs.
     modes: Vec<Mode>,
     profile: Profile,
@@ -91,6 +98,7 @@ impl Params {
             gap: Duration::from_micros(common::env_or("WEIR_BENCH_CHUNK_GAP_US", 0u64)),
             nginx: common::env_or("WEIR_BENCH_NGINX", 1u8) != 0,
             nginx_workers: std::env::var("WEIR_BENCH_NGINX_WORKERS").unwrap_or_else(|_| "auto".into()),
+            floor: common::env_or("WEIR_BENCH_FLOOR", 1u8) != 0,
             modes,
             profile,
             paced: paced.then(|| Paced {
@@ -182,6 +190,9 @@ enum Target {
     /// A second weir build (`WEIR_BENCH_BIN_B`) with the profile's config, for an A/B of two
     /// builds in one run.
     WeirB,
+    /// The floor of weir's stack (`examples/hyper_floor.rs`): hyper's server and client and
+    /// nothing else, so a run says how much of weir's gap to nginx is the stack's.
+    HyperFloor,
     Nginx,
 }
 
@@ -192,6 +203,7 @@ impl Target {
             Target::Weir => "weir",
             Target::WeirPlain => "weir-plain",
             Target::WeirB => "weir-b",
+            Target::HyperFloor => "hyper-floor",
             Target::Nginx => "nginx",
         }
     }
@@ -217,6 +229,7 @@ enum Process {
         sink: Option<common::OtlpSink>,
     },
     Nginx(common::Nginx),
+    HyperFloor(common::HyperFloor),
 }
 
 impl Member {
@@ -233,6 +246,7 @@ impl Member {
             Process::None => None,
             Process::Weir { weir, .. } => cpu_time(weir.process.pid()),
             Process::Nginx(nginx) => tree_cpu_time(nginx.process.pid()),
+            Process::HyperFloor(floor) => cpu_time(floor.process.pid()),
         }
     }
 
@@ -258,6 +272,11 @@ async fn start_targets(upstream: SocketAddr, params: &Params, with_direct: bool)
     }
     if let Ok(binary) = std::env::var("WEIR_BENCH_BIN_B") {
         members.push(start_profile_weir(Target::WeirB, upstream, params.profile, Some(binary)).await);
+    }
+    if params.floor
+        && let Some(floor) = common::start_hyper_floor(upstream).await
+    {
+        members.push(Member { target: Target::HyperFloor, addr: floor.addr, process: Process::HyperFloor(floor) });
     }
     if params.nginx {
         match common::start_nginx(upstream, &params.nginx_workers).await {
@@ -574,7 +593,12 @@ fn comparisons(params: &Params) -> Vec<(Target, Target, &'static str)> {
         (Target::Weir, Target::Nginx, "ratio_vs_nginx"),
         (Target::WeirPlain, Target::Nginx, "ratio_vs_nginx"),
         (Target::WeirB, Target::Nginx, "ratio_vs_nginx"),
+        (Target::HyperFloor, Target::Nginx, "ratio_vs_nginx"),
+        (Target::WeirPlain, Target::HyperFloor, "ratio_vs_floor"),
     ];
+    if params.profile == Profile::Plain {
+        pairs.push((Target::Weir, Target::HyperFloor, "ratio_vs_floor"));
+    }
     if params.profile == Profile::Production {
         pairs.push((Target::Weir, Target::WeirPlain, "ratio_vs_plain"));
         pairs.push((Target::WeirB, Target::WeirPlain, "ratio_vs_plain"));
@@ -747,7 +771,7 @@ fn print_paced(totals: &mut BTreeMap<Target, PacedTotals>, params: &Params, pace
     }
     let nginx = totals.get(&Target::Nginx).map(PacedTotals::us_per_chunk);
     let mut ratios = json!({});
-    for target in [Target::Weir, Target::WeirPlain, Target::WeirB] {
+    for target in [Target::Weir, Target::WeirPlain, Target::WeirB, Target::HyperFloor] {
         if let (Some(t), Some(nginx)) = (totals.get(&target), nginx) {
             let ratio = t.us_per_chunk() / nginx.max(1e-9);
             println!("  paced CPU per chunk {} ÷ nginx: {ratio:.3}", target.name());

@@ -777,6 +777,56 @@ pub async fn start_nginx(upstream: SocketAddr, workers: &str) -> Option<Nginx> {
     Some(Nginx { process, addr, _dir: dir })
 }
 
+/// The floor of weir's stack (`examples/hyper_floor.rs`: hyper's HTTP/1 server and client on
+/// one single-threaded runtime per core, nothing else), built on first use.
+pub struct HyperFloor {
+    pub process: ChildGuard,
+    pub addr: SocketAddr,
+}
+
+/// Builds and starts the hyper floor in front of `upstream`; `None` (saying why) when it
+/// cannot be built or does not listen.
+pub async fn start_hyper_floor(upstream: SocketAddr) -> Option<HyperFloor> {
+    let Some(binary) = build_example("hyper_floor") else {
+        eprintln!("the hyper floor could not be built; running without it");
+        return None;
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = Command::new(binary);
+    command.arg(addr.to_string()).arg(upstream.to_string());
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    let mut process = spawn_guarded("hyper-floor", command).ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        if process.exited().is_some() || Instant::now() > deadline {
+            eprintln!("the hyper floor did not listen; running without it");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(HyperFloor { process, addr })
+}
+
+/// `cargo build --release --example NAME`; the path of the executable it built.
+fn build_example(name: &str) -> Option<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--message-format=json", "--example", name])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    output.stdout.split(|&b| b == b'\n').rev().find_map(|line| {
+        let message: Value = serde_json::from_slice(line).ok()?;
+        let executable = message.get("executable")?.as_str()?;
+        (message["target"]["name"] == name).then(|| executable.into())
+    })
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
