@@ -45,8 +45,8 @@ use crate::telemetry::metrics::Metrics;
 use crate::wire::Record;
 use crate::wire::record::id_hash;
 
-/// Request ids remembered for feedback: at most this many, for at most this long, and each at
-/// least for half of both (two generations, see `recent`).
+/// Request ids remembered for feedback: the last this many, for at most this long (see
+/// `recent`).
 pub const FEEDBACK_WINDOW_REQUESTS: u64 = 200_000;
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -126,7 +126,7 @@ impl Datasets {
         if self.sinks.is_empty() {
             return Selection::default();
         }
-        self.recent.remember(id_hash(&record.request_id), owner.map(id_hash), &record.model, &record.variant);
+        self.recent.remember(&record.request_id, owner.map(id_hash), &record.model, &record.variant);
         let facts = Facts { model: &record.model, variant: &record.variant, key: &record.key, status: record.status };
         let mut bits = 0u64;
         for (i, sink) in self.sinks.iter().enumerate() {
@@ -153,15 +153,15 @@ impl Datasets {
     /// Whether `request_id` went through this gateway recently (see [`FEEDBACK_WINDOW`]) and
     /// `caller` may send feedback for it: the key that made it, or the admin.
     pub fn knows(&self, request_id: &str, caller: Caller<'_>) -> bool {
-        self.recent.get(id_hash(request_id)).is_some_and(|entry| match caller {
+        self.recent.get(request_id).is_some_and(|entry| match caller {
             Caller::Admin => true,
-            Caller::Key(key) => entry.owner == Some(id_hash(key)),
+            Caller::Key(key) => entry.made_by(id_hash(key)),
         })
     }
 
     /// The public model and variant that served `request_id`, once it was routed.
     pub fn served_by(&self, request_id: &str) -> Option<Arc<ServedBy>> {
-        self.recent.get(id_hash(request_id)).and_then(|entry| entry.served)
+        self.recent.get(request_id).and_then(|entry| entry.served)
     }
 
     /// Appends a feedback line to every dataset; returns how many queued it.
@@ -216,6 +216,7 @@ pub struct ServedBy {
 mod tests {
     use super::*;
     use crate::config::DatasetFilter;
+    use crate::wire::request_id;
 
     fn config(name: &str, dir: &std::path::Path, sample: f64) -> DatasetConfig {
         DatasetConfig {
@@ -233,7 +234,8 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let metrics = Arc::new(Metrics::new());
         let first = Datasets::build(&[config("a", a.path(), 1.0), config("b", b.path(), 1.0)], None, &metrics);
-        first.select(&record("req_1"), Some("team"));
+        let (one, two) = (request_id::mint(), request_id::mint());
+        first.select(&record(&one), Some("team"));
         // `a` changes only its sampling (writer kept); `b` moves (new writer).
         let moved = tempfile::tempdir().unwrap();
         let second =
@@ -241,35 +243,37 @@ mod tests {
         assert!(Arc::ptr_eq(&first.sinks[0].writer, &second.sinks[0].writer));
         assert!(!Arc::ptr_eq(&first.sinks[1].writer, &second.sinks[1].writer));
         assert_eq!(second.sinks[0].config.sample, 0.5);
-        assert!(second.knows("req_1", Caller::Key("team")));
-        assert!(!second.knows("req_2", Caller::Key("team")));
+        assert!(second.knows(&one, Caller::Key("team")));
+        assert!(!second.knows(&two, Caller::Key("team")));
     }
 
     #[test]
     fn without_datasets_nothing_is_remembered() {
         let none = Datasets::build(&[], None, &Arc::new(Metrics::new()));
-        none.select(&record("req_1"), Some("team"));
-        assert!(none.is_empty() && !none.knows("req_1", Caller::Admin));
+        let id = request_id::mint();
+        none.select(&record(&id), Some("team"));
+        assert!(none.is_empty() && !none.knows(&id, Caller::Admin));
     }
 
     #[test]
     fn feedback_is_taken_from_the_requests_key_or_the_admin() {
         let dir = tempfile::tempdir().unwrap();
         let datasets = Datasets::build(&[config("a", dir.path(), 1.0)], None, &Arc::new(Metrics::new()));
+        let (refused, answered, unseen) = (request_id::mint(), request_id::mint(), request_id::mint());
         // Refused before its key was known: only the admin may.
-        datasets.select(&record("req_0"), None);
-        assert!(!datasets.knows("req_0", Caller::Key("anonymous")));
-        assert!(datasets.knows("req_0", Caller::Admin));
-        assert!(datasets.served_by("req_0").is_none());
-        let mut served = record("req_1");
+        datasets.select(&record(&refused), None);
+        assert!(!datasets.knows(&refused, Caller::Key("anonymous")));
+        assert!(datasets.knows(&refused, Caller::Admin));
+        assert!(datasets.served_by(&refused).is_none());
+        let mut served = record(&answered);
         (served.model, served.variant) = ("chat".into(), "a".into());
         datasets.select(&served, Some("team"));
-        assert!(datasets.knows("req_1", Caller::Key("team")));
-        assert!(!datasets.knows("req_1", Caller::Key("other")));
-        assert!(datasets.knows("req_1", Caller::Admin));
-        assert_eq!(datasets.served_by("req_1").unwrap().variant, "a");
+        assert!(datasets.knows(&answered, Caller::Key("team")));
+        assert!(!datasets.knows(&answered, Caller::Key("other")));
+        assert!(datasets.knows(&answered, Caller::Admin));
+        assert_eq!(datasets.served_by(&answered).unwrap().variant, "a");
         // An id never seen is unknown to everyone, the admin included.
-        assert!(!datasets.knows("req_2", Caller::Admin));
+        assert!(!datasets.knows(&unseen, Caller::Admin));
     }
 
     fn record(request_id: &str) -> Record {

@@ -138,13 +138,6 @@ fn finish_headers(headers: &mut HeaderMap, request_id: &str, started: Instant, h
 
 /// weir's own id for every request, whatever the client sent: a client's `x-request-id` could
 /// collide with another client's (on purpose or not), and ids name requests for feedback.
-/// `req_` and 32 random hex digits.
 fn new_request_id() -> String {
-    let mut id = [0u8; 4 + 32];
-    id[..4].copy_from_slice(b"req_");
-    // Both sizes are fixed, so encoding cannot fail; the fallback only satisfies the types.
-    if hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut id[4..]).is_err() {
-        return "req_0".to_owned();
-    }
-    String::from_utf8_lossy(&id).into_owned()
+    crate::wire::request_id::mint()
 }

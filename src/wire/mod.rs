@@ -2,7 +2,8 @@
 //!
 //! Owns: the endpoints weir serves ([`endpoint`]); a client request's head and its parser
 //! ([`request`]); HTTP bodies and the memory budget for reading them ([`body`]); every
-//! header name and the client's request id ([`headers`]); JSON strings read without a copy
+//! header name and the client's request id ([`headers`]); weir's own request ids, which name
+//! their place in the ring of recent requests ([`request_id`]); JSON strings read without a copy
 //! ([`json`]); client text made safe for a log line
 //! ([`log_safe`]); W3C trace context ([`trace_context`]); the answer as it streamed by
 //! ([`capture`]) and what is read back out of it — usage ([`usage`]), the whole answer
@@ -22,6 +23,7 @@ pub(crate) mod lines;
 pub(crate) mod log_safe;
 pub(crate) mod record;
 pub(crate) mod request;
+pub(crate) mod request_id;
 pub(crate) mod summary;
 pub(crate) mod trace_context;
 pub(crate) mod usage;
