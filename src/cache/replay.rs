@@ -198,7 +198,7 @@ mod tests {
         assert!(back.complete);
         let original: Value = serde_json::from_str(CHAT).unwrap();
         assert_eq!(back.body["choices"][0]["message"], original["choices"][0]["message"]);
-        assert_eq!(back.finish_reasons, ["tool_calls"]);
+        assert_eq!(back.summary().finish_reasons, ["tool_calls"]);
         assert_eq!(back.body["usage"], original["usage"]);
         assert_eq!(back.body["id"], "chatcmpl-1");
     }
@@ -224,7 +224,7 @@ mod tests {
         let body = r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":"abc","logprobs":null,"finish_reason":"stop"}]}"#;
         let back = assemble(&to_sse(body.as_bytes(), false).unwrap(), true).unwrap();
         assert_eq!(back.body["choices"][0]["text"], "abc");
-        assert_eq!(back.finish_reasons, ["stop"]);
+        assert_eq!(back.summary().finish_reasons, ["stop"]);
     }
 
     #[test]

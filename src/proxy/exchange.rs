@@ -22,7 +22,9 @@ use crate::limits::Admission;
 use crate::router::InFlight;
 use crate::runtime::Snapshot;
 use crate::telemetry::trace::Tracer;
-use crate::wire::{Assembled, CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext};
+use crate::wire::{
+    AnswerSummary, Assembled, CAPTURE_LIMIT, CacheStatus, Capture, Endpoint, Outcome, Record, TraceContext,
+};
 
 /// What a request holds that must be given back when it ends, whatever the way.
 #[derive(Debug, Default)]
@@ -235,13 +237,8 @@ fn read_inbound(endpoint: Endpoint, bytes: &[u8], sse: bool) -> Option<Assembled
         }
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => return None,
     };
-    Some(Assembled {
-        body: body.into(),
-        usage: usage.map(crate::apis::usage::Tokens::to_wire),
-        finish_reasons: reason.into_iter().collect(),
-        response_model: model,
-        complete: true,
-    })
+    let summary = AnswerSummary { model, finish_reasons: reason.into_iter().collect() };
+    Some(Assembled::new(body.into(), usage.map(crate::apis::usage::Tokens::to_wire), summary, true))
 }
 impl Drop for Exchange {
     fn drop(&mut self) {

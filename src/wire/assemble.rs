@@ -19,18 +19,43 @@ use super::summary::AnswerSummary;
 use super::usage::{RawUsage, Usage};
 
 /// A complete answer read back from the wire, always in the non-streamed JSON shape.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Assembled {
     /// `chat.completion`, `text_completion` or the embeddings list, as a JSON value. A
     /// streamed answer is folded into the shape the same request would have got unstreamed.
     pub body: AnswerBody,
     pub usage: Option<Usage>,
-    /// One per choice, in choice order (`stop`, `length`, `tool_calls`, ...).
-    pub finish_reasons: Vec<String>,
-    /// The `model` the upstream named in its answer.
-    pub response_model: Option<String>,
     /// Whether a streamed answer ended with `data: [DONE]` (always true for JSON).
     pub complete: bool,
+    /// The response model and finish reasons: known when folded from events, read from a
+    /// JSON answer's bytes only when asked (a traced request's span), not on every request.
+    summary: OnceLock<AnswerSummary>,
+}
+
+impl Assembled {
+    pub fn new(body: AnswerBody, usage: Option<Usage>, summary: AnswerSummary, complete: bool) -> Assembled {
+        Assembled { body, usage, complete, summary: OnceLock::from(summary) }
+    }
+
+    /// A JSON answer's bytes, its summary left to be read when asked.
+    fn from_json(body: AnswerBody, usage: Option<Usage>) -> Assembled {
+        Assembled { body, usage, complete: true, summary: OnceLock::new() }
+    }
+
+    /// The `model` the upstream named in its answer, and one finish reason per choice in
+    /// choice order (`stop`, `length`, `tool_calls`, ...).
+    pub fn summary(&self) -> &AnswerSummary {
+        self.summary.get_or_init(|| self.body.raw().map_or_else(AnswerSummary::default, |raw| json_summary(raw)))
+    }
+}
+
+impl PartialEq for Assembled {
+    fn eq(&self, other: &Assembled) -> bool {
+        self.body == other.body
+            && self.usage == other.usage
+            && self.complete == other.complete
+            && self.summary() == other.summary()
+    }
 }
 
 /// An answer's JSON: a JSON answer's bytes as the upstream sent them, parsed into a tree only
@@ -105,14 +130,39 @@ pub fn assemble_owned(bytes: Vec<u8>, sse: bool) -> Option<Assembled> {
 }
 
 fn assemble_json(bytes: Bytes) -> Option<Assembled> {
-    // Read through the borrowed event views (a JSON answer has the fields a stream event
-    // has); what they cannot read (not an object, a field given twice) goes through the tree.
-    let Ok(view) = serde_json::from_slice::<EventView<'_>>(&bytes) else { return assemble_json_tree(&bytes) };
+    // Only the usage is read now (and the JSON checked); the summary when a span asks. What
+    // this cannot read (not an object, a field given twice) goes through the tree.
+    #[derive(Deserialize)]
+    struct UsageView<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a RawValue>,
+    }
+    let Ok(view) = serde_json::from_slice::<UsageView<'_>>(&bytes) else { return assemble_json_tree(&bytes) };
     let usage = view.usage.and_then(usage_of_raw);
-    let finish_reasons = view.choices.items().iter().filter_map(|choice| finish_reason_of(choice)).collect();
-    let response_model = str_of(view.model).map(Cow::into_owned);
-    let body = AnswerBody::from_valid_json(bytes);
-    Some(Assembled { body, usage, finish_reasons, response_model, complete: true })
+    Some(Assembled::from_json(AnswerBody::from_valid_json(bytes), usage))
+}
+
+/// A JSON answer's model and finish reasons, read as the tree would read them.
+fn json_summary(bytes: &[u8]) -> AnswerSummary {
+    let Ok(view) = serde_json::from_slice::<EventView<'_>>(bytes) else {
+        let tree = serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
+        return tree_summary(&tree);
+    };
+    AnswerSummary {
+        model: str_of(view.model).map(Cow::into_owned),
+        finish_reasons: view.choices.items().iter().filter_map(|choice| finish_reason_of(choice)).collect(),
+    }
+}
+
+fn tree_summary(body: &Value) -> AnswerSummary {
+    let finish_reasons = body
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(|choices| {
+            choices.iter().filter_map(|c| c.get("finish_reason").and_then(Value::as_str).map(str::to_owned)).collect()
+        })
+        .unwrap_or_default();
+    AnswerSummary { model: body.get("model").and_then(Value::as_str).map(str::to_owned), finish_reasons }
 }
 
 /// A choice's `finish_reason` when it is a string, as the tree would read it.
@@ -134,15 +184,8 @@ fn usage_of_raw(raw: &RawValue) -> Option<Usage> {
 fn assemble_json_tree(bytes: &[u8]) -> Option<Assembled> {
     let body: Value = serde_json::from_slice(bytes).ok()?;
     let usage = usage_of(&body);
-    let finish_reasons = body
-        .get("choices")
-        .and_then(Value::as_array)
-        .map(|choices| {
-            choices.iter().filter_map(|c| c.get("finish_reason").and_then(Value::as_str).map(str::to_owned)).collect()
-        })
-        .unwrap_or_default();
-    let response_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
-    Some(Assembled { body: body.into(), usage, finish_reasons, response_model, complete: true })
+    let summary = tree_summary(&body);
+    Some(Assembled::new(body.into(), usage, summary, true))
 }
 
 fn usage_of(value: &Value) -> Option<Usage> {
@@ -320,7 +363,10 @@ impl StreamState {
     fn finish(mut self) -> Assembled {
         self.choices.sort_by_key(|(i, _)| *i);
         let text_completion = self.object.as_deref() == Some("text_completion");
-        let finish_reasons = self.choices.iter().filter_map(|(_, c)| c.finish_reason.clone()).collect();
+        let summary = AnswerSummary {
+            model: self.model.clone(),
+            finish_reasons: self.choices.iter().filter_map(|(_, c)| c.finish_reason.clone()).collect(),
+        };
         let choices: Vec<Value> =
             self.choices.into_iter().map(|(index, c)| c.into_value(index, text_completion)).collect();
         let mut body = Map::new();
@@ -336,13 +382,7 @@ impl StreamState {
         if let Some(fp) = self.system_fingerprint {
             body.insert("system_fingerprint".into(), fp);
         }
-        Assembled {
-            body: Value::Object(body).into(),
-            usage: self.usage,
-            finish_reasons,
-            response_model: self.model,
-            complete: self.done,
-        }
+        Assembled::new(Value::Object(body).into(), self.usage, summary, self.done)
     }
 }
 
@@ -629,8 +669,8 @@ mod tests {
             a.usage,
             Some(Usage { prompt_tokens: 3, completion_tokens: 1, cached_tokens: 2, cache_write_tokens: 0 })
         );
-        assert_eq!(a.finish_reasons, vec!["stop".to_owned()]);
-        assert_eq!(a.response_model.as_deref(), Some("m"));
+        assert_eq!(a.summary().finish_reasons, vec!["stop".to_owned()]);
+        assert_eq!(a.summary().model.as_deref(), Some("m"));
     }
 
     #[test]
@@ -649,7 +689,7 @@ mod tests {
             a.usage,
             Some(Usage { prompt_tokens: 5, completion_tokens: 2, cached_tokens: 0, cache_write_tokens: 0 })
         );
-        assert_eq!(a.finish_reasons, vec!["tool_calls".to_owned()]);
+        assert_eq!(a.summary().finish_reasons, vec!["tool_calls".to_owned()]);
         let message = &a.body["choices"][0]["message"];
         assert_eq!(message["content"], "Hello");
         assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
@@ -669,8 +709,8 @@ mod tests {
         // An escaped string is read as its text; a number id and a list model are skipped.
         assert_eq!(a.body["choices"][0]["message"]["content"], "Hello");
         assert_eq!(a.body["id"], Value::Null);
-        assert_eq!(a.response_model.as_deref(), Some("m"));
-        assert_eq!(a.finish_reasons, vec!["stop".to_owned()]);
+        assert_eq!(a.summary().model.as_deref(), Some("m"));
+        assert_eq!(a.summary().finish_reasons, vec!["stop".to_owned()]);
         assert_eq!(a.body["choices"].as_array().map(Vec::len), Some(1));
     }
 
@@ -684,12 +724,12 @@ mod tests {
             "data: [DONE]\n\n"
         );
         let a = assemble(sse.as_bytes(), true).unwrap();
-        assert_eq!(a.response_model.as_deref(), Some("m"));
+        assert_eq!(a.summary().model.as_deref(), Some("m"));
         assert_eq!(a.body["id"], "c");
         assert_eq!(a.body["choices"][0]["message"]["content"], "ok");
         assert_eq!(a.usage.map(|u| u.prompt_tokens), Some(1));
         let json = assemble(br#"{"model":"m","choices":"x"}"#, false).unwrap();
-        assert!(json.finish_reasons.is_empty());
+        assert!(json.summary().finish_reasons.is_empty());
     }
 
     #[test]

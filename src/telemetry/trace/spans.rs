@@ -95,7 +95,7 @@ impl SpanRecord {
     pub fn from_record(record: &Record, ids: SpanIds, capture_content: bool) -> SpanRecord {
         let configured = record.model_configured;
         let (response_model, finish_reasons) = match (&record.assembled, &record.answer_summary) {
-            (Some(a), _) => (a.response_model.clone(), a.finish_reasons.clone()),
+            (Some(a), _) => (a.summary().model.clone(), a.summary().finish_reasons.clone()),
             (None, Some(s)) => (s.model.clone(), s.finish_reasons.clone()),
             (None, None) => (None, Vec::new()),
         };
