@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use super::redact::{Redacted, Redactor};
 use crate::wire::{Assembled, PromptUse, Record, Usage};
@@ -135,7 +135,7 @@ impl Source {
                 variables: redactor.over(&p.variables),
             }),
             response,
-            usage: self.usage.map(usage_json),
+            usage: self.usage.map(UsageRow::from),
             latency_ms: millis(self.latency),
             ttft_ms: self.ttft.map(millis),
             cost_usd: self.cost_usd,
@@ -192,7 +192,7 @@ struct Row<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<PromptRow<'a>>,
     response: Body<'a>,
-    usage: Option<Value>,
+    usage: Option<UsageRow>,
     latency_ms: f64,
     ttft_ms: Option<f64>,
     cost_usd: Option<f64>,
@@ -252,13 +252,33 @@ fn to_line(value: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
     Ok(line)
 }
 
-fn usage_json(usage: Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
-    })
+/// `usage: {prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details}`.
+#[derive(Serialize)]
+struct UsageRow {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedRow,
+}
+
+#[derive(Serialize)]
+struct CachedRow {
+    cached_tokens: u64,
+    cache_write_tokens: u64,
+}
+
+impl From<Usage> for UsageRow {
+    fn from(usage: Usage) -> UsageRow {
+        UsageRow {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total(),
+            prompt_tokens_details: CachedRow {
+                cached_tokens: usage.cached_tokens,
+                cache_write_tokens: usage.cache_write_tokens,
+            },
+        }
+    }
 }
 
 /// Milliseconds with microsecond precision.
@@ -273,6 +293,8 @@ pub fn rfc3339(ts: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::config::Redaction;
 
