@@ -95,25 +95,25 @@ pub fn check_assemble(data: &[u8]) {
             assert!(a.complete);
             // Read through borrowed views, the summary must say what the tree says.
             let model = tree.get("model").and_then(Value::as_str);
-            assert_eq!(a.response_model.as_deref(), model, "model as the tree has it");
+            assert_eq!(a.summary().model.as_deref(), model, "model as the tree has it");
             let reasons: Vec<&str> = tree
                 .get("choices")
                 .and_then(Value::as_array)
                 .map(|choices| choices.iter().filter_map(|c| c.get("finish_reason").and_then(Value::as_str)).collect())
                 .unwrap_or_default();
-            assert_eq!(a.finish_reasons, reasons, "finish reasons as the tree has them");
+            assert_eq!(a.summary().finish_reasons, reasons, "finish reasons as the tree has them");
         }
         return;
     }
     let Some(a) = assembled else { return };
     assert!(!a.complete || contains(body, b"[DONE]"), "complete only with [DONE]");
     let choices = a.body.get("choices").and_then(Value::as_array).map_or(0, Vec::len);
-    assert!(a.finish_reasons.len() <= choices, "one finish reason per choice at most");
+    assert!(a.summary().finish_reasons.len() <= choices, "one finish reason per choice at most");
     let text = serde_json::to_vec(&a.body).unwrap_or_default();
     let Some(back) = assemble(&text, false) else { panic!("the assembled body is not JSON") };
     assert_eq!(back.usage, a.usage, "usage survives the round trip");
-    assert_eq!(back.finish_reasons, a.finish_reasons);
-    assert_eq!(back.response_model, a.response_model);
+    assert_eq!(back.summary().finish_reasons, a.summary().finish_reasons);
+    assert_eq!(back.summary().model, a.summary().model);
 }
 
 /// The SSE events of `body`: each up to and including its blank line (`\n\n` or `\n\r\n`,

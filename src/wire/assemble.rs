@@ -137,7 +137,9 @@ fn assemble_json(bytes: Bytes) -> Option<Assembled> {
         #[serde(borrow)]
         usage: Option<&'a RawValue>,
     }
-    let Ok(view) = serde_json::from_slice::<UsageView<'_>>(&bytes) else { return assemble_json_tree(&bytes) };
+    // Checked as text first: the fields it skips are not checked for UTF-8 as they are skipped.
+    let Ok(text) = std::str::from_utf8(&bytes) else { return None };
+    let Ok(view) = serde_json::from_str::<UsageView<'_>>(text) else { return assemble_json_tree(&bytes) };
     let usage = view.usage.and_then(usage_of_raw);
     Some(Assembled::from_json(AnswerBody::from_valid_json(bytes), usage))
 }
@@ -730,6 +732,21 @@ mod tests {
         assert_eq!(a.usage.map(|u| u.prompt_tokens), Some(1));
         let json = assemble(br#"{"model":"m","choices":"x"}"#, false).unwrap();
         assert!(json.summary().finish_reasons.is_empty());
+    }
+
+    #[test]
+    fn a_json_answer_is_read_for_usage_now_and_for_its_summary_when_asked() {
+        let answer =
+            br#"{"model":"m","choices":[{"finish_reason":"stop"},{"finish_reason":7}],"usage":{"prompt_tokens":2}}"#;
+        let a = assemble(answer, false).unwrap();
+        assert_eq!(a.usage.map(|u| u.prompt_tokens), Some(2));
+        assert!(a.summary.get().is_none(), "not read until asked");
+        assert_eq!(a.summary(), &AnswerSummary { model: Some("m".into()), finish_reasons: vec!["stop".into()] });
+        // Bytes that are not UTF-8 are not JSON, even inside a field only skipped over.
+        assert!(assemble(b"{\"model\":\"\xff\",\"usage\":null}", false).is_none());
+        // A field given twice: read as the tree reads it (the last one).
+        let twice = assemble(br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":5}}"#, false).unwrap();
+        assert_eq!(twice.usage.map(|u| u.prompt_tokens), Some(5));
     }
 
     #[test]

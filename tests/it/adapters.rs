@@ -172,7 +172,7 @@ fn streamed_tool_calls_match_the_golden_file() {
     let calls = &assembled.body["choices"][0]["message"]["tool_calls"];
     assert_eq!(calls[0]["function"]["arguments"], "{\"location\": \"San Francisco, CA\", \"unit\": \"fahrenheit\"}");
     assert_eq!(calls[1]["function"]["name"], "get_time");
-    assert_eq!(assembled.finish_reasons, ["tool_calls"]);
+    assert_eq!(assembled.summary().finish_reasons, ["tool_calls"]);
     assert_eq!(assembled.usage.map(|u| (u.prompt_tokens, u.completion_tokens, u.cached_tokens)), Some((592, 89, 100)));
     assert!(assembled.complete);
 }
