@@ -144,8 +144,9 @@ fn assemble_json(bytes: Bytes) -> Option<Assembled> {
     Some(Assembled::from_json(AnswerBody::from_valid_json(bytes), usage))
 }
 
-/// A JSON answer's model and finish reasons, read as the tree would read them.
-fn json_summary(bytes: &[u8]) -> AnswerSummary {
+/// A JSON answer's model and finish reasons, read as the tree would read them (a reason
+/// that is not a string is none; a field given twice, the last).
+pub(super) fn json_summary(bytes: &[u8]) -> AnswerSummary {
     let Ok(view) = serde_json::from_slice::<EventView<'_>>(bytes) else {
         let tree = serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
         return tree_summary(&tree);

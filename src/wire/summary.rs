@@ -32,13 +32,8 @@ impl AnswerSummary {
     /// last non-null finish reason).
     pub fn read(bytes: &[u8], sse: bool) -> AnswerSummary {
         if !sse {
-            return match serde_json::from_slice::<SummaryShape>(bytes) {
-                Ok(shape) => AnswerSummary {
-                    model: shape.model,
-                    finish_reasons: shape.choices.into_iter().filter_map(|c| c.finish_reason).collect(),
-                },
-                Err(_) => AnswerSummary::default(),
-            };
+            // One reading of a JSON answer, whether assembled or only summarised.
+            return super::assemble::json_summary(bytes);
         }
         let mut summary = AnswerSummary::default();
         let mut reasons: Vec<Option<String>> = Vec::new();
@@ -80,6 +75,11 @@ mod tests {
         assert_eq!(
             AnswerSummary::read(json, false),
             AnswerSummary { model: Some("gpt-x".into()), finish_reasons: vec!["stop".into()] }
+        );
+        // Read as the tree reads it: a reason that is not a string is none, the rest stay.
+        assert_eq!(
+            AnswerSummary::read(br#"{"model":"m","choices":[{"finish_reason":7},{"finish_reason":"stop"}]}"#, false),
+            AnswerSummary { model: Some("m".into()), finish_reasons: vec!["stop".into()] }
         );
         let sse = b"data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n\
 data: {\"model\":\"m\",\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n\
