@@ -12,7 +12,8 @@
 //! every count with.
 //!
 //! Counting a piece looks it up in the index, which misses the core's cache; the counts of
-//! short pieces seen recently are kept in a small direct-mapped memo beside it.
+//! short pieces seen recently are kept in a small direct-mapped memo beside it, and the
+//! two-byte tokens every merge starts from in a table of their own.
 //!
 //! Must not: be built on an async thread (building reads tiktoken's tables, ~150 ms), or
 //! encode: callers need counts, so no token ids are collected.
@@ -67,6 +68,11 @@ pub struct Bpe {
     /// the vocabulary has seen many times, and a lookup in the 200,000-token index misses
     /// the cache twice (its slot, then the token's bytes to compare).
     pieces: Box<[AtomicU64]>,
+    /// The rank of every two-byte token, by its bytes (`Rank::MAX` for none): 256 KiB. A
+    /// piece's merges start from all its byte pairs, so a new word (a name, an id) of n bytes
+    /// looks up n - 1 pairs before any longer part; here each is one read, not a hash, a
+    /// probe and a compare.
+    pairs: Box<[Rank]>,
 }
 
 impl Bpe {
@@ -86,7 +92,8 @@ impl Bpe {
         let index = tokens.index(&hasher)?;
         let split = Regex::new(pattern).map_err(Box::new)?;
         let pieces = (0..PIECE_SLOTS).map(|_| AtomicU64::new(0)).collect();
-        Ok(Bpe { tokens, index, hasher, split, pieces })
+        let pairs = tokens.pairs()?;
+        Ok(Bpe { tokens, index, hasher, split, pieces, pairs })
     }
 
     /// How many ordinary tokens the vocabulary has.
@@ -150,7 +157,11 @@ impl Bpe {
     }
 
     fn rank_or_max(&self, piece: &[u8], from: usize, to: usize) -> Rank {
-        piece.get(from..to).and_then(|bytes| self.rank(bytes)).unwrap_or(Rank::MAX)
+        match piece.get(from..to) {
+            Some(&[a, b]) => self.pairs.get(pair_slot(a, b)).copied().unwrap_or(Rank::MAX),
+            Some(bytes) => self.rank(bytes).unwrap_or(Rank::MAX),
+            None => Rank::MAX,
+        }
     }
 
     /// tiktoken's `_byte_pair_merge`: `parts` holds `(start, rank of the pair starting
@@ -285,6 +296,20 @@ impl Tokens {
         self.bytes.get(at(rank)..at(rank.saturating_add(1))).unwrap_or_default()
     }
 
+    /// The rank of each two-byte token at [`pair_slot`] of its bytes, `Rank::MAX` elsewhere.
+    fn pairs(&self) -> Result<Box<[Rank]>, BuildError> {
+        let mut pairs = vec![Rank::MAX; 1 << 16].into_boxed_slice();
+        for rank in 0..self.len() {
+            let rank = Rank::try_from(rank).map_err(|_| BuildError::TooLarge(self.len()))?;
+            if let &[a, b] = self.get(rank)
+                && let Some(slot) = pairs.get_mut(pair_slot(a, b))
+            {
+                *slot = rank;
+            }
+        }
+        Ok(pairs)
+    }
+
     /// Every rank, found by the hash of its bytes.
     fn index(&self, hasher: &DefaultHashBuilder) -> Result<HashTable<Rank>, BuildError> {
         let mut index = HashTable::with_capacity(self.len());
@@ -295,6 +320,11 @@ impl Tokens {
         }
         Ok(index)
     }
+}
+
+/// Where the two-byte token `a b` is in [`Bpe::pairs`].
+fn pair_slot(a: u8, b: u8) -> usize {
+    usize::from(a) << 8 | usize::from(b)
 }
 
 /// A part of a long piece being merged: it spans `start..end` (its index is `start`).
@@ -387,6 +417,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_pair_table_agrees_with_the_index() {
+        let bpe = Bpe::o200k().unwrap();
+        let mut found = 0;
+        for pair in 0..=u16::MAX {
+            let [a, b] = pair.to_be_bytes();
+            let expected = bpe.rank(&[a, b]);
+            assert_eq!(bpe.rank_or_max(&[a, b], 0, 2), expected.unwrap_or(Rank::MAX), "{a} {b}");
+            found += usize::from(expected.is_some());
+        }
+        assert!(found > 1000, "{found} two-byte tokens");
     }
 
     #[test]
