@@ -66,8 +66,8 @@ impl TraceContext {
             TraceContext::None => None,
             TraceContext::Forward(value) => Some(value.clone()),
             TraceContext::Local(ids) => {
-                let text = format(ids.trace_id, ids.attempt_span_id(attempt), ids.sampled);
-                HeaderValue::try_from(text).ok()
+                let text = encode(ids.trace_id, ids.attempt_span_id(attempt), ids.sampled);
+                HeaderValue::from_bytes(&text).ok()
             }
         }
     }
@@ -124,8 +124,16 @@ pub fn parse(value: &[u8]) -> Option<Parent> {
     Some(Parent { trace_id, span_id, sampled: flags & 1 == 1 })
 }
 
-pub fn format(trace_id: u128, span_id: u64, sampled: bool) -> String {
-    format!("00-{trace_id:032x}-{span_id:016x}-{:02x}", u8::from(sampled))
+/// `00-{trace_id:032x}-{span_id:016x}-{flags:02x}`, written in place: this header goes
+/// upstream on every request of a traced gateway, sampled or not, and `format!` cost a
+/// growing allocation and the formatter's machinery each time.
+fn encode(trace_id: u128, span_id: u64, sampled: bool) -> [u8; 55] {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    // Each range is exactly twice its input's length, so encoding cannot fail.
+    let _ = hex::encode_to_slice(trace_id.to_be_bytes(), &mut out[3..35]);
+    let _ = hex::encode_to_slice(span_id.to_be_bytes(), &mut out[36..52]);
+    let _ = hex::encode_to_slice([u8::from(sampled)], &mut out[53..55]);
+    out
 }
 
 #[cfg(test)]
@@ -139,9 +147,10 @@ mod tests {
         assert_eq!(parent.span_id, 0x00f067aa0ba902b7);
         assert!(parent.sampled);
         assert_eq!(
-            format(parent.trace_id, parent.span_id, true),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            &encode(parent.trace_id, parent.span_id, true),
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
+        assert_eq!(&encode(1, 2, false), b"00-00000000000000000000000000000001-0000000000000002-00");
     }
 
     #[test]
