@@ -225,7 +225,7 @@ enum Body<'a> {
 
 /// `bytes` as they are when they are valid JSON on one line (a JSONL record must be).
 fn single_line_json(bytes: &Bytes) -> Option<&RawValue> {
-    if bytes.contains(&b'\n') || bytes.contains(&b'\r') {
+    if memchr::memchr2(b'\n', b'\r', bytes).is_some() {
         return None;
     }
     serde_json::from_slice::<&RawValue>(bytes).ok()

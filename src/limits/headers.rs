@@ -4,8 +4,10 @@
 //! for requests and for tokens) and its formatting: durations as OpenAI writes them (`20ms`,
 //! `1s`, `1.5s`, `6m0s`). Must not: decide anything; it only prints what admission saw.
 
+use std::fmt::Write;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::wire::headers::{
@@ -42,7 +44,8 @@ impl RateView {
 fn put(headers: &mut HeaderMap, [limit, remaining, reset]: [HeaderName; 3], w: Window) {
     headers.insert(limit, HeaderValue::from(w.limit));
     headers.insert(remaining, HeaderValue::from(w.remaining));
-    if let Ok(value) = HeaderValue::from_str(&format_reset(w.reset)) {
+    // The text's buffer becomes the header's: no copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(format_reset(w.reset))) {
         headers.insert(reset, value);
     }
 }
@@ -55,31 +58,45 @@ pub fn retry_after(wait: Duration) -> HeaderValue {
 
 /// `0s`, `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s` (Go's duration style, as OpenAI sends it).
 pub fn format_reset(d: Duration) -> String {
-    let millis = d.as_millis();
-    if millis == 0 {
-        return "0s".to_owned();
-    }
-    if millis < 1000 {
-        return format!("{millis}ms");
-    }
-    let hours = millis / 3_600_000;
-    let minutes = millis / 60_000 % 60;
-    let seconds = seconds_text(millis % 60_000);
-    match (hours, minutes) {
-        (0, 0) => format!("{seconds}s"),
-        (0, m) => format!("{m}m{seconds}s"),
-        (h, m) => format!("{h}h{m}m{seconds}s"),
-    }
+    let mut text = String::with_capacity(16);
+    // Writing to a String cannot fail.
+    let _ = write_reset(&mut text, d);
+    text
 }
 
-/// Milliseconds within a minute as seconds with only the decimals needed.
-fn seconds_text(millis: u128) -> String {
-    let (whole, frac) = (millis / 1000, millis % 1000);
-    if frac == 0 {
-        return whole.to_string();
+/// [`format_reset`]'s text, written in place: two resets go on every response of a limited
+/// key, and formatting each part into a string of its own cost four allocations a header.
+fn write_reset(out: &mut String, d: Duration) -> std::fmt::Result {
+    let millis = d.as_millis();
+    match millis {
+        0 => return out.write_str("0s"),
+        1..1000 => return write!(out, "{millis}ms"),
+        _ => {}
     }
-    let frac = format!("{frac:03}");
-    format!("{whole}.{}", frac.trim_end_matches('0'))
+    let (hours, minutes) = (millis / 3_600_000, millis / 60_000 % 60);
+    if hours > 0 {
+        write!(out, "{hours}h")?;
+    }
+    if hours > 0 || minutes > 0 {
+        write!(out, "{minutes}m")?;
+    }
+    write_seconds(out, millis % 60_000)?;
+    out.write_str("s")
+}
+
+/// `millis` as seconds: whole, or with up to three decimals and no trailing zeros.
+fn write_seconds(out: &mut String, millis: u128) -> std::fmt::Result {
+    let (whole, mut frac) = (millis / 1000, millis % 1000);
+    write!(out, "{whole}")?;
+    if frac == 0 {
+        return Ok(());
+    }
+    let mut width: usize = 3;
+    while frac % 10 == 0 {
+        frac /= 10;
+        width = width.saturating_sub(1);
+    }
+    write!(out, ".{frac:0width$}")
 }
 
 #[cfg(test)]
@@ -96,6 +113,14 @@ mod tests {
         assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
         assert_eq!(format_reset(Duration::from_millis(61_250)), "1m1.25s");
         assert_eq!(format_reset(Duration::from_secs(3723)), "1h2m3s");
+        assert_eq!(format_reset(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(format_reset(Duration::from_millis(60_005)), "1m0.005s");
+        assert_eq!(format_reset(Duration::from_millis(999)), "999ms");
+        let mut headers = HeaderMap::new();
+        let window = Window { limit: 10, remaining: 9, reset: Duration::from_millis(1500) };
+        RateView { requests: Some(window), tokens: None }.apply(&mut headers);
+        assert_eq!(headers[RESET_REQUESTS], "1.5s");
+        assert_eq!(headers[REMAINING_REQUESTS], "9");
     }
 
     #[test]
