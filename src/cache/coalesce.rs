@@ -183,7 +183,12 @@ impl Flight {
             }
         }
         flights.remove(self);
-        self.changed.send_replace(());
+        // As in `push`: a request that subscribes after this check reads the end set above.
+        // Most flights (every miss) end with nobody following, and waking no one still cost
+        // a pass over the watch's notifiers.
+        if self.changed.receiver_count() > 0 {
+            self.changed.send_replace(());
+        }
     }
 }
 
