@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use super::json::{List, Obj, Text, Uint};
 use super::lines::Lines;
 use super::summary::AnswerSummary;
 use super::usage::{RawUsage, Usage};
@@ -152,8 +153,12 @@ pub(super) fn json_summary(bytes: &[u8]) -> AnswerSummary {
         return tree_summary(&tree);
     };
     AnswerSummary {
-        model: str_of(view.model).map(Cow::into_owned),
-        finish_reasons: view.choices.items().iter().filter_map(|choice| finish_reason_of(choice)).collect(),
+        model: view.model.0.map(Cow::into_owned),
+        finish_reasons: view
+            .choices
+            .objects()
+            .filter_map(|choice| choice.finish_reason.0.as_deref().map(str::to_owned))
+            .collect(),
     }
 }
 
@@ -166,17 +171,6 @@ fn tree_summary(body: &Value) -> AnswerSummary {
         })
         .unwrap_or_default();
     AnswerSummary { model: body.get("model").and_then(Value::as_str).map(str::to_owned), finish_reasons }
-}
-
-/// A choice's `finish_reason` when it is a string, as the tree would read it.
-fn finish_reason_of(choice: &RawValue) -> Option<String> {
-    match serde_json::from_str::<ChoiceView<'_>>(choice.get()) {
-        Ok(view) => str_of(view.finish_reason).map(Cow::into_owned),
-        // Not an object, or a field given twice (the tree keeps the last).
-        Err(_) => serde_json::from_str::<Value>(choice.get())
-            .ok()
-            .and_then(|c| c.get("finish_reason").and_then(Value::as_str).map(str::to_owned)),
-    }
 }
 
 /// A `usage` object's counts; `None` for `null` or another shape.
@@ -336,9 +330,9 @@ impl SseAssembler {
 
 impl StreamState {
     fn absorb(&mut self, event: &EventView<'_>) {
-        set_str(&mut self.id, event.id);
-        set_str(&mut self.object, event.object);
-        set_str(&mut self.model, event.model);
+        set_str(&mut self.id, &event.id);
+        set_str(&mut self.object, &event.object);
+        set_str(&mut self.model, &event.model);
         if self.created.is_none() {
             self.created = value_of(event.created);
         }
@@ -349,9 +343,8 @@ impl StreamState {
             self.usage = usage_of_raw(usage);
             self.usage_raw = value_of(Some(usage));
         }
-        for choice in event.choices.items() {
-            let Ok(choice) = serde_json::from_str::<ChoiceView<'_>>(choice.get()) else { continue };
-            let index = uint_of(choice.index).unwrap_or(0);
+        for choice in event.choices.objects() {
+            let index = choice.index.0.unwrap_or(0);
             let slot = match self.choices.iter().position(|(i, _)| *i == index) {
                 Some(pos) => pos,
                 None => {
@@ -359,7 +352,7 @@ impl StreamState {
                     self.choices.len() - 1
                 }
             };
-            self.choices[slot].1.absorb(&choice);
+            self.choices[slot].1.absorb(choice);
         }
     }
 
@@ -397,12 +390,10 @@ impl ChoiceState {
     }
 
     fn absorb(&mut self, choice: &ChoiceView<'_>) {
-        if let Some(reason) = str_of(choice.finish_reason) {
-            self.finish_reason = Some(reason.into_owned());
+        if let Some(reason) = choice.finish_reason.0.as_deref() {
+            self.finish_reason = Some(reason.to_owned());
         }
-        if let Some(text) = str_of(choice.text) {
-            self.text.get_or_insert_with(String::new).push_str(&text);
-        }
+        append(&mut self.text, &choice.text);
         if let Some(raw) = choice.logprobs {
             // Counted as their JSON text, so the capture's bound covers them too.
             self.logprob_bytes = self.logprob_bytes.saturating_add(raw.get().len());
@@ -410,25 +401,17 @@ impl ChoiceState {
                 append_logprobs(&mut self.logprobs, &logprobs);
             }
         }
-        let Some(delta) = choice.delta.and_then(|d| serde_json::from_str::<DeltaView<'_>>(d.get()).ok()) else {
-            return;
-        };
-        set_str(&mut self.role, delta.role);
-        if let Some(content) = str_of(delta.content) {
-            self.content.get_or_insert_with(String::new).push_str(&content);
-        }
-        if let Some(refusal) = str_of(delta.refusal) {
-            self.refusal.get_or_insert_with(String::new).push_str(&refusal);
-        }
-        for call in delta.tool_calls.items() {
-            if let Ok(call) = serde_json::from_str::<ToolCallView<'_>>(call.get()) {
-                self.absorb_tool_call(&call);
-            }
+        let Some(delta) = &choice.delta.0 else { return };
+        set_str(&mut self.role, &delta.role);
+        append(&mut self.content, &delta.content);
+        append(&mut self.refusal, &delta.refusal);
+        for call in delta.tool_calls.objects() {
+            self.absorb_tool_call(call);
         }
     }
 
     fn absorb_tool_call(&mut self, call: &ToolCallView<'_>) {
-        let index = uint_of(call.index).unwrap_or(self.tool_calls.len() as u64);
+        let index = call.index.0.unwrap_or(self.tool_calls.len() as u64);
         let slot = match self.tool_calls.iter().position(|t| t.index == index) {
             Some(pos) => pos,
             None => {
@@ -437,14 +420,14 @@ impl ChoiceState {
             }
         };
         let state = &mut self.tool_calls[slot];
-        set_str(&mut state.id, call.id);
-        set_str(&mut state.kind, call.kind);
-        if let Some(function) = call.function.and_then(|f| serde_json::from_str::<FunctionView<'_>>(f.get()).ok()) {
-            if let Some(name) = str_of(function.name) {
-                state.name.push_str(&name);
+        set_str(&mut state.id, &call.id);
+        set_str(&mut state.kind, &call.kind);
+        if let Some(function) = &call.function.0 {
+            if let Some(name) = function.name.0.as_deref() {
+                state.name.push_str(name);
             }
-            if let Some(arguments) = str_of(function.arguments) {
-                state.arguments.push_str(&arguments);
+            if let Some(arguments) = function.arguments.0.as_deref() {
+                state.arguments.push_str(arguments);
             }
         }
     }
@@ -500,39 +483,38 @@ fn append_logprobs(kept: &mut Option<Value>, more: &Value) {
 }
 
 /// Keeps the first non-empty string seen for a field that repeats on every chunk.
-fn set_str(slot: &mut Option<String>, value: Option<&RawValue>) {
+fn set_str(slot: &mut Option<String>, value: &Text<'_>) {
     if slot.is_none() {
-        if let Some(s) = str_of(value).filter(|s| !s.is_empty()) {
-            *slot = Some(s.into_owned());
+        if let Some(s) = value.0.as_deref().filter(|s| !s.is_empty()) {
+            *slot = Some(s.to_owned());
         }
     }
 }
 
-/// A field's string, borrowed unless it has escapes; `None` for any other JSON type.
-fn str_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    raw.filter(|r| r.get().starts_with('"')).and_then(|r| serde_json::from_str(r.get()).ok())
-}
-
-fn uint_of(raw: Option<&RawValue>) -> Option<u64> {
-    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+/// Appends a delta's text, if it has one.
+fn append(slot: &mut Option<String>, value: &Text<'_>) {
+    if let Some(text) = value.0.as_deref() {
+        slot.get_or_insert_with(String::new).push_str(text);
+    }
 }
 
 fn value_of(raw: Option<&RawValue>) -> Option<Value> {
     raw.and_then(|r| serde_json::from_str(r.get()).ok())
 }
 
-/// What the fold reads of one stream event, borrowed from its text. Every field is kept
-/// raw and read when used, so a field of an unexpected type is skipped, not the event; only
-/// the fields read are parsed further (a `Value` of every event cost more than the rest of
-/// the stream's path).
-#[derive(Deserialize)]
+/// What the fold reads of one stream event, borrowed from its text and read in one pass
+/// ([`super::json`]'s lenient fields: a field of an unexpected type is skipped, not the
+/// event). The fields kept whole (`created`, `usage`, ...) are kept raw and parsed when used
+/// (a `Value` of every event cost more than the rest of the stream's path).
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct EventView<'a> {
     #[serde(borrow)]
-    id: Option<&'a RawValue>,
+    id: Text<'a>,
     #[serde(borrow)]
-    object: Option<&'a RawValue>,
+    object: Text<'a>,
     #[serde(borrow)]
-    model: Option<&'a RawValue>,
+    model: Text<'a>,
     #[serde(borrow)]
     created: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -542,122 +524,55 @@ struct EventView<'a> {
     #[serde(borrow)]
     error: Option<&'a RawValue>,
     #[serde(borrow)]
-    choices: Option<RawList<'a>>,
+    choices: List<Obj<ChoiceView<'a>>>,
 }
 
-/// A list's items, kept raw and read in the same pass as the object holding the list (the
-/// items are parsed further one by one, so a bad item is skipped, not the list). Any other
-/// JSON type reads as no items, as a field of an unexpected type is skipped.
-#[derive(Default)]
-struct RawList<'a>(Vec<&'a RawValue>);
-
-trait Items<'a> {
-    fn items(&self) -> &[&'a RawValue];
-}
-
-impl<'a> Items<'a> for Option<RawList<'a>> {
-    fn items(&self) -> &[&'a RawValue] {
-        self.as_ref().map_or(&[], |list| list.0.as_slice())
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawList<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(RawListVisitor(std::marker::PhantomData))
-    }
-}
-
-struct RawListVisitor<'a>(std::marker::PhantomData<RawList<'a>>);
-
-impl<'de: 'a, 'a> serde::de::Visitor<'de> for RawListVisitor<'a> {
-    type Value = RawList<'a>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawList<'a>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(1));
-        while let Some(item) = seq.next_element::<&'a RawValue>()? {
-            items.push(item);
-        }
-        Ok(RawList(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawList<'a>, A::Error> {
-        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-        Ok(RawList::default())
-    }
-
-    fn visit_unit<E>(self) -> Result<RawList<'a>, E> {
-        Ok(RawList::default())
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<RawList<'a>, E> {
-        Ok(RawList::default())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<RawList<'a>, E> {
-        Ok(RawList::default())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<RawList<'a>, E> {
-        Ok(RawList::default())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<RawList<'a>, E> {
-        Ok(RawList::default())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<RawList<'a>, E> {
-        Ok(RawList::default())
-    }
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct ChoiceView<'a> {
+    index: Uint,
     #[serde(borrow)]
-    index: Option<&'a RawValue>,
+    finish_reason: Text<'a>,
     #[serde(borrow)]
-    finish_reason: Option<&'a RawValue>,
-    #[serde(borrow)]
-    text: Option<&'a RawValue>,
+    text: Text<'a>,
     #[serde(borrow)]
     logprobs: Option<&'a RawValue>,
     #[serde(borrow)]
-    delta: Option<&'a RawValue>,
+    delta: Obj<DeltaView<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct DeltaView<'a> {
     #[serde(borrow)]
-    role: Option<&'a RawValue>,
+    role: Text<'a>,
     #[serde(borrow)]
-    content: Option<&'a RawValue>,
+    content: Text<'a>,
     #[serde(borrow)]
-    refusal: Option<&'a RawValue>,
+    refusal: Text<'a>,
     #[serde(borrow)]
-    tool_calls: Option<RawList<'a>>,
+    tool_calls: List<Obj<ToolCallView<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct ToolCallView<'a> {
+    index: Uint,
     #[serde(borrow)]
-    index: Option<&'a RawValue>,
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
+    id: Text<'a>,
     #[serde(borrow, rename = "type")]
-    kind: Option<&'a RawValue>,
+    kind: Text<'a>,
     #[serde(borrow)]
-    function: Option<&'a RawValue>,
+    function: Obj<FunctionView<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct FunctionView<'a> {
     #[serde(borrow)]
-    name: Option<&'a RawValue>,
+    name: Text<'a>,
     #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
+    arguments: Text<'a>,
 }
 
 #[cfg(test)]
@@ -715,6 +630,23 @@ mod tests {
         assert_eq!(a.summary().model.as_deref(), Some("m"));
         assert_eq!(a.summary().finish_reasons, vec!["stop".to_owned()]);
         assert_eq!(a.body["choices"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn nested_objects_of_an_unexpected_type_are_skipped_not_their_event() {
+        let sse = concat!(
+            "data: {\"model\":\"m\",\"choices\":[{\"index\":-1,\"delta\":\"x\"},{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":[1]},7,{\"index\":0,\"function\":{\"name\":\"f\",\"arguments\":null}}]}}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let a = assemble(sse.as_bytes(), true).unwrap();
+        // A negative index reads as none (choice 0); a delta or a function that is not an
+        // object, and a call that is a number, are skipped.
+        let message = &a.body["choices"][0]["message"];
+        assert_eq!(message["content"], "a");
+        assert_eq!(message["tool_calls"].as_array().map(Vec::len), Some(1));
+        assert_eq!(message["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "");
     }
 
     #[test]
