@@ -221,7 +221,7 @@ struct StreamState {
     object: Option<String>,
     created: Option<Value>,
     model: Option<String>,
-    system_fingerprint: Option<Value>,
+    system_fingerprint: Option<String>,
     choices: Vec<(u64, ChoiceState)>,
     usage: Option<Usage>,
     usage_raw: Option<Value>,
@@ -336,8 +336,11 @@ impl StreamState {
         if self.created.is_none() {
             self.created = value_of(event.created);
         }
-        if let Some(fp) = value_of(event.system_fingerprint) {
-            self.system_fingerprint = Some(fp);
+        // On every chunk, and the same on nearly all: copied only when it changes.
+        if let Some(fp) = event.system_fingerprint.0.as_deref()
+            && self.system_fingerprint.as_deref() != Some(fp)
+        {
+            self.system_fingerprint = Some(fp.to_owned());
         }
         if let Some(usage) = event.usage {
             self.usage = usage_of_raw(usage);
@@ -376,7 +379,7 @@ impl StreamState {
             body.insert("usage".into(), usage);
         }
         if let Some(fp) = self.system_fingerprint {
-            body.insert("system_fingerprint".into(), fp);
+            body.insert("system_fingerprint".into(), Value::String(fp));
         }
         Assembled::new(Value::Object(body).into(), self.usage, summary, self.done)
     }
@@ -518,7 +521,7 @@ struct EventView<'a> {
     #[serde(borrow)]
     created: Option<&'a RawValue>,
     #[serde(borrow)]
-    system_fingerprint: Option<&'a RawValue>,
+    system_fingerprint: Text<'a>,
     #[serde(borrow)]
     usage: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -595,7 +598,7 @@ mod tests {
     fn stream_folds_content_tools_and_usage() {
         let sse = concat!(
             "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
-            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
             "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\",\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\"\"}}]},\"finish_reason\":null}]}\n\n",
             "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
             "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
@@ -613,6 +616,7 @@ mod tests {
         assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
         assert_eq!(message["tool_calls"][0]["id"], "call_1");
         assert_eq!(a.body["object"], "chat.completion");
+        assert_eq!(a.body["system_fingerprint"], "fp_1", "kept past the chunks without one");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ([`request`]); HTTP bodies and the memory budget for reading them ([`body`]); every
 //! header name and the client's request id ([`headers`]); weir's own request ids, which name
 //! their place in the ring of recent requests ([`request_id`]); JSON strings read without a copy
-//! ([`json`]); client text made safe for a log line
+//! and lenient fields for views of what upstreams send ([`json`]); client text made safe for a log line
 //! ([`log_safe`]); W3C trace context ([`trace_context`]); the answer as it streamed by
 //! ([`capture`]) and what is read back out of it — usage ([`usage`]), the whole answer
 //! ([`assemble`], also folded as a stream passes), its summary ([`summary`]), and the lines
