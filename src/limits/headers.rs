@@ -7,7 +7,6 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::wire::headers::{
@@ -44,8 +43,7 @@ impl RateView {
 fn put(headers: &mut HeaderMap, [limit, remaining, reset]: [HeaderName; 3], w: Window) {
     headers.insert(limit, HeaderValue::from(w.limit));
     headers.insert(remaining, HeaderValue::from(w.remaining));
-    // The text's buffer becomes the header's: no copy.
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(format_reset(w.reset))) {
+    if let Ok(value) = HeaderValue::from_str(&format_reset(w.reset)) {
         headers.insert(reset, value);
     }
 }
@@ -64,8 +62,9 @@ pub fn format_reset(d: Duration) -> String {
     text
 }
 
-/// [`format_reset`]'s text, written in place: two resets go on every response of a limited
-/// key, and formatting each part into a string of its own cost four allocations a header.
+/// [`format_reset`]'s text, written into one string: two resets go on every response of a
+/// limited key, and formatting each part into a string of its own cost up to four
+/// allocations a header (two now: the text and the header's copy).
 fn write_reset(out: &mut String, d: Duration) -> std::fmt::Result {
     let millis = d.as_millis();
     match millis {
